@@ -74,6 +74,9 @@ pub enum Credential {
     Token(String),
     /// A one-time login ticket issued by the admin API.
     Ticket(String),
+    /// A resume token from an earlier `login_ok` of the same device: lets a device that logged
+    /// in with a one-time ticket (or whose JWT has since expired) reconnect.
+    Resume(String),
 }
 
 /// `login`: the first frame a client sends on a new connection.
@@ -188,6 +191,13 @@ pub struct LoginOk {
     pub idle_timeout_ms: u64,
     /// Largest frame body the server accepts.
     pub max_frame: u32,
+    /// Token for `credential: {resume: ...}` on this device's next reconnects, bound to this
+    /// user and device id, valid until `resume_expires_ms`.
+    #[serde(default)]
+    pub resume_token: Option<String>,
+    /// Expiry of `resume_token`, ms since the Unix epoch.
+    #[serde(default)]
+    pub resume_expires_ms: Option<u64>,
 }
 
 /// Error codes carried by `login_error`, `send_error` and `error` frames.

@@ -44,6 +44,18 @@ pub fn all() -> Vec<Vector> {
             hex: "0000006687a474797065a56c6f67696ea776657273696f6e01aa63726564656e7469616c81a67469636b6574a6746b5f616263ab6465766963655f74797065a76465736b746f70a96465766963655f6964a26432ac696e626f785f637572736f72c0a6636c69656e74c0",
         },
         Vector {
+            name: "login_resume",
+            frame: Frame::Login(Login {
+                version: 1,
+                credential: Credential::Resume("r.t.k".into()),
+                device_type: "phone".into(),
+                device_id: "d1".into(),
+                inbox_cursor: Some(42),
+                client: None,
+            }),
+            hex: "0000006387a474797065a56c6f67696ea776657273696f6e01aa63726564656e7469616c81a6726573756d65a5722e742e6bab6465766963655f74797065a570686f6e65a96465766963655f6964a26431ac696e626f785f637572736f722aa6636c69656e74c0",
+        },
+        Vector {
             name: "send",
             frame: Frame::Send(Send {
                 client_msg_id: "c1".into(),
@@ -67,8 +79,10 @@ pub fn all() -> Vec<Vector> {
                 server_time_ms: 1_700_000_000_000,
                 idle_timeout_ms: 90_000,
                 max_frame: 65536,
+                resume_token: Some("r.t.k".into()),
+                resume_expires_ms: Some(1_700_086_400_000),
             }),
-            hex: "0000007988a474797065a86c6f67696e5f6f6ba776657273696f6e01aa73657373696f6e5f6964a27331a475736572a5616c696365aa696e626f785f686561642aae7365727665725f74696d655f6d73cf0000018bcfe56800af69646c655f74696d656f75745f6d73ce00015f90a96d61785f6672616d65ce00010000",
+            hex: "000000a78aa474797065a86c6f67696e5f6f6ba776657273696f6e01aa73657373696f6e5f6964a27331a475736572a5616c696365aa696e626f785f686561642aae7365727665725f74696d655f6d73cf0000018bcfe56800af69646c655f74696d656f75745f6d73ce00015f90a96d61785f6672616d65ce00010000ac726573756d655f746f6b656ea5722e742e6bb1726573756d655f657870697265735f6d73cf0000018bd50bc400",
         },
         Vector {
             name: "login_error",
