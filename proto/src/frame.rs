@@ -235,6 +235,8 @@ pub enum ErrorCode {
     InvalidField,
     /// The address kind is not supported by this server.
     Unsupported,
+    /// The session sends faster than the configured rate; the message was not stored.
+    RateLimited,
     /// The server failed internally; the client may retry.
     Internal,
     /// The server is overloaded or shutting down; retry later.

@@ -1,0 +1,182 @@
+//! Node configuration: one typed struct, every field a flag and a `TETHER_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How hard SQLite syncs a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreSync {
+    /// fsync the WAL on every commit: a `send_ack` survives power loss. Commits are batched, so
+    /// this costs one fsync per batch, not per message.
+    Full,
+    /// fsync only at checkpoints: a `send_ack` survives a process crash but not power loss.
+    Normal,
+}
+
+/// Configuration of one gateway node. Defaults start a complete single node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tether-server", version, about = "Tether gateway node")]
+pub struct Config {
+    /// UDP address of the QUIC listener.
+    #[arg(long, env = "TETHER_QUIC_ADDR", default_value = "0.0.0.0:7443")]
+    pub quic_addr: SocketAddr,
+
+    /// TCP address of the admin HTTP API (health, metrics, push, tickets, kick, sessions).
+    #[arg(long, env = "TETHER_ADMIN_ADDR", default_value = "127.0.0.1:7080")]
+    pub admin_addr: SocketAddr,
+
+    /// Directory for the SQLite database, the dev certificate and generated secrets.
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL. Default: `sqlite://<data dir>/tether.db`.
+    #[arg(long, env = "TETHER_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// PEM certificate chain for QUIC/TLS. Without it a self-signed dev certificate is written
+    /// to `<data dir>/dev-cert.pem` (key `dev-key.pem`) and used.
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra DNS names / IPs for the dev certificate (localhost and 127.0.0.1 are always in).
+    #[arg(long, env = "TETHER_DEV_CERT_NAMES", value_delimiter = ',')]
+    pub dev_cert_names: Vec<String>,
+
+    /// Shared secret for HS256 JWTs minted by the app's backend.
+    #[arg(long, env = "TETHER_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC P-256) for RS256 / ES256 JWTs.
+    #[arg(long, env = "TETHER_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Clock skew allowed when checking a JWT's `exp`, in seconds.
+    #[arg(long, env = "TETHER_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// Bearer token for the admin API. Without it one is generated into `<data dir>/admin-token`.
+    #[arg(long, env = "TETHER_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// Secret that signs resume tokens. Nodes of one cluster must share it. Without it one is
+    /// generated into `<data dir>/resume-secret`.
+    #[arg(long, env = "TETHER_RESUME_SECRET")]
+    pub resume_secret: Option<String>,
+
+    /// Lifetime of a resume token handed out in `login_ok`.
+    #[arg(long, env = "TETHER_RESUME_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub resume_ttl: Duration,
+
+    /// Default lifetime of a one-time login ticket (the admin API may ask for less or more).
+    #[arg(long, env = "TETHER_TICKET_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub ticket_ttl: Duration,
+
+    /// Largest frame body accepted, in bytes (the length prefix is checked before allocation).
+    #[arg(long, env = "TETHER_MAX_FRAME", default_value_t = tether_proto::DEFAULT_MAX_FRAME)]
+    pub max_frame: u32,
+
+    /// Time allowed between the QUIC handshake and a `login` frame.
+    #[arg(long, env = "TETHER_LOGIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub login_timeout: Duration,
+
+    /// A session that sends nothing (not even a ping) for this long is closed.
+    #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Sustained `send` frames per second allowed per session.
+    #[arg(long, env = "TETHER_SEND_RATE", default_value_t = 2000)]
+    pub send_rate: u32,
+
+    /// Burst of `send` frames allowed above the rate.
+    #[arg(long, env = "TETHER_SEND_BURST", default_value_t = 4000)]
+    pub send_burst: u32,
+
+    /// Largest number of messages written in one store transaction.
+    #[arg(long, env = "TETHER_STORE_BATCH", default_value_t = 2048)]
+    pub store_batch: usize,
+
+    /// SQLite durability of a commit.
+    #[arg(long, env = "TETHER_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
+    pub store_sync: StoreSync,
+
+    /// Messages read from the store per page when a device catches up.
+    #[arg(long, env = "TETHER_SYNC_PAGE", default_value_t = 256)]
+    pub sync_page: u32,
+
+    /// Live deliveries queued per session before it falls back to reading the store.
+    #[arg(long, env = "TETHER_SESSION_QUEUE", default_value_t = 4096)]
+    pub session_queue: usize,
+
+    /// Node id (0-1023) that makes message ids unique across a cluster.
+    #[arg(long, env = "TETHER_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..1024))]
+    pub node_id: u16,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "TETHER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The configuration with every default, data in `data_dir`, listeners on the given ports
+    /// (0 = any free port). Used by tests and embedders.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut c = Config::parse_from(["tether-server"]);
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("tether.db").display()),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        other => return Err(format!("unknown duration unit `{other}` in `{s}`")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::parse_from(["tether-server"]);
+        assert_eq!(c.quic_addr.port(), 7443);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:7080");
+        assert_eq!(c.data_dir, PathBuf::from("./tether-data"));
+        assert_eq!(c.max_frame, 64 * 1024);
+    }
+}

@@ -1,0 +1,232 @@
+//! Tether gateway node.
+//!
+//! [`Node::start`] brings up a complete node from a [`Config`]: the store (SQLite by default),
+//! the write pipeline, the QUIC listener with its sessions, and the admin HTTP API.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod ids;
+pub mod limits;
+pub mod metrics;
+pub mod pipeline;
+pub mod session;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::ids::MsgIdGen;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Everything a session or the admin API needs, shared.
+pub struct Ctx {
+    /// Node configuration.
+    pub cfg: Config,
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Live sessions.
+    pub hub: Arc<Hub>,
+    /// Write pipeline.
+    pub pipeline: Pipeline,
+    /// Credential checks.
+    pub auth: Authenticator,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Message id generator.
+    pub ids: MsgIdGen,
+    /// Next session id.
+    pub next_session: AtomicU64,
+    /// The admin bearer token in force.
+    pub admin_token: String,
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Data dir or secret files.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Store.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// TLS material.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// JWT key.
+    #[error("{0}")]
+    Key(#[from] auth::KeyError),
+    /// Unsupported configuration.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// A running node.
+pub struct Node {
+    /// Where QUIC listens.
+    pub quic_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// Shared state.
+    pub ctx: Arc<Ctx>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Reads a secret from `path`, or generates one there (mode 0600) if the file is missing.
+fn secret_file(path: &Path) -> Result<String, std::io::Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let s = hex::encode(rand::random::<[u8; 32]>());
+            std::fs::write(path, &s)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// QUIC transport settings of a session connection, tuned for many mostly idle sessions.
+pub fn transport_config(cfg: &Config) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // The session's own idle timeout closes silent sessions with a reason; QUIC's is a backstop.
+    let idle = cfg.idle_timeout + Duration::from_secs(30);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    // One stream per connection: the connection window equals the stream window.
+    let window: u32 = (cfg.max_frame.saturating_mul(4)).max(256 * 1024);
+    t.stream_receive_window(window.into());
+    t.receive_window(window.into());
+    t.send_window(u64::from(window) * 2);
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+impl Node {
+    /// Starts a node and returns once it listens.
+    pub async fn start(cfg: Config) -> Result<Node, StartError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let url = cfg.database_url();
+        if !url.starts_with("sqlite:") {
+            return Err(StartError::Config(format!(
+                "database `{url}`: this build supports sqlite:// URLs (PostgreSQL and MySQL are planned)"
+            )));
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, cfg.store_sync).await?);
+        let admin_token = match &cfg.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let path = cfg.data_dir.join("admin-token");
+                let t = secret_file(&path)?;
+                tracing::info!(file = %path.display(), "admin token read from file");
+                t
+            }
+        };
+        let resume_key = match &cfg.resume_secret {
+            Some(s) => s.clone(),
+            None => secret_file(&cfg.data_dir.join("resume-secret"))?,
+        };
+        let public_key = match &cfg.jwt_public_key {
+            Some(p) => Some(std::fs::read(p)?),
+            None => None,
+        };
+        let auth = Authenticator::new(
+            cfg.jwt_secret.as_deref(),
+            public_key.as_deref(),
+            cfg.jwt_leeway_secs,
+            resume_key.into_bytes(),
+        )?;
+        if cfg.jwt_secret.is_none() && cfg.jwt_public_key.is_none() {
+            tracing::warn!("no JWT secret or public key configured: only tickets from the admin API can log in");
+        }
+
+        let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => tls::ensure_dev_cert(&cfg.data_dir, &cfg.dev_cert_names)?,
+        };
+        let (certs, key) = tls::load_pem(&cert, &key)?;
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(tls::quic_server_crypto(certs, key)?);
+        server_config.transport_config(Arc::new(transport_config(&cfg)));
+        server_config.migration(true);
+        let endpoint = quinn::Endpoint::server(server_config, cfg.quic_addr)?;
+        let quic_addr = endpoint.local_addr()?;
+
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::default());
+        let pipeline = Pipeline::start(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            65_536,
+            cfg.store_batch,
+        );
+        let ctx = Arc::new(Ctx {
+            ids: MsgIdGen::new(cfg.node_id),
+            cfg,
+            store,
+            hub,
+            pipeline,
+            auth,
+            metrics,
+            next_session: AtomicU64::new(1),
+            admin_token,
+        });
+
+        let listener = tokio::net::TcpListener::bind(ctx.cfg.admin_addr).await?;
+        let admin_addr = listener.local_addr()?;
+        let app = admin::router(ctx.clone());
+        let admin_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        let ep = endpoint.clone();
+        let c = ctx.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                tokio::spawn(session::serve(incoming, c.clone()));
+            }
+        });
+        tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");
+        Ok(Node {
+            quic_addr,
+            admin_addr,
+            ctx,
+            endpoint,
+            tasks: vec![admin_task, accept_task],
+        })
+    }
+
+    /// Closes every connection with `server_shutdown` and stops the listeners.
+    pub async fn shutdown(self) {
+        let code = tether_proto::CloseCode::ServerShutdown;
+        self.endpoint.close(
+            quinn::VarInt::from_u32(code.code()),
+            code.reason().as_bytes(),
+        );
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics of a node, served at `/metrics` by the admin API.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set `{result="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: String,
+}
+
+/// Label set `{op="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// Store operation.
+    pub op: String,
+}
+
+/// Label set `{reason="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Close reason.
+    pub reason: String,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    /// The registry rendered at `/metrics`.
+    pub registry: Registry,
+    /// Open QUIC connections.
+    pub connections: Gauge,
+    /// Logged-in sessions.
+    pub sessions: Gauge,
+    /// Login attempts by result.
+    pub logins: Family<ResultLabel, Counter>,
+    /// Sessions ended, by close reason.
+    pub closes: Family<ReasonLabel, Counter>,
+    /// `send` frames accepted and stored (new messages).
+    pub messages_in: Counter,
+    /// `deliver` frames written to sessions.
+    pub messages_out: Counter,
+    /// `ack` frames received.
+    pub acks: Counter,
+    /// Retried sends answered from the store (duplicates).
+    pub retries: Counter,
+    /// Times a session read missed messages from the store (resume, sync, lag).
+    pub sync_gaps: Counter,
+    /// Messages sent from the store to close a gap.
+    pub sync_messages: Counter,
+    /// Sends refused, by error code.
+    pub send_errors: Family<ResultLabel, Counter>,
+    /// Store latency by operation.
+    pub store_latency: Family<OpLabel, Histogram>,
+    /// Messages per store batch.
+    pub store_batch: Histogram,
+    /// Frames refused as undecodable or oversized.
+    pub bad_frames: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tether");
+        let m = Metrics {
+            connections: Gauge::default(),
+            sessions: Gauge::default(),
+            logins: Family::default(),
+            closes: Family::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            acks: Counter::default(),
+            retries: Counter::default(),
+            sync_gaps: Counter::default(),
+            sync_messages: Counter::default(),
+            send_errors: Family::default(),
+            store_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+            store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            bad_frames: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open QUIC connections",
+            m.connections.clone(),
+        );
+        registry.register("sessions", "Logged-in sessions", m.sessions.clone());
+        registry.register("logins", "Login attempts by result", m.logins.clone());
+        registry.register(
+            "session_closes",
+            "Sessions ended by reason",
+            m.closes.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages accepted and stored",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Deliver frames written",
+            m.messages_out.clone(),
+        );
+        registry.register("acks", "Ack frames received", m.acks.clone());
+        registry.register(
+            "send_retries",
+            "Retried sends answered with the original ack",
+            m.retries.clone(),
+        );
+        registry.register(
+            "sync_gaps",
+            "Gaps closed from the store",
+            m.sync_gaps.clone(),
+        );
+        registry.register(
+            "sync_messages",
+            "Messages sent from the store to close gaps",
+            m.sync_messages.clone(),
+        );
+        registry.register(
+            "send_errors",
+            "Sends refused by code",
+            m.send_errors.clone(),
+        );
+        registry.register(
+            "store_latency_seconds",
+            "Store operation latency",
+            m.store_latency.clone(),
+        );
+        registry.register(
+            "store_batch_messages",
+            "Messages per store batch",
+            m.store_batch.clone(),
+        );
+        registry.register(
+            "bad_frames",
+            "Frames refused as undecodable or oversized",
+            m.bad_frames.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a login outcome.
+    pub fn login(&self, result: &str) {
+        self.logins
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a session close.
+    pub fn closed(&self, reason: &str) {
+        self.closes
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a store operation's latency.
+    pub fn store_op(&self, op: &str, secs: f64) {
+        self.store_latency
+            .get_or_create(&OpLabel { op: op.to_owned() })
+            .observe(secs);
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,169 @@
+//! The write pipeline: every send and cursor update of the node goes through one task that
+//! groups what arrived while the previous batch was committing into the next transaction
+//! (group commit), then fans the results out in commit order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tether_proto::{ErrorCode, SendAck, SendError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{Hub, SessionCmd, SessionTx};
+use crate::metrics::Metrics;
+use crate::store::{Appended, CursorUpdate, NewMessage, Store, StoreError};
+
+/// Who asked for a send and wants its answer.
+#[derive(Debug)]
+pub enum Origin {
+    /// A session: the answer is a `send_ack` / `send_error` frame; the session's other devices
+    /// get the message, this one does not.
+    Session {
+        /// The sending session's id.
+        id: u64,
+        /// Its command queue.
+        tx: SessionTx,
+    },
+    /// The admin API waits for the stored message.
+    Admin(oneshot::Sender<Result<Appended, String>>),
+}
+
+/// One unit of work for the pipeline.
+#[derive(Debug)]
+pub enum Job {
+    /// Store a message and deliver it.
+    Send(NewMessage, Origin),
+    /// Store a device's cumulative ack.
+    Cursor(CursorUpdate),
+}
+
+/// Handle for submitting jobs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    tx: mpsc::Sender<Job>,
+}
+
+/// The pipeline is shut down.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline closed")]
+pub struct Closed;
+
+impl Pipeline {
+    /// Starts the pipeline task. `queue` bounds the jobs waiting (senders wait beyond it),
+    /// `batch` the messages per transaction.
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+        batch: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(queue);
+        tokio::spawn(run(rx, store, hub, metrics, batch.max(1)));
+        Pipeline { tx }
+    }
+
+    /// Submits a job, waiting while the queue is full.
+    pub async fn submit(&self, job: Job) -> Result<(), Closed> {
+        self.tx.send(job).await.map_err(|_| Closed)
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(batch);
+    loop {
+        jobs.clear();
+        if rx.recv_many(&mut jobs, batch).await == 0 {
+            return;
+        }
+        let mut msgs = Vec::with_capacity(jobs.len());
+        let mut origins = Vec::with_capacity(jobs.len());
+        let mut cursors = Vec::new();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Send(m, o) => {
+                    msgs.push(m);
+                    origins.push(o);
+                }
+                Job::Cursor(c) => cursors.push(c),
+            }
+        }
+        let n = msgs.len();
+        let started = Instant::now();
+        let client_ids: Vec<String> = msgs.iter().map(|m| m.client_msg_id.clone()).collect();
+        let res = store.append(msgs, cursors).await;
+        metrics.store_op("append", started.elapsed().as_secs_f64());
+        metrics.store_batch.observe(n as f64);
+        match res {
+            Ok(appended) => {
+                for (a, origin) in appended.into_iter().zip(origins) {
+                    dispatch(&hub, &metrics, a, origin);
+                }
+            }
+            Err(e) => fail(&metrics, e, origins, client_ids),
+        }
+    }
+}
+
+fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
+    let origin_id = match &origin {
+        Origin::Session { id, .. } => Some(*id),
+        Origin::Admin(_) => None,
+    };
+    if a.duplicate {
+        metrics.retries.inc();
+    } else {
+        metrics.messages_in.inc();
+        for (user, seq) in &a.recipients {
+            let except = if *user == a.msg.sender {
+                origin_id
+            } else {
+                None
+            };
+            hub.deliver(user, &a.msg, *seq, except);
+        }
+    }
+    match origin {
+        Origin::Session { tx, .. } => {
+            tx.send(SessionCmd::SendAck(SendAck {
+                client_msg_id: a.msg.client_msg_id.clone(),
+                msg_id: a.msg.msg_id,
+                seq: a.sender_seq,
+                ts: a.msg.ts,
+                duplicate: a.duplicate,
+            }));
+        }
+        Origin::Admin(reply) => {
+            let _ = reply.send(Ok(a));
+        }
+    }
+}
+
+fn fail(metrics: &Metrics, e: StoreError, origins: Vec<Origin>, client_ids: Vec<String>) {
+    tracing::error!(error = %e, messages = origins.len(), "store append failed; senders will retry");
+    for (origin, client_msg_id) in origins.into_iter().zip(client_ids) {
+        metrics
+            .send_errors
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "unavailable".into(),
+            })
+            .inc();
+        match origin {
+            Origin::Session { tx, .. } => {
+                tx.send(SessionCmd::SendError(SendError {
+                    client_msg_id,
+                    code: ErrorCode::Unavailable,
+                    message: "store unavailable, retry".into(),
+                }));
+            }
+            Origin::Admin(reply) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}

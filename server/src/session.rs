@@ -1,0 +1,665 @@
+//! One client connection: login, then the session loop that reads frames, writes deliveries
+//! and answers, and enforces the login and idle timeouts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tether_proto::{
+    negotiate_version, Address, AddressKind, CloseCode, Credential, DecodeError, Decoded, Decoder,
+    ErrorCode, ErrorFrame, Frame, KickReason, Kicked, Login, LoginError, LoginOk, Pong, SendError,
+};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::auth::{ticket_hash, AuthError};
+use crate::hub::{session_channel, SessionCmd, SessionHandle, SessionRx};
+use crate::ids::now_ms;
+use crate::limits::{InboxOrder, Step, TokenBucket};
+use crate::pipeline::{Job, Origin};
+use crate::store::{CursorUpdate, NewMessage, TicketUse};
+use crate::Ctx;
+
+/// Longest id (user, device, client message id, content type) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// How long a closing session waits for its last frame to be acknowledged.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads frames off a QUIC receive stream.
+struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+enum ReadError {
+    Decode(DecodeError),
+    Closed,
+}
+
+impl FrameReader {
+    /// Next frame. Cancel-safe: the only await point is `read_chunk`.
+    async fn next(&mut self) -> Result<Decoded, ReadError> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(d)) => return Ok(d),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Decode(e)),
+            }
+            match self.recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => return Err(ReadError::Closed),
+            }
+        }
+    }
+}
+
+/// Buffers frames and writes them in one go.
+struct FrameWriter {
+    send: quinn::SendStream,
+    buf: BytesMut,
+}
+
+impl FrameWriter {
+    fn push(&mut self, frame: &Frame) {
+        if let Err(e) = tether_proto::encode(frame, &mut self.buf) {
+            warn!(error = %e, "failed to encode a frame");
+        }
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let data = self.buf.split().freeze();
+        self.send.write_chunk(data).await.is_ok()
+    }
+
+    /// Writes what is buffered, finishes the stream and waits (bounded) until the peer has it.
+    async fn linger(&mut self) {
+        if self.flush().await && self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+        }
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Frame {
+    Frame::Error(ErrorFrame {
+        code,
+        message: message.into(),
+        fatal,
+    })
+}
+
+fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        quinn::VarInt::from_u32(code.code()),
+        code.reason().as_bytes(),
+    );
+}
+
+/// Serves one incoming connection to its end.
+pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    ctx.metrics.connections.inc();
+    let span = tracing::info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
+    let reason = run(&conn, &ctx).instrument(span).await;
+    ctx.metrics.closed(reason.reason());
+    close(&conn, reason);
+    ctx.metrics.connections.dec();
+}
+
+fn bad_frame(e: &DecodeError) -> (ErrorCode, CloseCode) {
+    match e {
+        DecodeError::FrameTooLarge { .. } => (ErrorCode::FrameTooLarge, CloseCode::FrameTooLarge),
+        _ => (ErrorCode::BadFrame, CloseCode::ProtocolError),
+    }
+}
+
+async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
+    let login_deadline = tokio::time::Instant::now() + ctx.cfg.login_timeout;
+    let (send, recv) = match tokio::time::timeout_at(login_deadline, conn.accept_bi()).await {
+        Err(_) => return CloseCode::LoginTimeout,
+        Ok(Err(_)) => return CloseCode::Normal,
+        Ok(Ok(s)) => s,
+    };
+    let mut reader = FrameReader {
+        recv,
+        buf: BytesMut::new(),
+        decoder: Decoder::new(ctx.cfg.max_frame),
+    };
+    let mut writer = FrameWriter {
+        send,
+        buf: BytesMut::new(),
+    };
+
+    let login = loop {
+        let next = match tokio::time::timeout_at(login_deadline, reader.next()).await {
+            Err(_) => {
+                writer.push(&error_frame(
+                    ErrorCode::NotLoggedIn,
+                    "no login within the login timeout",
+                    true,
+                ));
+                writer.linger().await;
+                return CloseCode::LoginTimeout;
+            }
+            Ok(n) => n,
+        };
+        match next {
+            Err(ReadError::Closed) => return CloseCode::Normal,
+            Err(ReadError::Decode(e)) => {
+                ctx.metrics.bad_frames.inc();
+                let (code, close) = bad_frame(&e);
+                writer.push(&error_frame(code, e.to_string(), true));
+                writer.linger().await;
+                return close;
+            }
+            Ok(Decoded::Unknown { frame_type }) => {
+                writer.push(&error_frame(
+                    ErrorCode::UnknownFrameType,
+                    format!("unknown frame type `{frame_type}` skipped"),
+                    false,
+                ));
+                writer.flush().await;
+            }
+            Ok(Decoded::Frame(Frame::Login(l))) => break l,
+            Ok(Decoded::Frame(Frame::Ping(p))) => {
+                writer.push(&Frame::Pong(Pong { nonce: p.nonce }));
+                writer.flush().await;
+            }
+            Ok(Decoded::Frame(f)) => {
+                writer.push(&error_frame(
+                    ErrorCode::NotLoggedIn,
+                    format!("`{}` before `login`", f.type_name()),
+                    true,
+                ));
+                writer.linger().await;
+                return CloseCode::ProtocolError;
+            }
+        }
+    };
+
+    let (user, session) = match login_session(conn, ctx, &login).await {
+        Ok(v) => v,
+        Err((code, message, label)) => {
+            ctx.metrics.login(label);
+            info!(?code, %message, "login refused");
+            writer.push(&Frame::LoginError(LoginError { code, message }));
+            writer.linger().await;
+            return CloseCode::AuthFailed;
+        }
+    };
+    ctx.metrics.login("ok");
+    ctx.metrics.sessions.inc();
+    let span = tracing::info_span!("session", user = %user, device = %login.device_id, sid = session.handle.id);
+    let (sid, reason) = session.run(reader, writer, ctx).instrument(span).await;
+    ctx.hub.unregister(&user, sid);
+    ctx.metrics.sessions.dec();
+    reason
+}
+
+type LoginFailure = (ErrorCode, String, &'static str);
+
+fn check_id(what: &str, v: &str) -> Result<(), LoginFailure> {
+    if v.is_empty() || v.len() > MAX_ID_LEN {
+        Err((
+            ErrorCode::InvalidField,
+            format!("{what} must be 1..={MAX_ID_LEN} bytes"),
+            "invalid_field",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+async fn login_session(
+    conn: &quinn::Connection,
+    ctx: &Arc<Ctx>,
+    login: &Login,
+) -> Result<(String, Session), LoginFailure> {
+    let Some(version) = negotiate_version(login.version) else {
+        return Err((
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "version {} is not supported (min {})",
+                login.version,
+                tether_proto::MIN_PROTOCOL_VERSION
+            ),
+            "unsupported_version",
+        ));
+    };
+    check_id("device_type", &login.device_type)?;
+    check_id("device_id", &login.device_id)?;
+    let auth_fail = |e: AuthError| (e.code(), e.to_string(), e.metric_label());
+    let user = match &login.credential {
+        Credential::Token(t) => ctx.auth.verify_jwt(t).map_err(auth_fail)?,
+        Credential::Resume(t) => ctx
+            .auth
+            .verify_resume(t, &login.device_id, now_ms())
+            .map_err(auth_fail)?,
+        Credential::Ticket(t) => {
+            let started = Instant::now();
+            let r = ctx.store.consume_ticket(&ticket_hash(t), now_ms()).await;
+            ctx.metrics
+                .store_op("consume_ticket", started.elapsed().as_secs_f64());
+            match r.map_err(|e| auth_fail(AuthError::Store(e)))? {
+                TicketUse::Valid(u) => u,
+                TicketUse::Expired => return Err(auth_fail(AuthError::TicketExpired)),
+                TicketUse::Invalid => return Err(auth_fail(AuthError::TicketInvalid)),
+            }
+        }
+    };
+    check_id("user", &user)?;
+    let unavailable =
+        |e: crate::store::StoreError| (ErrorCode::Unavailable, e.to_string(), "store_error");
+    let cursor = match login.inbox_cursor {
+        Some(c) => c,
+        None => ctx
+            .store
+            .device_cursor(&user, &login.device_id)
+            .await
+            .map_err(unavailable)?
+            .unwrap_or(0),
+    };
+
+    let (tx, rx) = session_channel(ctx.cfg.session_queue);
+    let handle = Arc::new(SessionHandle {
+        id: ctx.next_session.fetch_add(1, Ordering::Relaxed),
+        user: user.clone(),
+        device_type: login.device_type.clone(),
+        device_id: login.device_id.clone(),
+        connected_ms: now_ms(),
+        conn: conn.clone(),
+        tx,
+    });
+    // Register before reading the head: whatever is stored after this point also arrives live,
+    // and the order tracker drops what was already sent from the store.
+    ctx.hub.register(handle.clone());
+    let head = match ctx.store.inbox_head(&user).await {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.hub.unregister(&user, handle.id);
+            return Err(unavailable(e));
+        }
+    };
+    let resume_expires = now_ms() + ctx.cfg.resume_ttl.as_millis() as u64;
+    let ok = LoginOk {
+        version,
+        session_id: format!("{}-{}", ctx.cfg.node_id, handle.id),
+        user: user.clone(),
+        inbox_head: head,
+        server_time_ms: now_ms(),
+        idle_timeout_ms: ctx.cfg.idle_timeout.as_millis() as u64,
+        max_frame: ctx.cfg.max_frame,
+        resume_token: Some(
+            ctx.auth
+                .mint_resume(&user, &login.device_id, resume_expires),
+        ),
+        resume_expires_ms: Some(resume_expires),
+    };
+    info!(user = %user, device_type = %login.device_type, device = %login.device_id, cursor, head, "login");
+    let session = Session {
+        handle,
+        rx,
+        order: InboxOrder::after(cursor.min(head)),
+        login_ok: Some(ok),
+        backlog_until: head,
+        acked: cursor,
+        bucket: TokenBucket::new(ctx.cfg.send_rate, ctx.cfg.send_burst, Instant::now()),
+    };
+    Ok((user, session))
+}
+
+/// A logged-in session.
+struct Session {
+    handle: Arc<SessionHandle>,
+    rx: SessionRx,
+    order: InboxOrder,
+    login_ok: Option<LoginOk>,
+    backlog_until: u64,
+    acked: u64,
+    bucket: TokenBucket,
+}
+
+/// What ended a session: (session id, close code).
+type Ended = (u64, CloseCode);
+
+enum Flow {
+    Continue,
+    End(CloseCode),
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut reader: FrameReader,
+        mut writer: FrameWriter,
+        ctx: &Arc<Ctx>,
+    ) -> Ended {
+        let id = self.handle.id;
+        if let Some(ok) = self.login_ok.take() {
+            writer.push(&Frame::LoginOk(ok));
+        }
+        let backlog = self.order.next() - 1;
+        if backlog < self.backlog_until {
+            let until = self.backlog_until;
+            if let Err(code) = self.fill(ctx, &mut writer, backlog, Some(until)).await {
+                return (id, code);
+            }
+        }
+        if !writer.flush().await {
+            return (id, CloseCode::Normal);
+        }
+        let mut last_rx = tokio::time::Instant::now();
+        let lag = self.rx.lag_signal();
+        loop {
+            let idle = tokio::time::sleep_until(last_rx + ctx.cfg.idle_timeout);
+            let flow = tokio::select! {
+                biased;
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        let mut flow = self.on_cmd(cmd, ctx, &mut writer).await;
+                        // Batch what else is queued into the same write.
+                        let mut n = 0;
+                        while matches!(flow, Flow::Continue) && n < 512 {
+                            let Some(cmd) = self.rx.try_recv() else { break };
+                            flow = self.on_cmd(cmd, ctx, &mut writer).await;
+                            n += 1;
+                        }
+                        flow
+                    }
+                    None => Flow::End(CloseCode::ServerShutdown),
+                },
+                _ = lag.wait() => {
+                    ctx.metrics.sync_gaps.inc();
+                    let after = self.order.next() - 1;
+                    match self.fill(ctx, &mut writer, after, None).await {
+                        Ok(()) => Flow::Continue,
+                        Err(c) => Flow::End(c),
+                    }
+                }
+                r = reader.next() => {
+                    last_rx = tokio::time::Instant::now();
+                    match r {
+                        Ok(d) => self.on_frame(d, ctx, &mut writer).await,
+                        Err(ReadError::Closed) => Flow::End(CloseCode::Normal),
+                        Err(ReadError::Decode(e)) => {
+                            ctx.metrics.bad_frames.inc();
+                            let (code, close) = bad_frame(&e);
+                            writer.push(&error_frame(code, e.to_string(), true));
+                            writer.linger().await;
+                            Flow::End(close)
+                        }
+                    }
+                }
+                _ = idle => {
+                    info!("idle timeout");
+                    writer.push(&error_frame(ErrorCode::Unavailable, "idle timeout", true));
+                    writer.linger().await;
+                    Flow::End(CloseCode::IdleTimeout)
+                }
+            };
+            if let Flow::End(code) = flow {
+                return (id, code);
+            }
+            if !writer.flush().await {
+                return (id, CloseCode::Normal);
+            }
+        }
+    }
+
+    /// Writes inbox entries `(after, until]` from the store, in pages.
+    async fn fill(
+        &mut self,
+        ctx: &Ctx,
+        writer: &mut FrameWriter,
+        mut after: u64,
+        until: Option<u64>,
+    ) -> Result<(), CloseCode> {
+        let page = ctx.cfg.sync_page.max(1);
+        loop {
+            let started = Instant::now();
+            let entries = match ctx
+                .store
+                .fetch_inbox(&self.handle.user, after, until, page)
+                .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "store read failed while syncing");
+                    return Err(CloseCode::ServerShutdown);
+                }
+            };
+            ctx.metrics
+                .store_op("fetch_inbox", started.elapsed().as_secs_f64());
+            let n = entries.len();
+            ctx.metrics.sync_messages.inc_by(n as u64);
+            for e in entries {
+                writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                ctx.metrics.messages_out.inc();
+                self.order.sent(e.seq);
+                after = e.seq;
+            }
+            if !writer.flush().await {
+                return Err(CloseCode::Normal);
+            }
+            if n < page as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: SessionCmd, ctx: &Ctx, writer: &mut FrameWriter) -> Flow {
+        match cmd {
+            SessionCmd::SendAck(ack) => {
+                // The sender's own copy sits in its inbox at ack.seq.
+                let seq = ack.seq;
+                writer.push(&Frame::SendAck(ack));
+                if let Step::FillGap { after, until } = self.order.step(seq) {
+                    ctx.metrics.sync_gaps.inc();
+                    if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                        return Flow::End(c);
+                    }
+                }
+                self.order.sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::SendError(e) => {
+                writer.push(&Frame::SendError(e));
+                Flow::Continue
+            }
+            SessionCmd::Live { msg, seq } => {
+                match self.order.step(seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        ctx.metrics.sync_gaps.inc();
+                        if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
+                    }
+                }
+                writer.push(&Frame::Deliver(msg.deliver(seq)));
+                ctx.metrics.messages_out.inc();
+                self.order.sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::Kick(reason) => {
+                info!(?reason, "kicked");
+                let message = match reason {
+                    KickReason::Replaced => "another device of the same type logged in",
+                    _ => "kicked by the server",
+                };
+                writer.push(&Frame::Kicked(Kicked {
+                    reason,
+                    message: message.into(),
+                }));
+                writer.linger().await;
+                Flow::End(match reason {
+                    KickReason::Replaced => CloseCode::Replaced,
+                    _ => CloseCode::Kicked,
+                })
+            }
+            SessionCmd::Superseded => {
+                info!("superseded by a new connection of the same device");
+                Flow::End(CloseCode::Superseded)
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, d: Decoded, ctx: &Ctx, writer: &mut FrameWriter) -> Flow {
+        let frame = match d {
+            Decoded::Unknown { frame_type } => {
+                writer.push(&error_frame(
+                    ErrorCode::UnknownFrameType,
+                    format!("unknown frame type `{frame_type}` skipped"),
+                    false,
+                ));
+                return Flow::Continue;
+            }
+            Decoded::Frame(f) => f,
+        };
+        match frame {
+            Frame::Send(s) => {
+                if let Err((code, message)) =
+                    self.check_send(&s.to, &s.client_msg_id, &s.content_type)
+                {
+                    ctx.metrics
+                        .send_errors
+                        .get_or_create(&crate::metrics::ResultLabel {
+                            result: format!("{code:?}"),
+                        })
+                        .inc();
+                    writer.push(&Frame::SendError(SendError {
+                        client_msg_id: s.client_msg_id,
+                        code,
+                        message,
+                    }));
+                    return Flow::Continue;
+                }
+                if !self.bucket.try_take(Instant::now()) {
+                    ctx.metrics
+                        .send_errors
+                        .get_or_create(&crate::metrics::ResultLabel {
+                            result: "RateLimited".into(),
+                        })
+                        .inc();
+                    writer.push(&Frame::SendError(SendError {
+                        client_msg_id: s.client_msg_id,
+                        code: ErrorCode::RateLimited,
+                        message: format!("more than {} sends per second", ctx.cfg.send_rate),
+                    }));
+                    return Flow::Continue;
+                }
+                let ts = now_ms();
+                let msg = NewMessage {
+                    msg_id: ctx.ids.next_at(ts),
+                    sender: self.handle.user.clone(),
+                    sender_device: self.handle.device_id.clone(),
+                    client_msg_id: s.client_msg_id,
+                    to: s.to,
+                    ts,
+                    content_type: s.content_type,
+                    payload: s.payload,
+                };
+                let origin = Origin::Session {
+                    id: self.handle.id,
+                    tx: self.handle.tx.clone(),
+                };
+                if ctx.pipeline.submit(Job::Send(msg, origin)).await.is_err() {
+                    return Flow::End(CloseCode::ServerShutdown);
+                }
+                Flow::Continue
+            }
+            Frame::Ack(a) => {
+                ctx.metrics.acks.inc();
+                if a.inbox > self.acked {
+                    self.acked = a.inbox;
+                    let c = CursorUpdate {
+                        user: self.handle.user.clone(),
+                        device_id: self.handle.device_id.clone(),
+                        seq: a.inbox,
+                        at_ms: now_ms(),
+                    };
+                    if ctx.pipeline.submit(Job::Cursor(c)).await.is_err() {
+                        return Flow::End(CloseCode::ServerShutdown);
+                    }
+                }
+                Flow::Continue
+            }
+            Frame::Sync(s) => {
+                ctx.metrics.sync_gaps.inc();
+                match self.fill(ctx, writer, s.after, s.until).await {
+                    Ok(()) => Flow::Continue,
+                    Err(c) => Flow::End(c),
+                }
+            }
+            Frame::Ping(p) => {
+                writer.push(&Frame::Pong(Pong { nonce: p.nonce }));
+                Flow::Continue
+            }
+            Frame::Logout(_) => {
+                info!("logout");
+                writer.linger().await;
+                Flow::End(CloseCode::Normal)
+            }
+            Frame::Login(_) => {
+                writer.push(&error_frame(
+                    ErrorCode::AlreadyLoggedIn,
+                    "this session is already logged in",
+                    false,
+                ));
+                Flow::Continue
+            }
+            other => {
+                writer.push(&error_frame(
+                    ErrorCode::UnexpectedFrame,
+                    format!("`{}` is a server-to-client frame", other.type_name()),
+                    false,
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
+    fn check_send(
+        &self,
+        to: &Address,
+        client_msg_id: &str,
+        content_type: &str,
+    ) -> Result<(), (ErrorCode, String)> {
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_ID_LEN {
+            return Err((
+                ErrorCode::InvalidField,
+                format!("client_msg_id must be 1..={MAX_ID_LEN} bytes"),
+            ));
+        }
+        if content_type.len() > MAX_ID_LEN {
+            return Err((
+                ErrorCode::InvalidField,
+                format!("content_type longer than {MAX_ID_LEN} bytes"),
+            ));
+        }
+        if to.kind != AddressKind::User {
+            return Err((
+                ErrorCode::Unsupported,
+                "only user addresses are supported".into(),
+            ));
+        }
+        if to.id.is_empty() || to.id.len() > MAX_ID_LEN {
+            return Err((
+                ErrorCode::InvalidField,
+                format!("recipient must be 1..={MAX_ID_LEN} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! Durable storage of messages, inboxes, device cursors and tickets.
+//!
+//! The gateway talks to storage only through [`Store`], so SQLite (the default, [`sqlite`]) and
+//! the PostgreSQL / MySQL backends of a cluster are interchangeable. Batching of writes lives
+//! above the trait, in [`crate::pipeline`]: a backend gets whole batches and commits each in one
+//! transaction.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tether_proto::Address;
+use thiserror::Error;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not fit the schema (negative seq, unknown address kind...).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store is shut down.
+    #[error("store closed")]
+    Closed,
+}
+
+/// A message to append, as accepted from a session or the admin API.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Server-wide id allocated by the node ([`crate::ids::MsgIdGen`]).
+    pub msg_id: u64,
+    /// Sending user (the session's authenticated user, or the admin API's `from`).
+    pub sender: String,
+    /// Sending device id ("" for the admin API).
+    pub sender_device: String,
+    /// The sender's id for deduplication.
+    pub client_msg_id: String,
+    /// Recipient.
+    pub to: Address,
+    /// Server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// Payload type.
+    pub content_type: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// A message as stored (shared by all deliveries of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server-wide id.
+    pub msg_id: u64,
+    /// Sending user.
+    pub sender: String,
+    /// Sending device id.
+    pub sender_device: String,
+    /// The sender's id for the message.
+    pub client_msg_id: String,
+    /// Recipient.
+    pub to: Address,
+    /// Server timestamp.
+    pub ts: u64,
+    /// Payload type.
+    pub content_type: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// The `deliver` frame for this message at `seq` of some inbox.
+    pub fn deliver(&self, seq: u64) -> tether_proto::Deliver {
+        tether_proto::Deliver {
+            msg_id: self.msg_id,
+            seq,
+            from: self.sender.clone(),
+            from_device: self.sender_device.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            to: self.to.clone(),
+            ts: self.ts,
+            content_type: self.content_type.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// Where one message of a batch ended up.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stored message (the original one for a duplicate).
+    pub msg: Arc<StoredMessage>,
+    /// Seq of the sender's own copy in the sender's inbox.
+    pub sender_seq: u64,
+    /// Inbox entries written by this append: (user, seq). Empty for a duplicate. For a message
+    /// to oneself, only the sender's entry.
+    pub recipients: Vec<(String, u64)>,
+    /// This was a retry of an already stored (sender, client_msg_id).
+    pub duplicate: bool,
+}
+
+/// One inbox entry read back.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    /// Seq in the inbox.
+    pub seq: u64,
+    /// The message.
+    pub msg: Arc<StoredMessage>,
+}
+
+/// Outcome of consuming a one-time ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketUse {
+    /// The ticket was valid and is now consumed; it belongs to this user.
+    Valid(String),
+    /// The ticket existed but had expired (it is consumed too).
+    Expired,
+    /// No such ticket: never issued or already used.
+    Invalid,
+}
+
+/// A device's acknowledged position, written in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    /// User.
+    pub user: String,
+    /// Device id.
+    pub device_id: String,
+    /// Highest contiguous seq acknowledged.
+    pub seq: u64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends a batch in one transaction, deduplicating on (sender, client_msg_id) against the
+    /// store and within the batch, and allocating inbox seqs without gaps. Results are in
+    /// input order. Either the whole batch is durable or none of it is.
+    async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// Inbox entries of `user` with `after < seq <= until`, in seq order, at most `limit`.
+    async fn fetch_inbox(
+        &self,
+        user: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// Highest seq in `user`'s inbox (0 if empty).
+    async fn inbox_head(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// The stored cumulative ack of a device.
+    async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Stores a ticket (by hash) for `user` until `expires_ms`.
+    async fn create_ticket(
+        &self,
+        hash: &str,
+        user: &str,
+        expires_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Consumes a ticket atomically: at most one caller ever gets `Valid`.
+    async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError>;
+
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts stored messages from `sender` (used by admin and tests).
+    async fn count_from(&self, sender: &str) -> Result<u64, StoreError>;
+}

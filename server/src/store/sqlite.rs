@@ -1,0 +1,515 @@
+//! SQLite backend: one file in the data dir, WAL mode, one writer connection for batched
+//! appends and a small pool of readers.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use tether_proto::{Address, AddressKind};
+use tokio::sync::Mutex;
+
+use super::*;
+use crate::config::StoreSync;
+
+/// SQLite has a limit of 32766 bound parameters per statement; stay well below it.
+const MAX_PARAMS: usize = 30_000;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    /// Inbox heads known to the writer, guarded for the whole of an append.
+    heads: Mutex<HashMap<String, u64>>,
+}
+
+/// Columns of a message row, in the order [`message_from_row`] reads them.
+const MESSAGE_COLS: &str =
+    "m.id, m.sender, m.sender_device, m.client_msg_id, m.to_kind, m.to_id, m.ts, m.content_type, m.payload";
+
+fn to_i64(v: u64) -> i64 {
+    // Values we write (snowflake ids, seqs, ms timestamps) are far below 2^63.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+fn kind_str(k: AddressKind) -> &'static str {
+    match k {
+        AddressKind::User => "user",
+        AddressKind::Room => "room",
+    }
+}
+
+fn kind_from(s: &str) -> Result<AddressKind, StoreError> {
+    match s {
+        "user" => Ok(AddressKind::User),
+        "room" => Ok(AddressKind::Room),
+        other => Err(StoreError::Corrupt(format!("address kind {other}"))),
+    }
+}
+
+/// Reads the [`MESSAGE_COLS`] of a row, starting at column `at`.
+fn message_from_row(row: &SqliteRow, at: usize) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        msg_id: to_u64(row.try_get(at)?, "msg id")?,
+        sender: row.try_get(at + 1)?,
+        sender_device: row.try_get(at + 2)?,
+        client_msg_id: row.try_get(at + 3)?,
+        to: Address {
+            kind: kind_from(row.try_get::<&str, _>(at + 4)?)?,
+            id: row.try_get(at + 5)?,
+        },
+        ts: to_u64(row.try_get(at + 6)?, "ts")?,
+        content_type: row.try_get(at + 7)?,
+        payload: row.try_get(at + 8)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and applies migrations.
+    pub async fn open(url: &str, sync: StoreSync) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                StoreSync::Full => SqliteSynchronous::Full,
+                StoreSync::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false)
+            .pragma("cache_size", "-65536");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore {
+            writer,
+            readers,
+            heads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Closes both pools.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+}
+
+type DedupKey = (String, String);
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut heads = self.heads.lock().await;
+        let mut tx = self.writer.begin().await?;
+
+        // 1. Which (sender, client_msg_id) are already stored?
+        let mut existing: HashMap<DedupKey, (Arc<StoredMessage>, u64)> = HashMap::new();
+        for chunk in batch.chunks(MAX_PARAMS / 2) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "SELECT {MESSAGE_COLS}, m.sender_seq FROM messages m WHERE (m.sender, m.client_msg_id) IN (VALUES "
+            ));
+            let mut sep = q.separated(", ");
+            for m in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(&m.sender)
+                    .push_unseparated(", ");
+                sep.push_bind_unseparated(&m.client_msg_id)
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let msg = message_from_row(&row, 0)?;
+                let seq = to_u64(row.try_get(9)?, "sender_seq")?;
+                existing.insert(
+                    (msg.sender.clone(), msg.client_msg_id.clone()),
+                    (Arc::new(msg), seq),
+                );
+            }
+        }
+
+        // 2. Allocate seqs, without touching the cache until the commit succeeded.
+        let mut new_heads: HashMap<String, u64> = HashMap::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<(Arc<StoredMessage>, u64)> = Vec::new();
+        let mut inbox_rows: Vec<(String, u64, u64)> = Vec::new();
+        for m in batch {
+            let key = (m.sender.clone(), m.client_msg_id.clone());
+            if let Some((msg, seq)) = existing.get(&key) {
+                results.push(Appended {
+                    msg: msg.clone(),
+                    sender_seq: *seq,
+                    recipients: Vec::new(),
+                    duplicate: true,
+                });
+                continue;
+            }
+            let mut users = vec![m.sender.clone()];
+            if m.to.kind == AddressKind::User && m.to.id != m.sender {
+                users.push(m.to.id.clone());
+            }
+            let mut seqs = Vec::with_capacity(users.len());
+            for u in &users {
+                let head = match new_heads.get(u) {
+                    Some(h) => *h,
+                    None => match heads.get(u) {
+                        Some(h) => *h,
+                        None => {
+                            let h: Option<i64> =
+                                sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?")
+                                    .bind(u)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                            to_u64(h.unwrap_or(0), "seq")?
+                        }
+                    },
+                };
+                new_heads.insert(u.clone(), head + 1);
+                seqs.push(head + 1);
+            }
+            let sender_seq = seqs[0];
+            let msg = Arc::new(StoredMessage {
+                msg_id: m.msg_id,
+                sender: m.sender,
+                sender_device: m.sender_device,
+                client_msg_id: m.client_msg_id,
+                to: m.to,
+                ts: m.ts,
+                content_type: m.content_type,
+                payload: m.payload,
+            });
+            let recipients: Vec<(String, u64)> = users.into_iter().zip(seqs).collect();
+            for (u, s) in &recipients {
+                inbox_rows.push((u.clone(), *s, msg.msg_id));
+            }
+            existing.insert(key, (msg.clone(), sender_seq));
+            fresh.push((msg.clone(), sender_seq));
+            results.push(Appended {
+                msg,
+                sender_seq,
+                recipients,
+                duplicate: false,
+            });
+        }
+
+        // 3. Write messages, inbox entries and cursors.
+        for chunk in fresh.chunks(MAX_PARAMS / 10) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, ts, content_type, payload) ",
+            );
+            q.push_values(chunk, |mut b, (m, seq)| {
+                b.push_bind(to_i64(m.msg_id))
+                    .push_bind(&m.sender)
+                    .push_bind(&m.sender_device)
+                    .push_bind(&m.client_msg_id)
+                    .push_bind(kind_str(m.to.kind))
+                    .push_bind(&m.to.id)
+                    .push_bind(to_i64(*seq))
+                    .push_bind(to_i64(m.ts))
+                    .push_bind(&m.content_type)
+                    .push_bind(&m.payload);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in inbox_rows.chunks(MAX_PARAMS / 3) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO inbox (user, seq, msg_id) ");
+            q.push_values(chunk, |mut b, (u, s, id)| {
+                b.push_bind(u).push_bind(to_i64(*s)).push_bind(to_i64(*id));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        // Coalesce cursor updates: the highest per device.
+        let mut best: HashMap<(&str, &str), &CursorUpdate> = HashMap::new();
+        for c in &cursors {
+            let e = best.entry((&c.user, &c.device_id)).or_insert(c);
+            if c.seq > e.seq {
+                *e = c;
+            }
+        }
+        let best: Vec<&CursorUpdate> = best.into_values().collect();
+        for chunk in best.chunks(MAX_PARAMS / 4) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO device_cursors (user, device_id, seq, updated_ms) ");
+            q.push_values(chunk, |mut b, c| {
+                b.push_bind(&c.user)
+                    .push_bind(&c.device_id)
+                    .push_bind(to_i64(c.seq))
+                    .push_bind(to_i64(c.at_ms));
+            });
+            q.push(
+                " ON CONFLICT (user, device_id) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        if heads.len() > 1_000_000 {
+            heads.clear();
+        }
+        heads.extend(new_heads);
+        Ok(results)
+    }
+
+    async fn fetch_inbox(
+        &self,
+        user: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLS}, i.seq FROM inbox i JOIN messages m ON m.id = i.msg_id \
+             WHERE i.user = ? AND i.seq > ? AND i.seq <= ? ORDER BY i.seq LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user)
+            .bind(to_i64(after))
+            .bind(until.map(to_i64).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxEntry {
+                    seq: to_u64(r.try_get(9)?, "seq")?,
+                    msg: Arc::new(message_from_row(r, 0)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
+        let h: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?")
+            .bind(user)
+            .fetch_one(&self.readers)
+            .await?;
+        to_u64(h.unwrap_or(0), "seq")
+    }
+
+    async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM device_cursors WHERE user = ? AND device_id = ?")
+                .bind(user)
+                .bind(device_id)
+                .fetch_optional(&self.readers)
+                .await?;
+        v.map(|v| to_u64(v, "cursor")).transpose()
+    }
+
+    async fn create_ticket(
+        &self,
+        hash: &str,
+        user: &str,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tickets (hash, user, expires_ms) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(user)
+            .bind(to_i64(expires_ms))
+            .execute(&self.readers)
+            .await?;
+        Ok(())
+    }
+
+    async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError> {
+        let row = sqlx::query("DELETE FROM tickets WHERE hash = ? RETURNING user, expires_ms")
+            .bind(hash)
+            .fetch_optional(&self.readers)
+            .await?;
+        let Some(row) = row else {
+            return Ok(TicketUse::Invalid);
+        };
+        let user: String = row.try_get(0)?;
+        let expires = to_u64(row.try_get(1)?, "expires_ms")?;
+        if expires <= now_ms {
+            Ok(TicketUse::Expired)
+        } else {
+            Ok(TicketUse::Valid(user))
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn count_from(&self, sender: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE sender = ?")
+            .bind(sender)
+            .fetch_one(&self.readers)
+            .await?;
+        to_u64(n, "count")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open_temp() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let s = SqliteStore::open(&url, StoreSync::Full).await.unwrap();
+        (dir, s)
+    }
+
+    fn msg(id: u64, from: &str, cid: &str, to: &str) -> NewMessage {
+        NewMessage {
+            msg_id: id,
+            sender: from.into(),
+            sender_device: "d".into(),
+            client_msg_id: cid.into(),
+            to: Address::user(to),
+            ts: 1000 + id,
+            content_type: "text/plain".into(),
+            payload: format!("m{id}").into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn seqs_are_gapless_per_inbox_and_dups_return_the_original() {
+        let (_d, s) = open_temp().await;
+        let r = s
+            .append(
+                vec![
+                    msg(1, "a", "c1", "b"),
+                    msg(2, "a", "c2", "b"),
+                    msg(3, "b", "x", "a"),
+                ],
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0].recipients,
+            vec![("a".to_string(), 1), ("b".to_string(), 1)]
+        );
+        assert_eq!(
+            r[1].recipients,
+            vec![("a".to_string(), 2), ("b".to_string(), 2)]
+        );
+        assert_eq!(
+            r[2].recipients,
+            vec![("b".to_string(), 3), ("a".to_string(), 3)]
+        );
+        // A retry in a later batch and a twin inside one batch: the original ack, nothing stored.
+        let r = s
+            .append(
+                vec![
+                    msg(9, "a", "c2", "b"),
+                    msg(10, "a", "c4", "b"),
+                    msg(11, "a", "c4", "b"),
+                ],
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(r[0].duplicate);
+        assert_eq!((r[0].msg.msg_id, r[0].sender_seq), (2, 2));
+        assert!(!r[1].duplicate);
+        assert!(r[2].duplicate);
+        assert_eq!(r[2].msg.msg_id, 10);
+        assert_eq!(s.count_from("a").await.unwrap(), 3);
+        let inbox = s.fetch_inbox("b", 0, None, 100).await.unwrap();
+        let seqs: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert_eq!(inbox[3].msg.msg_id, 10);
+        assert_eq!(s.fetch_inbox("b", 1, Some(2), 100).await.unwrap().len(), 1);
+        assert_eq!(s.inbox_head("a").await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn message_to_self_has_one_inbox_entry() {
+        let (_d, s) = open_temp().await;
+        let r = s
+            .append(vec![msg(1, "a", "c1", "a")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(r[0].recipients, vec![("a".to_string(), 1)]);
+        assert_eq!(s.fetch_inbox("a", 0, None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn heads_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        {
+            let s = SqliteStore::open(&url, StoreSync::Full).await.unwrap();
+            s.append(vec![msg(1, "a", "c1", "b"), msg(2, "a", "c2", "b")], vec![])
+                .await
+                .unwrap();
+            s.close().await;
+        }
+        let s = SqliteStore::open(&url, StoreSync::Full).await.unwrap();
+        let r = s
+            .append(vec![msg(3, "a", "c3", "b")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0].recipients,
+            vec![("a".to_string(), 3), ("b".to_string(), 3)]
+        );
+    }
+
+    #[tokio::test]
+    async fn cursors_only_move_forward() {
+        let (_d, s) = open_temp().await;
+        let cu = |seq| CursorUpdate {
+            user: "a".into(),
+            device_id: "d1".into(),
+            seq,
+            at_ms: 1,
+        };
+        s.append(vec![], vec![cu(5), cu(3)]).await.unwrap();
+        assert_eq!(s.device_cursor("a", "d1").await.unwrap(), Some(5));
+        s.append(vec![], vec![cu(2)]).await.unwrap();
+        assert_eq!(s.device_cursor("a", "d1").await.unwrap(), Some(5));
+        assert_eq!(s.device_cursor("a", "d2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn tickets_are_single_use_and_expire() {
+        let (_d, s) = open_temp().await;
+        s.create_ticket("h1", "alice", 2000).await.unwrap();
+        s.create_ticket("h2", "bob", 2000).await.unwrap();
+        assert_eq!(
+            s.consume_ticket("h1", 1000).await.unwrap(),
+            TicketUse::Valid("alice".into())
+        );
+        assert_eq!(
+            s.consume_ticket("h1", 1000).await.unwrap(),
+            TicketUse::Invalid
+        );
+        assert_eq!(
+            s.consume_ticket("h2", 3000).await.unwrap(),
+            TicketUse::Expired
+        );
+        assert_eq!(
+            s.consume_ticket("nope", 0).await.unwrap(),
+            TicketUse::Invalid
+        );
+    }
+}
