@@ -25,10 +25,7 @@ pub fn encode(frame: &Frame, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let len = buf.len() - start - LEN_PREFIX;
     let Ok(len32) = u32::try_from(len) else {
         buf.truncate(start);
-        return Err(EncodeError::FrameTooLarge {
-            len,
-            max: u32::MAX as usize,
-        });
+        return Err(EncodeError::FrameTooLarge { len, max: u32::MAX as usize });
     };
     buf[start..start + LEN_PREFIX].copy_from_slice(&len32.to_be_bytes());
     Ok(())
@@ -80,10 +77,7 @@ impl Decoder {
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if len > self.max_frame {
-            return Err(DecodeError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(DecodeError::FrameTooLarge { len, max: self.max_frame });
         }
         Ok((LEN_PREFIX + len as usize).saturating_sub(buf.len()))
     }
@@ -110,10 +104,8 @@ struct TypeField<'a> {
 }
 
 fn body_as<'a, T: Deserialize<'a>>(frame_type: &str, body: &'a [u8]) -> Result<T, DecodeError> {
-    rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed {
-        frame_type: frame_type.to_owned(),
-        reason: e.to_string(),
-    })
+    rmp_serde::from_slice(body)
+        .map_err(|e| DecodeError::Malformed { frame_type: frame_type.to_owned(), reason: e.to_string() })
 }
 
 /// Decodes one frame body (without its length prefix).
@@ -121,8 +113,7 @@ pub fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::EmptyFrame);
     }
-    let tag: TypeField<'_> =
-        rmp_serde::from_slice(body).map_err(|e| DecodeError::MissingType(e.to_string()))?;
+    let tag: TypeField<'_> = rmp_serde::from_slice(body).map_err(|e| DecodeError::MissingType(e.to_string()))?;
     let t = tag.frame_type.as_ref();
     let frame = match t {
         "login" => Frame::Login(body_as(t, body)?),
@@ -139,11 +130,7 @@ pub fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
         "kicked" => Frame::Kicked(body_as(t, body)?),
         "pong" => Frame::Pong(body_as(t, body)?),
         "error" => Frame::Error(body_as(t, body)?),
-        other => {
-            return Ok(Decoded::Unknown {
-                frame_type: other.to_owned(),
-            })
-        }
+        other => return Ok(Decoded::Unknown { frame_type: other.to_owned() }),
     };
     Ok(Decoded::Frame(frame))
 }
@@ -177,38 +164,23 @@ mod tests {
             assert_eq!(d.decode(&mut buf).unwrap(), None, "byte {i}");
             buf.put_u8(*b);
         }
-        assert_eq!(
-            d.decode(&mut buf).unwrap(),
-            Some(Decoded::Frame(Frame::Ping(Ping { nonce: 42 })))
-        );
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ping(Ping { nonce: 42 }))));
     }
 
     #[test]
     fn oversized_length_is_refused_before_the_body_arrives() {
         let mut buf = BytesMut::from(&[0x00, 0x10, 0x00, 0x01][..]);
         let mut d = Decoder::new(1024);
-        assert_eq!(
-            d.decode(&mut buf),
-            Err(DecodeError::FrameTooLarge {
-                len: 0x0010_0001,
-                max: 1024
-            })
-        );
+        assert_eq!(d.decode(&mut buf), Err(DecodeError::FrameTooLarge { len: 0x0010_0001, max: 1024 }));
     }
 
     #[test]
     fn empty_and_garbage_bodies_are_typed_errors() {
         assert_eq!(decode_body(&[]), Err(DecodeError::EmptyFrame));
-        assert!(matches!(
-            decode_body(&[0xc1, 0xff, 0x00]),
-            Err(DecodeError::MissingType(_))
-        ));
+        assert!(matches!(decode_body(&[0xc1, 0xff, 0x00]), Err(DecodeError::MissingType(_))));
         // A map without "type".
         let body = rmp_serde::to_vec_named(&Ping { nonce: 1 }).unwrap();
-        assert!(matches!(
-            decode_body(&body),
-            Err(DecodeError::MissingType(_))
-        ));
+        assert!(matches!(decode_body(&body), Err(DecodeError::MissingType(_))));
     }
 
     #[test]
@@ -219,11 +191,7 @@ mod tests {
             t: &'static str,
             nonce: &'static str,
         }
-        let body = rmp_serde::to_vec_named(&Bad {
-            t: "ping",
-            nonce: "x",
-        })
-        .unwrap();
+        let body = rmp_serde::to_vec_named(&Bad { t: "ping", nonce: "x" }).unwrap();
         assert!(matches!(
             decode_body(&body),
             Err(DecodeError::Malformed { frame_type, .. }) if frame_type == "ping"
@@ -239,28 +207,10 @@ mod tests {
             nonce: u64,
             shiny_new_field: Vec<u32>,
         }
-        let body = rmp_serde::to_vec_named(&Future {
-            t: "ping",
-            nonce: 9,
-            shiny_new_field: vec![1, 2],
-        })
-        .unwrap();
-        assert_eq!(
-            decode_body(&body),
-            Ok(Decoded::Frame(Frame::Ping(Ping { nonce: 9 })))
-        );
-        let body = rmp_serde::to_vec_named(&Future {
-            t: "hologram",
-            nonce: 9,
-            shiny_new_field: vec![],
-        })
-        .unwrap();
-        assert_eq!(
-            decode_body(&body),
-            Ok(Decoded::Unknown {
-                frame_type: "hologram".into()
-            })
-        );
+        let body = rmp_serde::to_vec_named(&Future { t: "ping", nonce: 9, shiny_new_field: vec![1, 2] }).unwrap();
+        assert_eq!(decode_body(&body), Ok(Decoded::Frame(Frame::Ping(Ping { nonce: 9 }))));
+        let body = rmp_serde::to_vec_named(&Future { t: "hologram", nonce: 9, shiny_new_field: vec![] }).unwrap();
+        assert_eq!(decode_body(&body), Ok(Decoded::Unknown { frame_type: "hologram".into() }));
     }
 
     #[test]
@@ -273,13 +223,8 @@ mod tests {
             message: &'static str,
             fatal: bool,
         }
-        let body = rmp_serde::to_vec_named(&Fut {
-            t: "error",
-            code: "quantum_flux",
-            message: "",
-            fatal: false,
-        })
-        .unwrap();
+        let body =
+            rmp_serde::to_vec_named(&Fut { t: "error", code: "quantum_flux", message: "", fatal: false }).unwrap();
         match decode_body(&body) {
             Ok(Decoded::Frame(Frame::Error(e))) => assert_eq!(e.code, ErrorCode::Unknown),
             other => panic!("{other:?}"),
@@ -292,14 +237,8 @@ mod tests {
         encode(&Frame::Ping(Ping { nonce: 1 }), &mut buf).unwrap();
         encode(&Frame::Ack(Ack { inbox: 5 }), &mut buf).unwrap();
         let mut d = Decoder::new(1024);
-        assert_eq!(
-            d.decode(&mut buf).unwrap(),
-            Some(Decoded::Frame(Frame::Ping(Ping { nonce: 1 })))
-        );
-        assert_eq!(
-            d.decode(&mut buf).unwrap(),
-            Some(Decoded::Frame(Frame::Ack(Ack { inbox: 5 })))
-        );
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ping(Ping { nonce: 1 }))));
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ack(Ack { inbox: 5 }))));
         assert_eq!(d.decode(&mut buf).unwrap(), None);
     }
 }

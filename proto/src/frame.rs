@@ -123,10 +123,7 @@ pub struct Address {
 impl Address {
     /// Address of a user.
     pub fn user(id: impl Into<String>) -> Self {
-        Address {
-            kind: AddressKind::User,
-            id: id.into(),
-        }
+        Address { kind: AddressKind::User, id: id.into() }
     }
 }
 
@@ -414,8 +411,6 @@ impl CloseCode {
 
     /// The code for a numeric value, if known.
     pub fn from_code(code: u64) -> Option<CloseCode> {
-        CloseCode::ALL
-            .into_iter()
-            .find(|c| u64::from(c.code()) == code)
+        CloseCode::ALL.into_iter().find(|c| u64::from(c.code()) == code)
     }
 }

@@ -160,10 +160,7 @@ mod tests {
                 mismatched.push(v.name);
             }
         }
-        assert!(
-            mismatched.is_empty(),
-            "vectors differ from the encoder: {mismatched:?}"
-        );
+        assert!(mismatched.is_empty(), "vectors differ from the encoder: {mismatched:?}");
     }
 
     #[test]
@@ -172,12 +169,7 @@ mod tests {
             let bytes = hex::decode(v.hex).unwrap();
             let mut buf = BytesMut::from(&bytes[..]);
             let got = crate::Decoder::new(1 << 16).decode(&mut buf).unwrap();
-            assert_eq!(
-                got,
-                Some(crate::Decoded::Frame(v.frame)),
-                "vector {}",
-                v.name
-            );
+            assert_eq!(got, Some(crate::Decoded::Frame(v.frame)), "vector {}", v.name);
         }
     }
 }

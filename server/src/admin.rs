@@ -35,21 +35,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.code, "message": self.message })),
-        )
-            .into_response()
+        (self.status, Json(serde_json::json!({ "error": self.code, "message": self.message }))).into_response()
     }
 }
 
@@ -60,10 +52,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/tickets", post(ticket))
         .route("/v1/users/{user}/kick", post(kick))
         .route("/v1/users/{user}/sessions", get(sessions))
-        .route_layer(axum::middleware::from_fn_with_state(
-            ctx.clone(),
-            require_admin,
-        ));
+        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -72,25 +61,12 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .with_state(ctx)
 }
 
-async fn require_admin(
-    State(ctx): State<Arc<Ctx>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+async fn require_admin(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let presented =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), ctx.admin_token.as_bytes()) => {
-            Ok(next.run(req).await)
-        }
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong admin bearer token",
-        )),
+        Some(t) if constant_time_eq(t.as_bytes(), ctx.admin_token.as_bytes()) => Ok(next.run(req).await),
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token")),
     }
 }
 
@@ -106,13 +82,7 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        ctx.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], ctx.metrics.render())
         .into_response()
 }
 
@@ -153,20 +123,13 @@ pub struct PushResponse {
 
 fn check_len(what: &str, v: &str) -> Result<(), ApiError> {
     if v.is_empty() || v.len() > MAX_ID_LEN {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            format!("{what} must be 1..={MAX_ID_LEN} bytes"),
-        ))
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", format!("{what} must be 1..={MAX_ID_LEN} bytes")))
     } else {
         Ok(())
     }
 }
 
-async fn push(
-    State(ctx): State<Arc<Ctx>>,
-    Json(req): Json<PushRequest>,
-) -> Result<Json<PushResponse>, ApiError> {
+async fn push(State(ctx): State<Arc<Ctx>>, Json(req): Json<PushRequest>) -> Result<Json<PushResponse>, ApiError> {
     check_len("to", &req.to)?;
     let from = req.from.unwrap_or_else(|| "system".into());
     check_len("from", &from)?;
@@ -174,13 +137,7 @@ async fn push(
         (Some(t), None) => t.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_field",
-                    format!("payload_base64: {e}"),
-                )
-            })?,
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", format!("payload_base64: {e}")))?,
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -196,9 +153,8 @@ async fn push(
             "payload exceeds the max frame size",
         ));
     }
-    let client_msg_id = req
-        .client_msg_id
-        .unwrap_or_else(|| format!("admin-{}", hex::encode(rand::random::<[u8; 16]>())));
+    let client_msg_id =
+        req.client_msg_id.unwrap_or_else(|| format!("admin-{}", hex::encode(rand::random::<[u8; 16]>())));
     check_len("client_msg_id", &client_msg_id)?;
     let ts = now_ms();
     let msg = NewMessage {
@@ -213,25 +169,10 @@ async fn push(
     };
     let (tx, rx) = oneshot::channel();
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
-    ctx.pipeline
-        .submit(Job::Send(msg, Origin::Admin(tx)))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let a = rx
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(unavailable)?;
-    let seq = a
-        .recipients
-        .iter()
-        .find(|(u, _)| *u == req.to)
-        .map(|(_, s)| *s);
-    Ok(Json(PushResponse {
-        msg_id: a.msg.msg_id,
-        seq,
-        ts: a.msg.ts,
-        duplicate: a.duplicate,
-    }))
+    ctx.pipeline.submit(Job::Send(msg, Origin::Admin(tx))).await.map_err(|e| unavailable(e.to_string()))?;
+    let a = rx.await.map_err(|e| unavailable(e.to_string()))?.map_err(unavailable)?;
+    let seq = a.recipients.iter().find(|(u, _)| *u == req.to).map(|(_, s)| *s);
+    Ok(Json(PushResponse { msg_id: a.msg.msg_id, seq, ts: a.msg.ts, duplicate: a.duplicate }))
 }
 
 /// Body of `POST /v1/tickets`.
@@ -253,30 +194,17 @@ pub struct TicketResponse {
     pub expires_ms: u64,
 }
 
-async fn ticket(
-    State(ctx): State<Arc<Ctx>>,
-    Json(req): Json<TicketRequest>,
-) -> Result<Json<TicketResponse>, ApiError> {
+async fn ticket(State(ctx): State<Arc<Ctx>>, Json(req): Json<TicketRequest>) -> Result<Json<TicketResponse>, ApiError> {
     check_len("user", &req.user)?;
-    let ttl_ms = req
-        .ttl_secs
-        .map(|s| s.saturating_mul(1000))
-        .unwrap_or(ctx.cfg.ticket_ttl.as_millis() as u64);
+    let ttl_ms = req.ttl_secs.map(|s| s.saturating_mul(1000)).unwrap_or(ctx.cfg.ticket_ttl.as_millis() as u64);
     let ticket = new_ticket();
     let expires_ms = now_ms().saturating_add(ttl_ms);
     let started = Instant::now();
     ctx.store
         .create_ticket(&ticket_hash(&ticket), &req.user, expires_ms)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
-    ctx.metrics
-        .store_op("create_ticket", started.elapsed().as_secs_f64());
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    ctx.metrics.store_op("create_ticket", started.elapsed().as_secs_f64());
     Ok(Json(TicketResponse { ticket, expires_ms }))
 }
 
@@ -294,9 +222,7 @@ async fn kick(
     body: Option<Json<KickRequest>>,
 ) -> Json<serde_json::Value> {
     let req = body.map(|b| b.0).unwrap_or_default();
-    let n = ctx
-        .hub
-        .kick(&user, req.device_id.as_deref(), KickReason::Admin);
+    let n = ctx.hub.kick(&user, req.device_id.as_deref(), KickReason::Admin);
     Json(serde_json::json!({ "user": user, "kicked": n }))
 }
 
@@ -313,9 +239,5 @@ pub struct SessionsResponse {
 
 async fn sessions(State(ctx): State<Arc<Ctx>>, Path(user): Path<String>) -> Json<SessionsResponse> {
     let sessions = ctx.hub.sessions(&user);
-    Json(SessionsResponse {
-        user,
-        online: !sessions.is_empty(),
-        sessions,
-    })
+    Json(SessionsResponse { user, online: !sessions.is_empty(), sessions })
 }

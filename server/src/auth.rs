@@ -91,10 +91,7 @@ impl Authenticator {
             None => None,
             Some(pem) => {
                 if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-                    Some((
-                        k,
-                        vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
-                    ))
+                    Some((k, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]))
                 } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
                     Some((k, vec![Algorithm::ES256]))
                 } else {
@@ -112,24 +109,15 @@ impl Authenticator {
 
     /// Verifies a JWT and returns its `sub`.
     pub fn verify_jwt(&self, token: &str) -> Result<String, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let (key, algs) = match header.alg {
             Algorithm::HS256 => match &self.hs256 {
                 Some(k) => (k, vec![Algorithm::HS256]),
-                None => {
-                    return Err(AuthError::InvalidToken(
-                        "HS256 tokens are not configured".into(),
-                    ))
-                }
+                None => return Err(AuthError::InvalidToken("HS256 tokens are not configured".into())),
             },
             alg => match &self.public {
                 Some((k, algs)) if algs.contains(&alg) => (k, algs.clone()),
-                _ => {
-                    return Err(AuthError::InvalidToken(format!(
-                        "{alg:?} tokens are not configured"
-                    )))
-                }
+                _ => return Err(AuthError::InvalidToken(format!("{alg:?} tokens are not configured"))),
             },
         };
         let mut v = Validation::new(header.alg);
@@ -163,21 +151,12 @@ impl Authenticator {
     }
 
     /// Verifies a resume token presented by `device_id` and returns its user.
-    pub fn verify_resume(
-        &self,
-        token: &str,
-        device_id: &str,
-        now_ms: u64,
-    ) -> Result<String, AuthError> {
+    pub fn verify_resume(&self, token: &str, device_id: &str, now_ms: u64) -> Result<String, AuthError> {
         let bad = || AuthError::InvalidToken("malformed resume token".into());
         let mut parts = token.split('.');
-        let (Some("v1"), Some(user), Some(exp), Some(mac), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some("v1"), Some(user), Some(exp), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         let user = String::from_utf8(B64.decode(user).map_err(|_| bad())?).map_err(|_| bad())?;
@@ -230,37 +209,17 @@ mod tests {
     }
 
     fn hs(secret: &str, sub: &str, exp: u64) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &C { sub, exp },
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        encode(&Header::new(Algorithm::HS256), &C { sub, exp }, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     }
 
     #[test]
     fn hs256_accepts_good_and_types_the_failures() {
         let a = auth();
-        assert_eq!(
-            a.verify_jwt(&hs("s3cret", "alice", now_s() + 60)).unwrap(),
-            "alice"
-        );
-        assert!(matches!(
-            a.verify_jwt(&hs("other", "alice", now_s() + 60)),
-            Err(AuthError::BadSignature)
-        ));
-        assert!(matches!(
-            a.verify_jwt(&hs("s3cret", "alice", now_s() - 60)),
-            Err(AuthError::TokenExpired)
-        ));
-        assert!(matches!(
-            a.verify_jwt("not.a.jwt"),
-            Err(AuthError::InvalidToken(_))
-        ));
-        assert!(matches!(
-            a.verify_jwt(&hs("s3cret", "", now_s() + 60)),
-            Err(AuthError::InvalidToken(_))
-        ));
+        assert_eq!(a.verify_jwt(&hs("s3cret", "alice", now_s() + 60)).unwrap(), "alice");
+        assert!(matches!(a.verify_jwt(&hs("other", "alice", now_s() + 60)), Err(AuthError::BadSignature)));
+        assert!(matches!(a.verify_jwt(&hs("s3cret", "alice", now_s() - 60)), Err(AuthError::TokenExpired)));
+        assert!(matches!(a.verify_jwt("not.a.jwt"), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(a.verify_jwt(&hs("s3cret", "", now_s() + 60)), Err(AuthError::InvalidToken(_))));
     }
 
     #[test]
@@ -268,33 +227,14 @@ mod tests {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let a = Authenticator::new(None, Some(kp.public_key_pem().as_bytes()), 0, vec![1]).unwrap();
         let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
-        let t = encode(
-            &Header::new(Algorithm::ES256),
-            &C {
-                sub: "bob",
-                exp: now_s() + 60,
-            },
-            &enc,
-        )
-        .unwrap();
+        let t = encode(&Header::new(Algorithm::ES256), &C { sub: "bob", exp: now_s() + 60 }, &enc).unwrap();
         assert_eq!(a.verify_jwt(&t).unwrap(), "bob");
         // HS256 is not configured on this node.
-        assert!(matches!(
-            a.verify_jwt(&hs("s3cret", "bob", now_s() + 60)),
-            Err(AuthError::InvalidToken(_))
-        ));
+        assert!(matches!(a.verify_jwt(&hs("s3cret", "bob", now_s() + 60)), Err(AuthError::InvalidToken(_))));
         // A token signed by another key.
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let enc = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
-        let t = encode(
-            &Header::new(Algorithm::ES256),
-            &C {
-                sub: "bob",
-                exp: now_s() + 60,
-            },
-            &enc,
-        )
-        .unwrap();
+        let t = encode(&Header::new(Algorithm::ES256), &C { sub: "bob", exp: now_s() + 60 }, &enc).unwrap();
         assert!(matches!(a.verify_jwt(&t), Err(AuthError::BadSignature)));
     }
 
@@ -303,19 +243,10 @@ mod tests {
         let a = auth();
         let t = a.mint_resume("alice", "dev1", 5000);
         assert_eq!(a.verify_resume(&t, "dev1", 4000).unwrap(), "alice");
-        assert!(matches!(
-            a.verify_resume(&t, "dev2", 4000),
-            Err(AuthError::BadSignature)
-        ));
-        assert!(matches!(
-            a.verify_resume(&t, "dev1", 6000),
-            Err(AuthError::TokenExpired)
-        ));
+        assert!(matches!(a.verify_resume(&t, "dev2", 4000), Err(AuthError::BadSignature)));
+        assert!(matches!(a.verify_resume(&t, "dev1", 6000), Err(AuthError::TokenExpired)));
         let forged = t.replacen("YWxpY2U", "bWFsbG9yeQ", 1); // alice -> mallory
-        assert!(matches!(
-            a.verify_resume(&forged, "dev1", 4000),
-            Err(AuthError::BadSignature)
-        ));
+        assert!(matches!(a.verify_resume(&forged, "dev1", 4000), Err(AuthError::BadSignature)));
         assert!(a.verify_resume("v1.x", "dev1", 0).is_err());
     }
 

@@ -61,19 +61,8 @@ pub fn session_channel(limit: usize) -> (SessionTx, SessionRx) {
     let lagged = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     (
-        SessionTx {
-            tx,
-            queued: queued.clone(),
-            lagged: lagged.clone(),
-            wake: wake.clone(),
-            limit,
-        },
-        SessionRx {
-            rx,
-            queued,
-            lagged,
-            wake,
-        },
+        SessionTx { tx, queued: queued.clone(), lagged: lagged.clone(), wake: wake.clone(), limit },
+        SessionRx { rx, queued, lagged, wake },
     )
 }
 
@@ -120,10 +109,7 @@ impl SessionRx {
 
     /// The signal that tells this session it lagged.
     pub fn lag_signal(&self) -> LagSignal {
-        LagSignal {
-            lagged: self.lagged.clone(),
-            wake: self.wake.clone(),
-        }
+        LagSignal { lagged: self.lagged.clone(), wake: self.wake.clone() }
     }
 }
 

@@ -10,10 +10,7 @@ const EPOCH_MS: u64 = 1_704_067_200_000;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Generates message ids for one node.
@@ -26,10 +23,7 @@ pub struct MsgIdGen {
 impl MsgIdGen {
     /// A generator for node `node` (0..1024).
     pub fn new(node: u16) -> Self {
-        MsgIdGen {
-            node: u64::from(node) & 0x3ff,
-            state: Mutex::new((0, 0)),
-        }
+        MsgIdGen { node: u64::from(node) & 0x3ff, state: Mutex::new((0, 0)) }
     }
 
     /// The next id for wall-clock time `now_ms`. Never repeats and never goes backwards, even
@@ -80,10 +74,8 @@ mod tests {
         let a = MsgIdGen::new(1);
         let b = MsgIdGen::new(2);
         let t = EPOCH_MS + 5;
-        let xs: std::collections::HashSet<u64> = (0..100)
-            .map(|_| a.next_at(t))
-            .chain((0..100).map(|_| b.next_at(t)))
-            .collect();
+        let xs: std::collections::HashSet<u64> =
+            (0..100).map(|_| a.next_at(t)).chain((0..100).map(|_| b.next_at(t))).collect();
         assert_eq!(xs.len(), 200);
     }
 }

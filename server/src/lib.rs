@@ -164,8 +164,7 @@ impl Node {
             _ => tls::ensure_dev_cert(&cfg.data_dir, &cfg.dev_cert_names)?,
         };
         let (certs, key) = tls::load_pem(&cert, &key)?;
-        let mut server_config =
-            quinn::ServerConfig::with_crypto(tls::quic_server_crypto(certs, key)?);
+        let mut server_config = quinn::ServerConfig::with_crypto(tls::quic_server_crypto(certs, key)?);
         server_config.transport_config(Arc::new(transport_config(&cfg)));
         server_config.migration(true);
         let endpoint = quinn::Endpoint::server(server_config, cfg.quic_addr)?;
@@ -173,13 +172,7 @@ impl Node {
 
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::default());
-        let pipeline = Pipeline::start(
-            store.clone(),
-            hub.clone(),
-            metrics.clone(),
-            65_536,
-            cfg.store_batch,
-        );
+        let pipeline = Pipeline::start(store.clone(), hub.clone(), metrics.clone(), 65_536, cfg.store_batch);
         let ctx = Arc::new(Ctx {
             ids: MsgIdGen::new(cfg.node_id),
             cfg,
@@ -208,22 +201,13 @@ impl Node {
             }
         });
         tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");
-        Ok(Node {
-            quic_addr,
-            admin_addr,
-            ctx,
-            endpoint,
-            tasks: vec![admin_task, accept_task],
-        })
+        Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks: vec![admin_task, accept_task] })
     }
 
     /// Closes every connection with `server_shutdown` and stops the listeners.
     pub async fn shutdown(self) {
         let code = tether_proto::CloseCode::ServerShutdown;
-        self.endpoint.close(
-            quinn::VarInt::from_u32(code.code()),
-            code.reason().as_bytes(),
-        );
+        self.endpoint.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
         for t in &self.tasks {
             t.abort();
         }

@@ -15,12 +15,7 @@ impl TokenBucket {
     /// A full bucket at `now`.
     pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        TokenBucket { rate: f64::from(rate), burst, tokens: burst, last: now }
     }
 
     /// Takes one token if there is one.
@@ -78,10 +73,7 @@ impl InboxOrder {
         } else if seq == self.next {
             Step::Send
         } else {
-            Step::FillGap {
-                after: self.next - 1,
-                until: seq - 1,
-            }
+            Step::FillGap { after: self.next - 1, until: seq - 1 }
         }
     }
 

@@ -7,9 +7,7 @@ use tether_server::{Config, Node};
 async fn main() -> std::process::ExitCode {
     let cfg = Config::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let node = match Node::start(cfg).await {
@@ -20,10 +18,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     // One machine-readable line on stdout for scripts and tests.
-    println!(
-        "TETHER_READY quic={} admin={}",
-        node.quic_addr, node.admin_addr
-    );
+    println!("TETHER_READY quic={} admin={}", node.quic_addr, node.admin_addr);
     wait_for_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;

@@ -84,97 +84,41 @@ impl Metrics {
             sync_gaps: Counter::default(),
             sync_messages: Counter::default(),
             send_errors: Family::default(),
-            store_latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            }),
+            store_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             bad_frames: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections",
-            "Open QUIC connections",
-            m.connections.clone(),
-        );
+        registry.register("connections", "Open QUIC connections", m.connections.clone());
         registry.register("sessions", "Logged-in sessions", m.sessions.clone());
         registry.register("logins", "Login attempts by result", m.logins.clone());
-        registry.register(
-            "session_closes",
-            "Sessions ended by reason",
-            m.closes.clone(),
-        );
-        registry.register(
-            "messages_in",
-            "Messages accepted and stored",
-            m.messages_in.clone(),
-        );
-        registry.register(
-            "messages_out",
-            "Deliver frames written",
-            m.messages_out.clone(),
-        );
+        registry.register("session_closes", "Sessions ended by reason", m.closes.clone());
+        registry.register("messages_in", "Messages accepted and stored", m.messages_in.clone());
+        registry.register("messages_out", "Deliver frames written", m.messages_out.clone());
         registry.register("acks", "Ack frames received", m.acks.clone());
-        registry.register(
-            "send_retries",
-            "Retried sends answered with the original ack",
-            m.retries.clone(),
-        );
-        registry.register(
-            "sync_gaps",
-            "Gaps closed from the store",
-            m.sync_gaps.clone(),
-        );
-        registry.register(
-            "sync_messages",
-            "Messages sent from the store to close gaps",
-            m.sync_messages.clone(),
-        );
-        registry.register(
-            "send_errors",
-            "Sends refused by code",
-            m.send_errors.clone(),
-        );
-        registry.register(
-            "store_latency_seconds",
-            "Store operation latency",
-            m.store_latency.clone(),
-        );
-        registry.register(
-            "store_batch_messages",
-            "Messages per store batch",
-            m.store_batch.clone(),
-        );
-        registry.register(
-            "bad_frames",
-            "Frames refused as undecodable or oversized",
-            m.bad_frames.clone(),
-        );
+        registry.register("send_retries", "Retried sends answered with the original ack", m.retries.clone());
+        registry.register("sync_gaps", "Gaps closed from the store", m.sync_gaps.clone());
+        registry.register("sync_messages", "Messages sent from the store to close gaps", m.sync_messages.clone());
+        registry.register("send_errors", "Sends refused by code", m.send_errors.clone());
+        registry.register("store_latency_seconds", "Store operation latency", m.store_latency.clone());
+        registry.register("store_batch_messages", "Messages per store batch", m.store_batch.clone());
+        registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
         Metrics { registry, ..m }
     }
 
     /// Counts a login outcome.
     pub fn login(&self, result: &str) {
-        self.logins
-            .get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            })
-            .inc();
+        self.logins.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
     }
 
     /// Counts a session close.
     pub fn closed(&self, reason: &str) {
-        self.closes
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.closes.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
     }
 
     /// Records a store operation's latency.
     pub fn store_op(&self, op: &str, secs: f64) {
-        self.store_latency
-            .get_or_create(&OpLabel { op: op.to_owned() })
-            .observe(secs);
+        self.store_latency.get_or_create(&OpLabel { op: op.to_owned() }).observe(secs);
     }
 
     /// Renders the text exposition format.

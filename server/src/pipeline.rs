@@ -50,13 +50,7 @@ pub struct Closed;
 impl Pipeline {
     /// Starts the pipeline task. `queue` bounds the jobs waiting (senders wait beyond it),
     /// `batch` the messages per transaction.
-    pub fn start(
-        store: Arc<dyn Store>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        queue: usize,
-        batch: usize,
-    ) -> Self {
+    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, queue: usize, batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(queue);
         tokio::spawn(run(rx, store, hub, metrics, batch.max(1)));
         Pipeline { tx }
@@ -68,13 +62,7 @@ impl Pipeline {
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Job>,
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    batch: usize,
-) {
+async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, batch: usize) {
     let mut jobs = Vec::with_capacity(batch);
     loop {
         jobs.clear();
@@ -120,11 +108,7 @@ fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
     } else {
         metrics.messages_in.inc();
         for (user, seq) in &a.recipients {
-            let except = if *user == a.msg.sender {
-                origin_id
-            } else {
-                None
-            };
+            let except = if *user == a.msg.sender { origin_id } else { None };
             hub.deliver(user, &a.msg, *seq, except);
         }
     }
@@ -147,12 +131,7 @@ fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
 fn fail(metrics: &Metrics, e: StoreError, origins: Vec<Origin>, client_ids: Vec<String>) {
     tracing::error!(error = %e, messages = origins.len(), "store append failed; senders will retry");
     for (origin, client_msg_id) in origins.into_iter().zip(client_ids) {
-        metrics
-            .send_errors
-            .get_or_create(&crate::metrics::ResultLabel {
-                result: "unavailable".into(),
-            })
-            .inc();
+        metrics.send_errors.get_or_create(&crate::metrics::ResultLabel { result: "unavailable".into() }).inc();
         match origin {
             Origin::Session { tx, .. } => {
                 tx.send(SessionCmd::SendError(SendError {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::{
-    negotiate_version, Address, AddressKind, CloseCode, Credential, DecodeError, Decoded, Decoder,
-    ErrorCode, ErrorFrame, Frame, KickReason, Kicked, Login, LoginError, LoginOk, Pong, SendError,
+    negotiate_version, Address, AddressKind, CloseCode, Credential, DecodeError, Decoded, Decoder, ErrorCode,
+    ErrorFrame, Frame, KickReason, Kicked, Login, LoginError, LoginOk, Pong, SendError,
 };
 use tracing::{debug, info, warn, Instrument};
 
@@ -85,18 +85,11 @@ impl FrameWriter {
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Frame {
-    Frame::Error(ErrorFrame {
-        code,
-        message: message.into(),
-        fatal,
-    })
+    Frame::Error(ErrorFrame { code, message: message.into(), fatal })
 }
 
 fn close(conn: &quinn::Connection, code: CloseCode) {
-    conn.close(
-        quinn::VarInt::from_u32(code.code()),
-        code.reason().as_bytes(),
-    );
+    conn.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
 }
 
 /// Serves one incoming connection to its end.
@@ -130,24 +123,13 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
         Ok(Err(_)) => return CloseCode::Normal,
         Ok(Ok(s)) => s,
     };
-    let mut reader = FrameReader {
-        recv,
-        buf: BytesMut::new(),
-        decoder: Decoder::new(ctx.cfg.max_frame),
-    };
-    let mut writer = FrameWriter {
-        send,
-        buf: BytesMut::new(),
-    };
+    let mut reader = FrameReader { recv, buf: BytesMut::new(), decoder: Decoder::new(ctx.cfg.max_frame) };
+    let mut writer = FrameWriter { send, buf: BytesMut::new() };
 
     let login = loop {
         let next = match tokio::time::timeout_at(login_deadline, reader.next()).await {
             Err(_) => {
-                writer.push(&error_frame(
-                    ErrorCode::NotLoggedIn,
-                    "no login within the login timeout",
-                    true,
-                ));
+                writer.push(&error_frame(ErrorCode::NotLoggedIn, "no login within the login timeout", true));
                 writer.linger().await;
                 return CloseCode::LoginTimeout;
             }
@@ -176,11 +158,7 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
                 writer.flush().await;
             }
             Ok(Decoded::Frame(f)) => {
-                writer.push(&error_frame(
-                    ErrorCode::NotLoggedIn,
-                    format!("`{}` before `login`", f.type_name()),
-                    true,
-                ));
+                writer.push(&error_frame(ErrorCode::NotLoggedIn, format!("`{}` before `login`", f.type_name()), true));
                 writer.linger().await;
                 return CloseCode::ProtocolError;
             }
@@ -210,11 +188,7 @@ type LoginFailure = (ErrorCode, String, &'static str);
 
 fn check_id(what: &str, v: &str) -> Result<(), LoginFailure> {
     if v.is_empty() || v.len() > MAX_ID_LEN {
-        Err((
-            ErrorCode::InvalidField,
-            format!("{what} must be 1..={MAX_ID_LEN} bytes"),
-            "invalid_field",
-        ))
+        Err((ErrorCode::InvalidField, format!("{what} must be 1..={MAX_ID_LEN} bytes"), "invalid_field"))
     } else {
         Ok(())
     }
@@ -228,11 +202,7 @@ async fn login_session(
     let Some(version) = negotiate_version(login.version) else {
         return Err((
             ErrorCode::UnsupportedVersion,
-            format!(
-                "version {} is not supported (min {})",
-                login.version,
-                tether_proto::MIN_PROTOCOL_VERSION
-            ),
+            format!("version {} is not supported (min {})", login.version, tether_proto::MIN_PROTOCOL_VERSION),
             "unsupported_version",
         ));
     };
@@ -241,15 +211,11 @@ async fn login_session(
     let auth_fail = |e: AuthError| (e.code(), e.to_string(), e.metric_label());
     let user = match &login.credential {
         Credential::Token(t) => ctx.auth.verify_jwt(t).map_err(auth_fail)?,
-        Credential::Resume(t) => ctx
-            .auth
-            .verify_resume(t, &login.device_id, now_ms())
-            .map_err(auth_fail)?,
+        Credential::Resume(t) => ctx.auth.verify_resume(t, &login.device_id, now_ms()).map_err(auth_fail)?,
         Credential::Ticket(t) => {
             let started = Instant::now();
             let r = ctx.store.consume_ticket(&ticket_hash(t), now_ms()).await;
-            ctx.metrics
-                .store_op("consume_ticket", started.elapsed().as_secs_f64());
+            ctx.metrics.store_op("consume_ticket", started.elapsed().as_secs_f64());
             match r.map_err(|e| auth_fail(AuthError::Store(e)))? {
                 TicketUse::Valid(u) => u,
                 TicketUse::Expired => return Err(auth_fail(AuthError::TicketExpired)),
@@ -258,16 +224,10 @@ async fn login_session(
         }
     };
     check_id("user", &user)?;
-    let unavailable =
-        |e: crate::store::StoreError| (ErrorCode::Unavailable, e.to_string(), "store_error");
+    let unavailable = |e: crate::store::StoreError| (ErrorCode::Unavailable, e.to_string(), "store_error");
     let cursor = match login.inbox_cursor {
         Some(c) => c,
-        None => ctx
-            .store
-            .device_cursor(&user, &login.device_id)
-            .await
-            .map_err(unavailable)?
-            .unwrap_or(0),
+        None => ctx.store.device_cursor(&user, &login.device_id).await.map_err(unavailable)?.unwrap_or(0),
     };
 
     let (tx, rx) = session_channel(ctx.cfg.session_queue);
@@ -299,10 +259,7 @@ async fn login_session(
         server_time_ms: now_ms(),
         idle_timeout_ms: ctx.cfg.idle_timeout.as_millis() as u64,
         max_frame: ctx.cfg.max_frame,
-        resume_token: Some(
-            ctx.auth
-                .mint_resume(&user, &login.device_id, resume_expires),
-        ),
+        resume_token: Some(ctx.auth.mint_resume(&user, &login.device_id, resume_expires)),
         resume_expires_ms: Some(resume_expires),
     };
     info!(user = %user, device_type = %login.device_type, device = %login.device_id, cursor, head, "login");
@@ -338,12 +295,7 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        mut reader: FrameReader,
-        mut writer: FrameWriter,
-        ctx: &Arc<Ctx>,
-    ) -> Ended {
+    async fn run(mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> Ended {
         let id = self.handle.id;
         if let Some(ok) = self.login_ok.take() {
             writer.push(&Frame::LoginOk(ok));
@@ -427,19 +379,14 @@ impl Session {
         let page = ctx.cfg.sync_page.max(1);
         loop {
             let started = Instant::now();
-            let entries = match ctx
-                .store
-                .fetch_inbox(&self.handle.user, after, until, page)
-                .await
-            {
+            let entries = match ctx.store.fetch_inbox(&self.handle.user, after, until, page).await {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(error = %e, "store read failed while syncing");
                     return Err(CloseCode::ServerShutdown);
                 }
             };
-            ctx.metrics
-                .store_op("fetch_inbox", started.elapsed().as_secs_f64());
+            ctx.metrics.store_op("fetch_inbox", started.elapsed().as_secs_f64());
             let n = entries.len();
             ctx.metrics.sync_messages.inc_by(n as u64);
             for e in entries {
@@ -498,10 +445,7 @@ impl Session {
                     KickReason::Replaced => "another device of the same type logged in",
                     _ => "kicked by the server",
                 };
-                writer.push(&Frame::Kicked(Kicked {
-                    reason,
-                    message: message.into(),
-                }));
+                writer.push(&Frame::Kicked(Kicked { reason, message: message.into() }));
                 writer.linger().await;
                 Flow::End(match reason {
                     KickReason::Replaced => CloseCode::Replaced,
@@ -529,28 +473,18 @@ impl Session {
         };
         match frame {
             Frame::Send(s) => {
-                if let Err((code, message)) =
-                    self.check_send(&s.to, &s.client_msg_id, &s.content_type)
-                {
+                if let Err((code, message)) = self.check_send(&s.to, &s.client_msg_id, &s.content_type) {
                     ctx.metrics
                         .send_errors
-                        .get_or_create(&crate::metrics::ResultLabel {
-                            result: format!("{code:?}"),
-                        })
+                        .get_or_create(&crate::metrics::ResultLabel { result: format!("{code:?}") })
                         .inc();
-                    writer.push(&Frame::SendError(SendError {
-                        client_msg_id: s.client_msg_id,
-                        code,
-                        message,
-                    }));
+                    writer.push(&Frame::SendError(SendError { client_msg_id: s.client_msg_id, code, message }));
                     return Flow::Continue;
                 }
                 if !self.bucket.try_take(Instant::now()) {
                     ctx.metrics
                         .send_errors
-                        .get_or_create(&crate::metrics::ResultLabel {
-                            result: "RateLimited".into(),
-                        })
+                        .get_or_create(&crate::metrics::ResultLabel { result: "RateLimited".into() })
                         .inc();
                     writer.push(&Frame::SendError(SendError {
                         client_msg_id: s.client_msg_id,
@@ -570,10 +504,7 @@ impl Session {
                     content_type: s.content_type,
                     payload: s.payload,
                 };
-                let origin = Origin::Session {
-                    id: self.handle.id,
-                    tx: self.handle.tx.clone(),
-                };
+                let origin = Origin::Session { id: self.handle.id, tx: self.handle.tx.clone() };
                 if ctx.pipeline.submit(Job::Send(msg, origin)).await.is_err() {
                     return Flow::End(CloseCode::ServerShutdown);
                 }
@@ -612,11 +543,7 @@ impl Session {
                 Flow::End(CloseCode::Normal)
             }
             Frame::Login(_) => {
-                writer.push(&error_frame(
-                    ErrorCode::AlreadyLoggedIn,
-                    "this session is already logged in",
-                    false,
-                ));
+                writer.push(&error_frame(ErrorCode::AlreadyLoggedIn, "this session is already logged in", false));
                 Flow::Continue
             }
             other => {
@@ -630,35 +557,18 @@ impl Session {
         }
     }
 
-    fn check_send(
-        &self,
-        to: &Address,
-        client_msg_id: &str,
-        content_type: &str,
-    ) -> Result<(), (ErrorCode, String)> {
+    fn check_send(&self, to: &Address, client_msg_id: &str, content_type: &str) -> Result<(), (ErrorCode, String)> {
         if client_msg_id.is_empty() || client_msg_id.len() > MAX_ID_LEN {
-            return Err((
-                ErrorCode::InvalidField,
-                format!("client_msg_id must be 1..={MAX_ID_LEN} bytes"),
-            ));
+            return Err((ErrorCode::InvalidField, format!("client_msg_id must be 1..={MAX_ID_LEN} bytes")));
         }
         if content_type.len() > MAX_ID_LEN {
-            return Err((
-                ErrorCode::InvalidField,
-                format!("content_type longer than {MAX_ID_LEN} bytes"),
-            ));
+            return Err((ErrorCode::InvalidField, format!("content_type longer than {MAX_ID_LEN} bytes")));
         }
         if to.kind != AddressKind::User {
-            return Err((
-                ErrorCode::Unsupported,
-                "only user addresses are supported".into(),
-            ));
+            return Err((ErrorCode::Unsupported, "only user addresses are supported".into()));
         }
         if to.id.is_empty() || to.id.len() > MAX_ID_LEN {
-            return Err((
-                ErrorCode::InvalidField,
-                format!("recipient must be 1..={MAX_ID_LEN} bytes"),
-            ));
+            return Err((ErrorCode::InvalidField, format!("recipient must be 1..={MAX_ID_LEN} bytes")));
         }
         Ok(())
     }

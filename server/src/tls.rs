@@ -32,31 +32,19 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
 }
 
 /// Loads a PEM certificate chain and private key.
-pub fn load_pem(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut &read(cert)?[..])
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Io {
-            path: cert.to_owned(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Io { path: cert.to_owned(), source })?;
     if certs.is_empty() {
         return Err(TlsError::Empty(cert.to_owned()));
     }
     let key_der = rustls_pemfile::private_key(&mut &read(key)?[..])
-        .map_err(|source| TlsError::Io {
-            path: key.to_owned(),
-            source,
-        })?
+        .map_err(|source| TlsError::Io { path: key.to_owned(), source })?
         .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
     Ok((certs, key_der))
 }
@@ -73,19 +61,11 @@ pub fn ensure_dev_cert(data_dir: &Path, names: &[String]) -> Result<(PathBuf, Pa
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    let mut all = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     all.extend(names.iter().cloned());
     let ck = rcgen::generate_simple_self_signed(all)?;
-    let write = |p: &Path, s: String| {
-        std::fs::write(p, s).map_err(|source| TlsError::Io {
-            path: p.to_owned(),
-            source,
-        })
-    };
+    let write =
+        |p: &Path, s: String| std::fs::write(p, s).map_err(|source| TlsError::Io { path: p.to_owned(), source });
     write(&cert, ck.cert.pem())?;
     write(&key, ck.signing_key.serialize_pem())?;
     tracing::warn!(cert = %cert.display(), "no TLS certificate configured: wrote a self-signed dev certificate; clients must pin or trust it");
@@ -103,7 +83,6 @@ pub fn quic_server_crypto(
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
-    let q = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(q))
 }

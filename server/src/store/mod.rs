@@ -142,11 +142,7 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a batch in one transaction, deduplicating on (sender, client_msg_id) against the
     /// store and within the batch, and allocating inbox seqs without gaps. Results are in
     /// input order. Either the whole batch is durable or none of it is.
-    async fn append(
-        &self,
-        batch: Vec<NewMessage>,
-        cursors: Vec<CursorUpdate>,
-    ) -> Result<Vec<Appended>, StoreError>;
+    async fn append(&self, batch: Vec<NewMessage>, cursors: Vec<CursorUpdate>) -> Result<Vec<Appended>, StoreError>;
 
     /// Inbox entries of `user` with `after < seq <= until`, in seq order, at most `limit`.
     async fn fetch_inbox(
@@ -164,12 +160,7 @@ pub trait Store: Send + Sync + 'static {
     async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError>;
 
     /// Stores a ticket (by hash) for `user` until `expires_ms`.
-    async fn create_ticket(
-        &self,
-        hash: &str,
-        user: &str,
-        expires_ms: u64,
-    ) -> Result<(), StoreError>;
+    async fn create_ticket(&self, hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
 
     /// Consumes a ticket atomically: at most one caller ever gets `Valid`.
     async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError>;
