@@ -1,0 +1,60 @@
+//! The sans-I/O session core, modelled on `quinn-proto`.
+//!
+//! A [`Session`] is a pure state machine. It never touches a socket, a file or a clock: the
+//! driver tells it what happened (`handle_*`, with the current [`Instant`]) and then drains what
+//! it wants done. Tests therefore drive hours of reconnect storms in milliseconds.
+//!
+//! # Driver loop
+//!
+//! After **every** call into the session, the driver drains its queues in this order:
+//!
+//! 1. [`Session::poll_persist`]: make each [`PersistOp`] durable (e.g. with
+//!    [`crate::state::StateStore::apply`]). This comes first so that a message is in the
+//!    journal before its `send` frame leaves, and a cursor before its `ack`.
+//! 2. [`Session::poll_transmit`]: write each frame to the current connection.
+//! 3. [`Session::poll_action`]: [`Action::Connect`] opens a connection and later reports
+//!    [`Session::handle_connected`] or [`Session::handle_connect_failed`];
+//!    [`Action::Disconnect`] closes the current connection (after the frames already written).
+//! 4. [`Session::poll_event`]: hand each [`Event`] to the app.
+//!
+//! Then it sleeps until [`Session::poll_timeout`] (calling [`Session::handle_timeout`] then),
+//! a frame arrives ([`Session::handle_frame`]), the transport ends
+//! ([`Session::handle_disconnected`]) or the app calls in.
+//!
+//! There is at most one connection at a time. After the session emitted
+//! [`Action::Disconnect`] it already treats that connection as gone: the driver may report its
+//! end with `handle_disconnected` but need not, and must do so before reporting the outcome of
+//! a later [`Action::Connect`]. Reports that do not fit the state (a `handle_connected` while
+//! not `Connecting`, a `handle_disconnected` while neither `LoggingIn` nor `Online`) are
+//! ignored.
+//!
+//! # Delivery contract
+//!
+//! * Outbox: a message is persisted, then transmitted, and retransmitted with the same
+//!   `client_msg_id` (after `ack_timeout`, and after every reconnect, in original order) until
+//!   a `send_ack` (or our own copy in the inbox) confirms it, or a non-transient `send_error`
+//!   refuses it. The server deduplicates on the id. Transient refusals (`internal`,
+//!   `unavailable`) are retried after `ack_timeout`; such a retry may land after later messages.
+//! * Inbox: every sequence number is handed to the app at most once and in order
+//!   ([`Event::Message`]); numbers at or below the cursor and already buffered ones are
+//!   dropped. A missing range is requested with `sync`, again after `gap_timeout` without
+//!   progress. The cursor is acknowledged cumulatively and sent in every `login`.
+
+mod backoff;
+mod inbox;
+mod outbox;
+mod rng;
+mod session;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use session::Session;
+pub use types::{Action, ConnectionState, Event, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig};
+
+// The core's signatures use these protocol types; re-exported for convenience.
+pub use tether_proto::{Address, CloseCode, Credential, Deliver, ErrorCode, Frame, KickReason, LoginOk, SendAck};
+
+#[cfg(doc)]
+use std::time::Instant;

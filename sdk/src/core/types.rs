@@ -1,0 +1,239 @@
+//! Plain data types of the session core: configuration, persisted state, and what the session
+//! hands to its driver (actions, events, persistence operations).
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tether_proto::{Address, CloseCode, Deliver, ErrorCode, KickReason, LoginOk, SendAck};
+
+/// Tunables of a [`Session`](super::Session). Build one with [`SessionConfig::new`] and adjust
+/// the public fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Kind of device (`"phone"`, `"desktop"`, ...); the server keeps one session per
+    /// (user, device type).
+    pub device_type: String,
+    /// Stable id of this installation.
+    pub device_id: String,
+    /// First reconnect delay (before jitter). Default 500 ms.
+    pub backoff_base: Duration,
+    /// Largest reconnect delay (before jitter). Default 30 s.
+    pub backoff_max: Duration,
+    /// A `ping` is transmitted after this long without transmitting anything (or without
+    /// receiving anything). Default 20 s. Lowered to half the server's idle timeout if that is
+    /// shorter.
+    pub heartbeat_interval: Duration,
+    /// The connection is considered dead when nothing at all was received for
+    /// `heartbeat_interval + heartbeat_timeout`. Default 10 s.
+    pub heartbeat_timeout: Duration,
+    /// How long to wait for `login_ok`/`login_error` after the transport is up. Default 10 s.
+    pub login_timeout: Duration,
+    /// An in-flight `send` with no answer after this long is transmitted again (same
+    /// `client_msg_id`); also the retry delay after a transient `send_error`. Default 10 s.
+    pub ack_timeout: Duration,
+    /// At most this many `send`s are unanswered at a time. Default 256.
+    pub max_in_flight: usize,
+    /// An `ack` is transmitted at most this long after the inbox cursor first advanced past the
+    /// last acknowledged value. Default 50 ms.
+    pub ack_delay: Duration,
+    /// An `ack` is transmitted at once when the cursor is this far past the last acknowledged
+    /// value. Default 64.
+    pub ack_every: u64,
+    /// A gap in the inbox that makes no progress for this long is asked for again with `sync`.
+    /// Default 3 s.
+    pub gap_timeout: Duration,
+    /// At most this many out-of-order inbox messages are buffered; later ones are dropped and
+    /// fetched again by `sync`. Default 10 000.
+    pub max_reorder: usize,
+    /// Client description sent in `login` (SDK name and version). Default
+    /// `tether-sdk/<version>`.
+    pub client_name: Option<String>,
+}
+
+impl SessionConfig {
+    /// A configuration with the default tunables for the given device.
+    pub fn new(device_type: impl Into<String>, device_id: impl Into<String>) -> Self {
+        SessionConfig {
+            device_type: device_type.into(),
+            device_id: device_id.into(),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(20),
+            heartbeat_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(10),
+            max_in_flight: 256,
+            ack_delay: Duration::from_millis(50),
+            ack_every: 64,
+            gap_timeout: Duration::from_secs(3),
+            max_reorder: 10_000,
+            client_name: Some(concat!("tether-sdk/", env!("CARGO_PKG_VERSION")).to_owned()),
+        }
+    }
+}
+
+/// A message waiting in the outbox until the server acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The client's id for the message; every retry reuses it.
+    pub client_msg_id: String,
+    /// Recipient.
+    pub to: Address,
+    /// Payload type.
+    pub content_type: String,
+    /// Opaque payload (base64 in JSON).
+    #[serde(with = "b64")]
+    pub payload: Vec<u8>,
+    /// When the app sent it, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A resume token from `login_ok`, for reconnecting after a one-time-ticket login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeToken {
+    /// The token, presented as `credential: {resume: ...}`.
+    pub token: String,
+    /// Expiry, ms since the Unix epoch (`u64::MAX` if the server gave none).
+    pub expires_ms: u64,
+}
+
+/// Everything the session needs to survive a restart of the app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// Unacknowledged messages, oldest first.
+    #[serde(default)]
+    pub outbox: Vec<OutboxEntry>,
+    /// Highest contiguous inbox sequence number handed to the app; `None` if nothing ever was.
+    #[serde(default)]
+    pub inbox_cursor: Option<u64>,
+    /// The current resume token, if any.
+    #[serde(default)]
+    pub resume: Option<ResumeToken>,
+}
+
+impl PersistedState {
+    /// Applies one operation. Replaying a sequence of operations onto the state it produced
+    /// leaves that state unchanged (adds of a present id and removes of an absent id are no-ops),
+    /// which makes journal replay after an interrupted compaction safe.
+    pub fn apply(&mut self, op: &PersistOp) {
+        match op {
+            PersistOp::OutboxAdd(entry) => {
+                if !self.outbox.iter().any(|e| e.client_msg_id == entry.client_msg_id) {
+                    self.outbox.push(entry.clone());
+                }
+            }
+            PersistOp::OutboxRemove(id) => self.outbox.retain(|e| &e.client_msg_id != id),
+            PersistOp::Cursor(c) => self.inbox_cursor = Some(*c),
+            PersistOp::Resume(r) => self.resume = r.clone(),
+        }
+    }
+}
+
+/// A change the driver must make durable (see [`crate::state::StateStore`]) before it
+/// transmits the frames queued after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "v", rename_all = "snake_case")]
+pub enum PersistOp {
+    /// A new message entered the outbox.
+    OutboxAdd(OutboxEntry),
+    /// The message with this `client_msg_id` left the outbox (acknowledged or refused).
+    OutboxRemove(String),
+    /// The inbox cursor advanced to this value.
+    Cursor(u64),
+    /// The resume token changed (`None`: dropped).
+    Resume(Option<ResumeToken>),
+}
+
+/// What the driver must do to the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a new connection, then report [`Session::handle_connected`] or
+    /// [`Session::handle_connect_failed`].
+    ///
+    /// [`Session::handle_connected`]: super::Session::handle_connected
+    /// [`Session::handle_connect_failed`]: super::Session::handle_connect_failed
+    Connect,
+    /// Close the current connection (or abandon the connection attempt) with this code, after
+    /// writing the frames already polled. The session already treats the connection as gone;
+    /// reporting its end with `handle_disconnected` is allowed but not needed.
+    Disconnect {
+        /// Application close code to close with.
+        code: CloseCode,
+    },
+}
+
+/// Where the session is in its connection lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Created, not started.
+    Idle,
+    /// Waiting for the transport to come up.
+    Connecting,
+    /// Transport up, `login` sent, waiting for the answer.
+    LoggingIn,
+    /// Logged in; messages flow.
+    Online,
+    /// Waiting before the next connection attempt.
+    Backoff {
+        /// 0-based number of this wait among consecutive failures (its delay is drawn from
+        /// `[d/2, d]` with `d = min(backoff_max, backoff_base * 2^attempt)`).
+        attempt: u32,
+        /// When the next attempt starts.
+        retry_at: Instant,
+    },
+    /// The server ended the session; no reconnect until [`Session::start`](super::Session::start).
+    Kicked(KickReason),
+    /// The credential was refused; no reconnect until a new credential and
+    /// [`Session::start`](super::Session::start).
+    AuthFailed(ErrorCode),
+    /// [`Session::close`](super::Session::close) was called.
+    LoggedOut,
+}
+
+/// Something the app should learn about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The connection state changed.
+    State(ConnectionState),
+    /// The next message of the inbox, in order, exactly once.
+    Message(Deliver),
+    /// A sent message is durable on the server and left the outbox.
+    SendAcked(SendAck),
+    /// A sent message was refused for good and left the outbox.
+    SendFailed {
+        /// The message's id.
+        client_msg_id: String,
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The server ended the session (also synthesized when the server closed the connection
+    /// with `replaced` or `kicked` and the frame itself was lost).
+    Kicked(tether_proto::Kicked),
+    /// Login was refused for good (the state is now [`ConnectionState::AuthFailed`]).
+    LoginFailed {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Login succeeded.
+    LoggedIn(LoginOk),
+}
+
+/// Base64 (standard alphabet, padded) for byte fields in JSON.
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
