@@ -1,6 +1,6 @@
 //! The outbox: messages kept, in order, until the server acknowledges them.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::types::OutboxEntry;
@@ -22,6 +22,8 @@ struct Slot {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outbox {
     slots: VecDeque<Slot>,
+    /// Ids of the slots, for constant-time membership tests.
+    ids: HashSet<String>,
     in_flight: usize,
 }
 
@@ -39,6 +41,7 @@ impl Outbox {
 
     /// Appends a new message (pending).
     pub(crate) fn push(&mut self, entry: OutboxEntry) {
+        self.ids.insert(entry.client_msg_id.clone());
         self.slots.push_back(Slot { entry, resend_at: None });
     }
 
@@ -55,7 +58,7 @@ impl Outbox {
 
     /// Whether a message with this id is in the outbox.
     pub(crate) fn contains(&self, client_msg_id: &str) -> bool {
-        self.slots.iter().any(|s| s.entry.client_msg_id == client_msg_id)
+        self.ids.contains(client_msg_id)
     }
 
     /// The entries, oldest first.
@@ -65,6 +68,9 @@ impl Outbox {
 
     /// Removes the message with this id, if present.
     pub(crate) fn remove(&mut self, client_msg_id: &str) -> Option<OutboxEntry> {
+        if !self.ids.remove(client_msg_id) {
+            return None;
+        }
         let idx = self.slots.iter().position(|s| s.entry.client_msg_id == client_msg_id)?;
         let slot = self.slots.remove(idx)?;
         if slot.resend_at.is_some() {

@@ -217,6 +217,72 @@ fn crash_between_snapshot_and_truncation_replays_harmlessly() {
 }
 
 #[test]
+fn session_state_survives_a_restart_through_the_store() {
+    use crate::core::{Credential, Frame, LoginOk, SendAck, Session, SessionConfig};
+    use std::time::Instant;
+
+    fn drive(s: &mut Session, store: &mut StateStore) -> Vec<Frame> {
+        let ops: Vec<_> = std::iter::from_fn(|| s.poll_persist()).collect();
+        store.apply(&ops).unwrap();
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+    fn online(s: &mut Session, store: &mut StateStore, now: Instant) -> Vec<Frame> {
+        s.start(now);
+        s.handle_connected(now);
+        s.handle_frame(
+            Frame::LoginOk(LoginOk {
+                version: 1,
+                session_id: "s".into(),
+                user: "alice".into(),
+                inbox_head: 0,
+                server_time_ms: 0,
+                idle_timeout_ms: 60_000,
+                max_frame: 65_536,
+                resume_token: None,
+                resume_expires_ms: None,
+            }),
+            now,
+        );
+        drive(s, store)
+    }
+
+    let dir = TempDir::new();
+    let t0 = Instant::now();
+    let (mut store, state) = StateStore::open(dir.path()).unwrap();
+    store.set_sync(false);
+    let mut s = Session::new(SessionConfig::new("phone", "dev-1"), Credential::Token("jwt".into()), state, 1);
+    let ids: Vec<String> = (0..3u8)
+        .map(|i| s.send(Address::user("bob"), "text/plain".into(), vec![i], t0, 1_000 + u64::from(i)))
+        .collect();
+    drive(&mut s, &mut store);
+    online(&mut s, &mut store, t0);
+    s.handle_frame(
+        Frame::SendAck(SendAck { client_msg_id: ids[0].clone(), msg_id: 1, seq: 1, ts: 1, duplicate: false }),
+        t0,
+    );
+    drive(&mut s, &mut store);
+    assert_eq!(store.state(), &s.persisted_state());
+    // The process dies here; a new one opens the same directory.
+    drop((s, store));
+
+    let (mut store, state) = StateStore::open(dir.path()).unwrap();
+    assert_eq!(state.inbox_cursor, Some(1));
+    assert_eq!(state.outbox.iter().map(|e| e.client_msg_id.clone()).collect::<Vec<_>>(), ids[1..]);
+    let mut s = Session::new(SessionConfig::new("phone", "dev-1"), Credential::Token("jwt".into()), state, 2);
+    let frames = online(&mut s, &mut store, t0);
+    let Some(Frame::Login(login)) = frames.first() else { panic!("{frames:?}") };
+    assert_eq!(login.inbox_cursor, Some(1));
+    let resent: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Send(send) => Some(send.client_msg_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, ids[1..]);
+}
+
+#[test]
 fn session_ops_round_trip_through_the_store() {
     use crate::core::{Credential, Session, SessionConfig};
     use std::time::Instant;
