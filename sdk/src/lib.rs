@@ -4,7 +4,61 @@
 //! outbox with retry until acknowledged, inbox deduplication and ordering, sync cursors. It does
 //! no I/O and reads no clock; a driver feeds it transport events and the current time and carries
 //! out what it asks for. [`state`] is the file-backed journal that makes the session's
-//! [`core::PersistOp`]s durable across restarts.
+//! [`core::PersistOp`]s durable across restarts. [`client`] is that driver for tokio and quinn:
+//! what an app uses.
+//!
+//! ```no_run
+//! use tether_sdk::{Client, ClientConfig, ClientEvent, Credential, Trust};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut cfg = ClientConfig::new(
+//!     "chat.example.com:7443",
+//!     Trust::SystemRoots,
+//!     Credential::Token("<JWT from your backend>".into()),
+//! );
+//! cfg.state_dir = Some("/var/lib/myapp/tether".into());
+//! let (client, mut events) = Client::start(cfg).await?;
+//! client.send_text("bob", "hello").await?;
+//! while let Some(ev) = events.next().await {
+//!     if let ClientEvent::Message(m) = ev {
+//!         println!("{}: {}", m.from, String::from_utf8_lossy(&m.payload));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
+pub mod client;
 pub mod core;
 pub mod state;
+pub mod tls;
+
+pub use client::{Client, ClientConfig, ClientEvent, Events, SendFailure, Status};
+pub use core::{ConnectionState, SessionConfig};
+pub use tether_proto::{Address, Credential, Deliver, ErrorCode, KickReason, Kicked, SendAck};
+pub use tls::Trust;
+
+/// Why the client could not start or carry out a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address did not resolve.
+    #[error("resolve: {0}")]
+    Resolve(String),
+    /// TLS configuration (certificate files, trust store).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The state dir could not be opened or read.
+    #[error("state: {0}")]
+    State(String),
+    /// Socket error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The client is not online and will not get there by itself (kicked, refused, closed).
+    #[error("not online: {0}")]
+    NotOnline(String),
+    /// The client has stopped.
+    #[error("client closed")]
+    Closed,
+}

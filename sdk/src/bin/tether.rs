@@ -1,0 +1,227 @@
+//! `tether`: a desktop command-line client on the Tether SDK.
+//!
+//! ```text
+//! tether --server 127.0.0.1:7443 --pin tether-data/dev-cert.pem --ticket tk_... send --to bob hello
+//! tether --server 127.0.0.1:7443 --ca ca.pem --token $JWT listen --count 10
+//! tether --server 127.0.0.1:7443 --ca ca.pem --token $JWT --state-dir ~/.tether chat --to bob
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use tether_sdk::{Address, Client, ClientConfig, ClientEvent, ConnectionState, Credential, Deliver, Trust};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Parser, Debug)]
+#[command(name = "tether", version, about = "Tether command-line client")]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug)]
+struct ConnArgs {
+    /// Server address, host:port.
+    #[arg(long, env = "TETHER_SERVER", default_value = "127.0.0.1:7443", global = true)]
+    server: String,
+    /// Name to check in the server certificate (default: the host of --server).
+    #[arg(long, env = "TETHER_SERVER_NAME", global = true)]
+    server_name: Option<String>,
+    /// JWT from the app's backend.
+    #[arg(long, env = "TETHER_TOKEN", global = true, conflicts_with = "ticket")]
+    token: Option<String>,
+    /// One-time login ticket from the admin API.
+    #[arg(long, env = "TETHER_TICKET", global = true)]
+    ticket: Option<String>,
+    /// Trust the CA certificates in this PEM file.
+    #[arg(long, env = "TETHER_CA", global = true, conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust exactly this server certificate (e.g. a node's dev-cert.pem).
+    #[arg(long, env = "TETHER_PIN", global = true)]
+    pin: Option<PathBuf>,
+    /// Directory for the outbox, cursors and resume token.
+    #[arg(long, env = "TETHER_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Device type.
+    #[arg(long, env = "TETHER_DEVICE_TYPE", default_value = "desktop", global = true)]
+    device_type: String,
+    /// Device id (default: kept in the state dir).
+    #[arg(long, env = "TETHER_DEVICE_ID", global = true)]
+    device_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Send one message and wait until the server has stored it.
+    Send {
+        /// Recipient user id.
+        #[arg(long)]
+        to: String,
+        /// Payload type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// Message text (words are joined with spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Print every delivered message as one JSON line.
+    Listen {
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Interactive chat: each line typed is sent to `--to`; incoming messages are printed.
+    Chat {
+        /// Peer user id.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+fn message_json(d: &Deliver) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "msg_id": d.msg_id,
+        "seq": d.seq,
+        "from": d.from,
+        "from_device": d.from_device,
+        "to": d.to.id,
+        "ts": d.ts,
+        "content_type": d.content_type,
+        "client_msg_id": d.client_msg_id,
+    });
+    match std::str::from_utf8(&d.payload) {
+        Ok(t) if d.content_type.starts_with("text/") => v["text"] = t.into(),
+        _ => v["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&d.payload).into(),
+    }
+    v
+}
+
+fn config(a: &ConnArgs) -> Result<ClientConfig, String> {
+    let credential = match (&a.token, &a.ticket) {
+        (Some(t), None) => Credential::Token(t.clone()),
+        (None, Some(t)) => Credential::Ticket(t.clone()),
+        _ => return Err("give --token or --ticket".into()),
+    };
+    let trust = match (&a.ca, &a.pin) {
+        (Some(p), None) => Trust::CaFile(p.clone()),
+        (None, Some(p)) => Trust::Pinned(p.clone()),
+        _ => Trust::SystemRoots,
+    };
+    let mut c = ClientConfig::new(a.server.clone(), trust, credential);
+    c.server_name = a.server_name.clone();
+    c.state_dir = a.state_dir.clone();
+    c.device_type = a.device_type.clone();
+    c.device_id = a.device_id.clone();
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let cfg = config(&cli.conn)?;
+    let (client, mut events) = Client::start(cfg).await.map_err(|e| e.to_string())?;
+    let result = match cli.cmd {
+        Cmd::Send { to, content_type, text } => {
+            client.wait_online().await.map_err(|e| e.to_string())?;
+            let ack = client
+                .send(Address::user(to), content_type, text.join(" ").into_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({"client_msg_id": ack.client_msg_id, "msg_id": ack.msg_id, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate})
+            );
+            Ok(())
+        }
+        Cmd::Listen { count } => {
+            let mut seen = 0u64;
+            loop {
+                if count.is_some_and(|c| seen >= c) {
+                    break Ok(());
+                }
+                match events.next().await {
+                    Some(ClientEvent::Message(d)) => {
+                        println!("{}", message_json(&d));
+                        seen += 1;
+                    }
+                    Some(ev) => {
+                        if let Some(err) = fatal(&ev) {
+                            break Err(err);
+                        }
+                    }
+                    None => break Err("client stopped".into()),
+                }
+            }
+        }
+        Cmd::Chat { to } => chat(&client, &mut events, &to).await,
+    };
+    client.close().await;
+    result
+}
+
+/// The events after which the client will not reconnect by itself.
+fn fatal(ev: &ClientEvent) -> Option<String> {
+    match ev {
+        ClientEvent::Kicked(k) => Some(format!("kicked: {:?}: {}", k.reason, k.message)),
+        ClientEvent::LoginFailed { code, message } => Some(format!("login failed: {code:?}: {message}")),
+        _ => None,
+    }
+}
+
+async fn chat(client: &Client, events: &mut tether_sdk::Events, to: &str) -> Result<(), String> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    eprintln!("chatting with {to}; type a line and press enter, Ctrl-D to quit");
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) if !l.trim().is_empty() => {
+                    let c = client.clone();
+                    let to = to.to_string();
+                    // Sends complete in the background; the outbox keeps them across reconnects.
+                    tokio::spawn(async move {
+                        if let Err(e) = c.send_text(&to, &l).await {
+                            eprintln!("! not sent: {e}");
+                        }
+                    });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Ok(()),
+            },
+            ev = events.next() => match ev {
+                Some(ClientEvent::Message(d)) => {
+                    let text = String::from_utf8_lossy(&d.payload);
+                    println!("[{}] {}: {}", d.seq, d.from, text);
+                }
+                Some(ClientEvent::State(s)) => {
+                    if !matches!(s, ConnectionState::Online) {
+                        eprintln!("~ {s:?}");
+                    }
+                }
+                Some(ev) => {
+                    if let Some(err) = fatal(&ev) {
+                        return Err(err);
+                    }
+                }
+                None => return Err("client stopped".into()),
+            }
+        }
+    }
+}

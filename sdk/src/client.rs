@@ -1,0 +1,689 @@
+//! The tokio/quinn driver: runs a [`Session`] over a real QUIC connection.
+//!
+//! [`Client::start`] spawns one task that owns the session core, the QUIC endpoint and the
+//! state journal. The app talks to it through [`Client`] (send, network change, close) and reads
+//! [`ClientEvent`]s from [`Events`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::{Address, CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame, Kicked, SendAck};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::core::{Action, ConnectionState, Event, PersistOp, Session, SessionConfig};
+use crate::state::StateStore;
+use crate::tls::{client_crypto, Trust};
+use crate::ClientError;
+
+/// Everything needed to start a client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server address, `host:port`.
+    pub server: String,
+    /// Name checked against the server certificate (default: the host part of `server`).
+    pub server_name: Option<String>,
+    /// Which certificates to trust.
+    pub trust: Trust,
+    /// JWT or one-time ticket.
+    pub credential: Credential,
+    /// Device type: one session per user and device type (default `desktop`).
+    pub device_type: String,
+    /// Stable device id. Default: kept in `state_dir/device-id`, or random per run without one.
+    pub device_id: Option<String>,
+    /// Directory for the outbox, cursors and resume token, so they survive restarts. Without
+    /// it everything is in memory.
+    pub state_dir: Option<PathBuf>,
+    /// fsync the state journal on every change (slower; survives power loss).
+    pub sync_state: bool,
+    /// Session timers and limits; `device_type` / `device_id` in it are overwritten.
+    pub session: SessionConfig,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults for everything else.
+    pub fn new(server: impl Into<String>, trust: Trust, credential: Credential) -> Self {
+        ClientConfig {
+            server: server.into(),
+            server_name: None,
+            trust,
+            credential,
+            device_type: "desktop".into(),
+            device_id: None,
+            state_dir: None,
+            sync_state: false,
+            session: SessionConfig::new("desktop", ""),
+        }
+    }
+}
+
+/// Something that happened, for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The next message of the inbox: in order, exactly once (across reconnects and, with a
+    /// state dir, restarts).
+    Message(tether_proto::Deliver),
+    /// Connection state changed.
+    State(ConnectionState),
+    /// Logged in as `user`.
+    LoggedIn {
+        /// The authenticated user.
+        user: String,
+        /// Server session id.
+        session_id: String,
+    },
+    /// A message sent by this device is durable on the server.
+    SendAcked(SendAck),
+    /// A message sent by this device was refused for good.
+    SendFailed {
+        /// The message's id.
+        client_msg_id: String,
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The server ended the session (`replaced` by another device, or `admin`). The client
+    /// does not reconnect until [`Client::restart`].
+    Kicked(Kicked),
+    /// The credential was refused. Give a new one with [`Client::set_credential`].
+    LoginFailed {
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// Writing the state journal failed; what happened since may be lost on restart.
+    StorageError(String),
+}
+
+/// Why a [`Client::send`] did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendFailure {
+    /// The server refused the message for good.
+    #[error("refused: {code:?}: {message}")]
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The client was closed before the message was acknowledged. It stays in the persisted
+    /// outbox (with a state dir) and is sent on the next start.
+    #[error("client closed before the message was acknowledged")]
+    Closed,
+}
+
+/// A snapshot of the client for status displays and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Connection state.
+    pub state: ConnectionState,
+    /// The user, once logged in.
+    pub user: Option<String>,
+    /// Highest inbox seq handed to the app.
+    pub inbox_cursor: u64,
+    /// Messages not yet acknowledged.
+    pub outbox_len: usize,
+    /// Local UDP address of the endpoint.
+    pub local_addr: Option<SocketAddr>,
+    /// The device id in use.
+    pub device_id: String,
+}
+
+enum Command {
+    Send { to: Address, content_type: String, payload: Vec<u8>, reply: oneshot::Sender<Result<SendAck, SendFailure>> },
+    NetworkChanged { reply: oneshot::Sender<Result<SocketAddr, ClientError>> },
+    SetCredential(Credential),
+    Restart,
+    Status { reply: oneshot::Sender<Status> },
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// Handle to a running client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    cmd: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ConnectionState>,
+}
+
+/// The app's event stream.
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl Events {
+    /// The next event; `None` once the client has stopped and every event was read.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next(&mut self) -> Option<ClientEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn device_id_for(cfg: &ClientConfig) -> Result<String, ClientError> {
+    if let Some(d) = &cfg.device_id {
+        return Ok(d.clone());
+    }
+    let fresh = || format!("dev-{:016x}", rand::random::<u64>());
+    let Some(dir) = &cfg.state_dir else { return Ok(fresh()) };
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
+    let path = dir.join("device-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = fresh();
+            std::fs::write(&path, &id).map_err(|e| ClientError::State(e.to_string()))?;
+            Ok(id)
+        }
+    }
+}
+
+fn bind_addr(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv6() {
+        SocketAddr::from(([0u16; 8], 0))
+    } else {
+        SocketAddr::from(([0u8; 4], 0))
+    }
+}
+
+/// QUIC transport settings of the client side.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // The session core runs its own heartbeat and dead-connection detection; QUIC's idle
+    // timeout is only a backstop.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(120)).ok());
+    t
+}
+
+impl Client {
+    /// Opens the state dir, binds a UDP socket and starts connecting in the background.
+    pub async fn start(cfg: ClientConfig) -> Result<(Client, Events), ClientError> {
+        let server_addr = tokio::net::lookup_host(&cfg.server)
+            .await
+            .map_err(|e| ClientError::Resolve(format!("{}: {e}", cfg.server)))?
+            .next()
+            .ok_or_else(|| ClientError::Resolve(format!("{}: no address", cfg.server)))?;
+        let server_name = match &cfg.server_name {
+            Some(n) => n.clone(),
+            None => {
+                cfg.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cfg.server).trim_matches(['[', ']']).to_string()
+            }
+        };
+        let device_id = device_id_for(&cfg)?;
+        let (store, persisted) = match &cfg.state_dir {
+            Some(dir) => {
+                let (mut s, p) = StateStore::open(dir).map_err(|e| ClientError::State(e.to_string()))?;
+                s.set_sync(cfg.sync_state);
+                (Some(s), p)
+            }
+            None => (None, Default::default()),
+        };
+        let crypto = client_crypto(&cfg.trust)?;
+        let quic =
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        client_config.transport_config(Arc::new(transport()));
+        let mut endpoint = quinn::Endpoint::client(bind_addr(server_addr)).map_err(ClientError::Io)?;
+        endpoint.set_default_client_config(client_config);
+
+        let mut scfg = cfg.session.clone();
+        scfg.device_type = cfg.device_type.clone();
+        scfg.device_id = device_id.clone();
+        let session = Session::new(scfg, cfg.credential.clone(), persisted, rand::random());
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Idle);
+        let driver = Driver {
+            session,
+            store,
+            endpoint,
+            server_addr,
+            server_name,
+            device_id,
+            live: None,
+            gen: 0,
+            pending: HashMap::new(),
+            events: ev_tx,
+            state: state_tx,
+        };
+        tokio::spawn(driver.run(cmd_rx));
+        Ok((Client { cmd: cmd_tx, state: state_rx }, Events { rx: ev_rx }))
+    }
+
+    /// Queues a message and returns a future that resolves once the server has stored it.
+    ///
+    /// The message is queued when `send` is called, not when the future is first polled, so
+    /// messages go out in the order of the calls. From then on it is in the (persisted)
+    /// outbox and is retried, across reconnects and restarts, until acknowledged; dropping the
+    /// future does not cancel it.
+    pub fn send(
+        &self,
+        to: Address,
+        content_type: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.cmd.send(Command::Send { to, content_type: content_type.into(), payload, reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(SendFailure::Closed);
+            }
+            rx.await.unwrap_or(Err(SendFailure::Closed))
+        }
+    }
+
+    /// Sends a `text/plain` message to a user (see [`Client::send`]).
+    pub fn send_text(
+        &self,
+        to_user: &str,
+        text: &str,
+    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+        self.send(Address::user(to_user), "text/plain", text.as_bytes().to_vec())
+    }
+
+    /// Tells the client the network changed (e.g. Wi-Fi to cellular): it moves the QUIC
+    /// connection to a new local UDP socket. The connection and the session go on (QUIC
+    /// connection migration). Returns the new local address.
+    pub async fn network_changed(&self) -> Result<SocketAddr, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Command::NetworkChanged { reply }).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Replaces the credential (e.g. a refreshed JWT) and, after an auth failure, tries it.
+    pub fn set_credential(&self, credential: Credential) {
+        let _ = self.cmd.send(Command::SetCredential(credential));
+    }
+
+    /// Connects again after a kick, an auth failure or a close.
+    pub fn restart(&self) {
+        let _ = self.cmd.send(Command::Restart);
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the state satisfies `pred`, returning it; `Err` if the client stopped.
+    pub async fn wait_for_state(
+        &self,
+        pred: impl Fn(&ConnectionState) -> bool,
+    ) -> Result<ConnectionState, ClientError> {
+        let mut rx = self.state.clone();
+        let s = rx.wait_for(|s| pred(s)).await.map_err(|_| ClientError::Closed)?;
+        Ok(s.clone())
+    }
+
+    /// Waits until logged in. Fails if the client gets kicked, refused or closed instead.
+    pub async fn wait_online(&self) -> Result<(), ClientError> {
+        let s = self
+            .wait_for_state(|s| {
+                matches!(
+                    s,
+                    ConnectionState::Online
+                        | ConnectionState::Kicked(_)
+                        | ConnectionState::AuthFailed(_)
+                        | ConnectionState::LoggedOut
+                )
+            })
+            .await?;
+        match s {
+            ConnectionState::Online => Ok(()),
+            other => Err(ClientError::NotOnline(format!("{other:?}"))),
+        }
+    }
+
+    /// A snapshot of the client.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Command::Status { reply }).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Logs out (acks what was received, sends `logout`), closes the connection and stops the
+    /// client. Unacknowledged messages stay in the persisted outbox.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Command::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Messages from a connection's I/O tasks, tagged with the connection generation.
+enum Io {
+    Frame(u64, Frame),
+    Closed(u64, Option<CloseCode>),
+}
+
+enum Out {
+    Data(Bytes),
+    Close(CloseCode),
+}
+
+struct Live {
+    conn: quinn::Connection,
+    out: mpsc::UnboundedSender<Out>,
+}
+
+type Connecting = Pin<
+    Box<dyn Future<Output = Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError>> + Send>,
+>;
+
+struct Driver {
+    session: Session,
+    store: Option<StateStore>,
+    endpoint: quinn::Endpoint,
+    server_addr: SocketAddr,
+    server_name: String,
+    device_id: String,
+    live: Option<Live>,
+    gen: u64,
+    pending: HashMap<String, oneshot::Sender<Result<SendAck, SendFailure>>>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    state: watch::Sender<ConnectionState>,
+}
+
+/// What the run loop must do after a pump.
+#[derive(Default)]
+struct Todo {
+    connect: bool,
+    abandon: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
+        let (io_tx, mut io_rx) = mpsc::unbounded_channel::<Io>();
+        let mut connecting: Option<Connecting> = None;
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        self.session.start(Instant::now());
+        loop {
+            let todo = self.pump();
+            if todo.abandon {
+                connecting = None;
+            }
+            if todo.connect {
+                connecting = Some(Box::pin(connect(self.endpoint.clone(), self.server_addr, self.server_name.clone())));
+            }
+            if closing.is_some() {
+                break;
+            }
+            let deadline = self.session.poll_timeout();
+            let sleep = async move {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let conn_fut = async {
+                match connecting.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Command::Close { reply }) => {
+                        self.session.close(Instant::now());
+                        closing = Some(reply);
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                    None => {
+                        self.session.close(Instant::now());
+                        closing = Some(oneshot::channel().0);
+                    }
+                },
+                r = conn_fut => {
+                    connecting = None;
+                    match r {
+                        Ok((conn, send, recv)) => {
+                            self.gen += 1;
+                            let (out_tx, out_rx) = mpsc::unbounded_channel();
+                            tokio::spawn(write_loop(conn.clone(), send, out_rx));
+                            tokio::spawn(read_loop(self.gen, conn.clone(), recv, io_tx.clone()));
+                            info!(remote = %conn.remote_address(), "connected");
+                            self.live = Some(Live { conn, out: out_tx });
+                            self.session.handle_connected(Instant::now());
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "connect failed");
+                            self.session.handle_connect_failed(Instant::now());
+                        }
+                    }
+                }
+                Some(io) = io_rx.recv() => match io {
+                    Io::Frame(g, f) if g == self.gen && self.live.is_some() => self.session.handle_frame(f, Instant::now()),
+                    Io::Closed(g, code) if g == self.gen && self.live.is_some() => {
+                        info!(?code, "disconnected");
+                        self.live = None;
+                        self.session.handle_disconnected(Instant::now(), code);
+                    }
+                    _ => {}
+                },
+                _ = sleep => self.session.handle_timeout(Instant::now()),
+            }
+        }
+        // Closing: the pump above queued logout and the close; give the writer a moment.
+        if let Some(live) = self.live.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), live.conn.closed()).await;
+        }
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(SendFailure::Closed));
+        }
+        self.endpoint.close(quinn::VarInt::from_u32(CloseCode::Normal.code()), b"normal");
+        if let Some(reply) = closing {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Send { to, content_type, payload, reply } => {
+                let id = self.session.send(to, content_type, payload, now, now_ms());
+                self.pending.insert(id, reply);
+            }
+            Command::NetworkChanged { reply } => {
+                let r = std::net::UdpSocket::bind(bind_addr(self.server_addr))
+                    .and_then(|s| {
+                        self.endpoint.rebind(s)?;
+                        self.endpoint.local_addr()
+                    })
+                    .map_err(ClientError::Io);
+                if let Ok(a) = &r {
+                    info!(local = %a, "rebound to a new socket after a network change");
+                }
+                // If we were waiting to reconnect, the new network is worth trying at once.
+                self.session.reconnect_now(now);
+                let _ = reply.send(r);
+            }
+            Command::SetCredential(c) => {
+                self.session.set_credential(c);
+                if matches!(self.session.state(), ConnectionState::AuthFailed(_)) {
+                    self.session.start(now);
+                }
+            }
+            Command::Restart => self.session.start(now),
+            Command::Status { reply } => {
+                let _ = reply.send(Status {
+                    state: self.session.state().clone(),
+                    user: self.session.user().map(str::to_string),
+                    inbox_cursor: self.session.inbox_cursor(),
+                    outbox_len: self.session.outbox_len(),
+                    local_addr: self.endpoint.local_addr().ok(),
+                    device_id: self.device_id.clone(),
+                });
+            }
+            Command::Close { .. } => {}
+        }
+    }
+
+    /// Drains the session's queues in the order its docs require.
+    fn pump(&mut self) -> Todo {
+        let mut todo = Todo::default();
+        let mut ops: Vec<PersistOp> = Vec::new();
+        while let Some(op) = self.session.poll_persist() {
+            ops.push(op);
+        }
+        if !ops.is_empty() {
+            if let Some(store) = &mut self.store {
+                if let Err(e) = store.apply(&ops) {
+                    warn!(error = %e, "state journal write failed");
+                    let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+                }
+            }
+        }
+        let mut buf = BytesMut::new();
+        while let Some(f) = self.session.poll_transmit() {
+            if let Err(e) = tether_proto::encode(&f, &mut buf) {
+                warn!(error = %e, "failed to encode a frame");
+            }
+        }
+        if !buf.is_empty() {
+            if let Some(live) = &self.live {
+                let _ = live.out.send(Out::Data(buf.freeze()));
+            }
+        }
+        while let Some(a) = self.session.poll_action() {
+            match a {
+                Action::Connect => todo.connect = true,
+                Action::Disconnect { code } => {
+                    todo.connect = false;
+                    todo.abandon = true;
+                    if let Some(live) = self.live.take() {
+                        let _ = live.out.send(Out::Close(code));
+                    }
+                }
+            }
+        }
+        while let Some(e) = self.session.poll_event() {
+            let ev = match e {
+                Event::State(s) => {
+                    self.state.send_replace(s.clone());
+                    ClientEvent::State(s)
+                }
+                Event::Message(d) => ClientEvent::Message(d),
+                Event::SendAcked(ack) => {
+                    if let Some(tx) = self.pending.remove(&ack.client_msg_id) {
+                        let _ = tx.send(Ok(ack.clone()));
+                    }
+                    ClientEvent::SendAcked(ack)
+                }
+                Event::SendFailed { client_msg_id, code, message } => {
+                    if let Some(tx) = self.pending.remove(&client_msg_id) {
+                        let _ = tx.send(Err(SendFailure::Refused { code, message: message.clone() }));
+                    }
+                    ClientEvent::SendFailed { client_msg_id, code, message }
+                }
+                Event::Kicked(k) => ClientEvent::Kicked(k),
+                Event::LoginFailed { code, message } => ClientEvent::LoginFailed { code, message },
+                Event::LoggedIn(ok) => ClientEvent::LoggedIn { user: ok.user, session_id: ok.session_id },
+            };
+            let _ = self.events.send(ev);
+        }
+        todo
+    }
+}
+
+async fn connect(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    name: String,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    let conn = endpoint
+        .connect(addr, &name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    Ok((conn, send, recv))
+}
+
+async fn write_loop(conn: quinn::Connection, mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Data(b) => {
+                if send.write_chunk(b).await.is_err() {
+                    return;
+                }
+            }
+            Out::Close(code) => {
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                }
+                conn.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
+                return;
+            }
+        }
+    }
+}
+
+fn close_code(e: &quinn::ConnectionError) -> Option<CloseCode> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(ac) => CloseCode::from_code(ac.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+async fn read_loop(gen: u64, conn: quinn::Connection, mut recv: quinn::RecvStream, io: mpsc::UnboundedSender<Io>) {
+    // Server frames are bounded by the server's own limit; accept up to 16 MiB from it.
+    let mut decoder = Decoder::new(16 * 1024 * 1024);
+    let mut buf = BytesMut::new();
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Decoded::Frame(f))) => {
+                    if io.send(Io::Frame(gen, f)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Decoded::Unknown { frame_type })) => debug!(%frame_type, "skipped an unknown frame type"),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "undecodable frame from the server");
+                    let code = CloseCode::ProtocolError;
+                    conn.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
+                    let _ = io.send(Io::Closed(gen, None));
+                    return;
+                }
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                // The server finished the stream: it is closing; wait (briefly) for its reason.
+                let code = match tokio::time::timeout(Duration::from_secs(3), conn.closed()).await {
+                    Ok(e) => close_code(&e),
+                    Err(_) => None,
+                };
+                let _ = io.send(Io::Closed(gen, code));
+                return;
+            }
+            Err(e) => {
+                let code = match &e {
+                    quinn::ReadError::ConnectionLost(c) => close_code(c),
+                    _ => conn.close_reason().as_ref().and_then(close_code),
+                };
+                let _ = io.send(Io::Closed(gen, code));
+                return;
+            }
+        }
+    }
+}

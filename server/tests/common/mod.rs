@@ -1,0 +1,302 @@
+//! Test harness: the real `tether-server` binary as a child process on free loopback ports,
+//! SDK clients pinned to its dev certificate, raw QUIC connections for protocol abuse, and a
+//! small admin API client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde::Serialize;
+use tether_proto::{CloseCode, Decoded, Decoder, Frame};
+use tether_sdk::{Client, ClientConfig, ClientEvent, Credential, Events, Trust};
+
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running `tether-server` process.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub quic: SocketAddr,
+    pub admin: SocketAddr,
+    pub extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a server in a fresh temp dir with `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, quic, admin) = spawn(dir.path(), "127.0.0.1:0", &extra);
+        Server { dir, quic, admin, extra, child: Some(child) }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir and QUIC port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, quic, admin) = spawn(self.dir.path(), &self.quic.to_string(), &self.extra);
+        assert_eq!(quic, self.quic);
+        self.admin = admin;
+        self.child = Some(child);
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("dev-cert.pem")
+    }
+
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("tether.db").display())
+    }
+
+    /// SDK client config for this server with fast timers.
+    pub fn client_config(&self, credential: Credential, device_type: &str, device_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(self.quic.to_string(), Trust::Pinned(self.cert()), credential);
+        c.server_name = Some("localhost".into());
+        c.device_type = device_type.into();
+        c.device_id = Some(device_id.into());
+        c.session.heartbeat_interval = Duration::from_millis(500);
+        c.session.heartbeat_timeout = Duration::from_millis(1000);
+        c.session.backoff_base = Duration::from_millis(100);
+        c.session.backoff_max = Duration::from_millis(1000);
+        c.session.ack_timeout = Duration::from_secs(3);
+        c
+    }
+
+    /// A started SDK client for `user`, waiting until online.
+    pub async fn client(&self, user: &str, device_type: &str, device_id: &str) -> (Client, Events) {
+        let cfg = self.client_config(Credential::Token(token(user, 3600)), device_type, device_id);
+        let (c, e) = Client::start(cfg).await.expect("client start");
+        tokio::time::timeout(Duration::from_secs(20), c.wait_online()).await.expect("online in time").expect("online");
+        (c, e)
+    }
+
+    /// Admin API call; returns (status, JSON body).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        admin_call(self.admin, method, path, body, Some(ADMIN_TOKEN)).await
+    }
+
+    /// The value of a metric line (exact name with labels) from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = http(self.admin, "GET", "/metrics", None, None).await.1;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(dir: &Path, quic: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
+        .args(["--data-dir", &dir.display().to_string(), "--quic-addr", quic, "--admin-addr", "127.0.0.1:0"])
+        .args(["--jwt-secret", JWT_SECRET, "--admin-token", ADMIN_TOKEN, "--log", "info,tether_server=debug"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).expect("log file")))
+        .spawn()
+        .expect("spawn tether-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("ready line");
+    let mut quic = None;
+    let mut admin = None;
+    for part in line.split_whitespace() {
+        if let Some(a) = part.strip_prefix("quic=") {
+            quic = a.parse().ok();
+        }
+        if let Some(a) = part.strip_prefix("admin=") {
+            admin = a.parse().ok();
+        }
+    }
+    match (quic, admin) {
+        (Some(q), Some(a)) => (child, q, a),
+        _ => {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("server did not start: {line:?}\n{log}")
+        }
+    }
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+/// An HS256 JWT for `user`, expiring `ttl` seconds from now (negative = already expired).
+pub fn token(user: &str, ttl: i64) -> String {
+    token_signed(user, ttl, JWT_SECRET)
+}
+
+pub fn token_signed(user: &str, ttl: i64, secret: &str) -> String {
+    let exp = (now_s() as i64 + ttl) as u64;
+    encode(&Header::default(), &Claims { sub: user, exp }, &EncodingKey::from_secret(secret.as_bytes())).expect("jwt")
+}
+
+/// Waits for the next message event, skipping others; panics after `secs`.
+pub async fn next_message(events: &mut Events, secs: u64) -> tether_proto::Deliver {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(ClientEvent::Message(d))) => return d,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("client stopped"),
+            Err(_) => panic!("no message within {secs}s"),
+        }
+    }
+}
+
+/// Waits for the first event matching `f`; panics after `secs`.
+pub async fn wait_event<T>(events: &mut Events, secs: u64, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(ev)) => {
+                if let Some(t) = f(&ev) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("client stopped"),
+            Err(_) => panic!("no matching event within {secs}s"),
+        }
+    }
+}
+
+/// A raw QUIC connection speaking frames by hand.
+pub struct Raw {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    buf: BytesMut,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Raw {
+    pub async fn connect(server: &Server) -> Raw {
+        let crypto = tether_sdk::tls::client_crypto(&Trust::Pinned(server.cert())).expect("tls");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let conn = endpoint.connect(server.quic, "localhost").expect("connect").await.expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        Raw { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint }
+    }
+
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn write(&mut self, frame: &Frame) {
+        let mut b = BytesMut::new();
+        tether_proto::encode(frame, &mut b).expect("encode");
+        self.write_raw(&b).await;
+    }
+
+    /// Next frame, or `None` when the stream ends; panics after 10 s.
+    pub async fn read(&mut self) -> Option<Frame> {
+        let mut d = Decoder::new(1 << 24);
+        loop {
+            if let Some(Decoded::Frame(f)) = d.decode(&mut self.buf).expect("decode") {
+                return Some(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.recv.read_chunk(65536, true)).await {
+                Ok(Ok(Some(c))) => self.buf.extend_from_slice(&c.bytes),
+                Ok(_) => return None,
+                Err(_) => panic!("no frame within 10s"),
+            }
+        }
+    }
+
+    /// The close code the server closed the connection with.
+    pub async fn closed(&self) -> Option<CloseCode> {
+        match tokio::time::timeout(Duration::from_secs(10), self.conn.closed()).await.expect("closed in time") {
+            quinn::ConnectionError::ApplicationClosed(ac) => CloseCode::from_code(ac.error_code.into_inner()),
+            other => panic!("closed otherwise: {other}"),
+        }
+    }
+
+    pub fn login_frame(credential: Credential, device_id: &str) -> Frame {
+        Frame::Login(tether_proto::Login {
+            version: tether_proto::PROTOCOL_VERSION,
+            credential,
+            device_type: "raw".into(),
+            device_id: device_id.into(),
+            inbox_cursor: None,
+            client: Some("raw-test".into()),
+        })
+    }
+}
+
+pub async fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, text) = http(addr, method, path, body, token).await;
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("admin write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.expect("admin read");
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let status: u16 = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let text =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    (status, text)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,219 @@
+//! End-to-end delivery over real QUIC on loopback, with the server as a real process.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tether_sdk::{Address, ClientEvent, ConnectionState, Credential, KickReason};
+use tether_server::store::sqlite::SqliteStore;
+use tether_server::store::Store;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_arrive_in_order_at_next_login() {
+    let server = Server::start(&[]);
+    let (alice, _ae) = server.client("alice", "phone", "alice-phone").await;
+    for i in 0..50 {
+        let ack = alice.send_text("bob", &format!("m{i}")).await.expect("acked");
+        assert!(!ack.duplicate);
+    }
+    // Bob has never been online: everything waits in his inbox.
+    let (_bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    for i in 0..50u64 {
+        let m = next_message(&mut be, 10).await;
+        assert_eq!(m.seq, i + 1);
+        assert_eq!(m.from, "alice");
+        assert_eq!(m.payload, format!("m{i}").into_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_of_the_recipient_and_the_senders_other_devices_get_the_message() {
+    let server = Server::start(&[]);
+    let (alice_phone, _) = server.client("alice", "phone", "a-phone").await;
+    let (_alice_desk, mut alice_desk_ev) = server.client("alice", "desktop", "a-desk").await;
+    let (_bob_phone, mut bob_phone_ev) = server.client("bob", "phone", "b-phone").await;
+    let (_bob_desk, mut bob_desk_ev) = server.client("bob", "desktop", "b-desk").await;
+
+    let ack = alice_phone.send_text("bob", "hello both").await.expect("acked");
+    for ev in [&mut bob_phone_ev, &mut bob_desk_ev] {
+        let m = next_message(ev, 10).await;
+        assert_eq!((m.from.as_str(), m.payload.as_slice(), m.msg_id), ("alice", &b"hello both"[..], ack.msg_id));
+    }
+    // Alice's desktop sees what her phone sent, at the seq of her own copy.
+    let m = next_message(&mut alice_desk_ev, 10).await;
+    assert_eq!((m.from.as_str(), m.from_device.as_str(), m.seq), ("alice", "a-phone", ack.seq));
+    assert_eq!(m.to, Address::user("bob"));
+    let (_, sessions) = server.admin("GET", "/v1/users/bob/sessions", None).await;
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_device_of_the_same_type_kicks_the_first_which_stays_down() {
+    let server = Server::start(&[]);
+    let (old, mut old_ev) = server.client("bob", "phone", "bob-old-phone").await;
+    let (_new, _new_ev) = server.client("bob", "phone", "bob-new-phone").await;
+    let reason = wait_event(&mut old_ev, 10, |e| match e {
+        ClientEvent::Kicked(k) => Some(k.reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, KickReason::Replaced);
+    assert_eq!(
+        old.wait_for_state(|s| matches!(s, ConnectionState::Kicked(_))).await.expect("state"),
+        ConnectionState::Kicked(KickReason::Replaced)
+    );
+    // Several backoff periods later the old device has not come back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(matches!(old.state(), ConnectionState::Kicked(_)));
+    let (_, s) = server.admin("GET", "/v1/users/bob/sessions", None).await;
+    let devices: Vec<&str> =
+        s["sessions"].as_array().expect("list").iter().filter_map(|x| x["device_id"].as_str()).collect();
+    assert_eq!(devices, vec!["bob-new-phone"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_device_reconnecting_takes_over_its_session_quietly() {
+    let server = Server::start(&[]);
+    let (_first, mut first_ev) = server.client("carol", "phone", "carol-phone").await;
+    let (second, mut second_ev) = server.client("carol", "phone", "carol-phone").await;
+    let (alice, _) = server.client("alice", "phone", "alice-phone").await;
+    alice.send_text("carol", "to the new connection").await.expect("ack");
+    let m = next_message(&mut second_ev, 10).await;
+    assert_eq!(m.payload, b"to the new connection");
+    assert_eq!(second.state(), ConnectionState::Online);
+    // The superseded connection was closed without a kick.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Some(ev) = first_ev.try_next() {
+        assert!(!matches!(ev, ClientEvent::Kicked(_)), "same device must not be kicked: {ev:?}");
+    }
+    let (_, s) = server.admin("GET", "/v1/users/carol/sessions", None).await;
+    assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_to_the_app_across_a_server_kill() {
+    const N: usize = 1000;
+    let mut server = Server::start(&[]);
+    let sender_state = tempfile::tempdir().expect("dir");
+    let receiver_state = tempfile::tempdir().expect("dir");
+    let mut scfg = server.client_config(Credential::Token(token("alice", 3600)), "phone", "alice-phone");
+    scfg.state_dir = Some(sender_state.path().to_path_buf());
+    scfg.session.max_in_flight = 32;
+    let (alice, _ae) = tether_sdk::Client::start(scfg).await.expect("start");
+    let mut rcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
+    rcfg.state_dir = Some(receiver_state.path().to_path_buf());
+    let (bob, mut be) = tether_sdk::Client::start(rcfg).await.expect("start");
+    alice.wait_online().await.expect("online");
+    bob.wait_online().await.expect("online");
+
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sends = Vec::new();
+    for i in 0..N {
+        let acked = acked.clone();
+        // `send` queues at the call, so the outbox holds the messages in this order.
+        let fut = alice.send_text("bob", &format!("{i}"));
+        sends.push(tokio::spawn(async move {
+            let r = fut.await;
+            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r
+        }));
+    }
+    // Kill the server mid-stream, then bring it back on the same port and data.
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let at_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(at_kill < N, "the kill must interrupt the stream");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+
+    let mut acks = Vec::new();
+    for s in sends {
+        let ack = tokio::time::timeout(Duration::from_secs(60), s).await.expect("acked in time").expect("task");
+        acks.push(ack.expect("every send acknowledged"));
+    }
+    let ids: HashSet<u64> = acks.iter().map(|a| a.msg_id).collect();
+    assert_eq!(ids.len(), N, "one stored message per send");
+
+    // Bob's app sees each message exactly once, in send order.
+    for i in 0..N {
+        let m = next_message(&mut be, 60).await;
+        assert_eq!(String::from_utf8_lossy(&m.payload), i.to_string(), "message {i}");
+        assert_eq!(m.seq, i as u64 + 1);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Some(ev) = be.try_next() {
+        assert!(!matches!(ev, ClientEvent::Message(_)), "duplicate delivery: {ev:?}");
+    }
+    alice.close().await;
+    bob.close().await;
+    server.kill();
+
+    let store = SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full).await.expect("open db");
+    assert_eq!(store.count_from("alice").await.expect("count"), N as u64);
+    let inbox = store.fetch_inbox("bob", 0, None, 10_000).await.expect("inbox");
+    let payloads: Vec<String> = inbox.iter().map(|e| String::from_utf8_lossy(&e.msg.payload).to_string()).collect();
+    assert_eq!(payloads, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_survives_a_client_network_change() {
+    let server = Server::start(&[]);
+    let (alice, _ae) = server.client("alice", "phone", "alice-phone").await;
+    let (_bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    for i in 0..10 {
+        alice.send_text("bob", &format!("before {i}")).await.expect("ack");
+    }
+    let before = alice.status().await.expect("status").local_addr.expect("addr");
+    let (_, s) = server.admin("GET", "/v1/users/alice/sessions", None).await;
+    let remote_before = s["sessions"][0]["remote"].as_str().expect("remote").to_string();
+    let session_before = s["sessions"][0]["session_id"].clone();
+
+    let after = alice.network_changed().await.expect("rebind");
+    assert_ne!(before.port(), after.port());
+    for i in 0..10 {
+        alice.send_text("bob", &format!("after {i}")).await.expect("ack");
+    }
+    for i in 0..20 {
+        let m = next_message(&mut be, 10).await;
+        let want = if i < 10 { format!("before {i}") } else { format!("after {}", i - 10) };
+        assert_eq!(m.payload, want.into_bytes());
+    }
+    // Same session on the server, now at the new address; no second login happened.
+    let (_, s) = server.admin("GET", "/v1/users/alice/sessions", None).await;
+    assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(s["sessions"][0]["session_id"], session_before);
+    let remote_after = s["sessions"][0]["remote"].as_str().expect("remote").to_string();
+    assert_ne!(remote_before, remote_after);
+    assert!(remote_after.ends_with(&format!(":{}", after.port())), "{remote_after} vs {after}");
+    assert_eq!(server.metric("tether_logins_total{result=\"ok\"}").await, 2.0);
+    assert_eq!(alice.state(), ConnectionState::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_send_with_the_same_id_is_stored_once_and_gets_the_original_ack() {
+    let server = Server::start(&[]);
+    let mut raw = Raw::connect(&server).await;
+    raw.write(&Raw::login_frame(Credential::Token(token("dave", 60)), "dave-raw")).await;
+    assert!(matches!(raw.read().await, Some(tether_proto::Frame::LoginOk(_))));
+    let send = tether_proto::Frame::Send(tether_proto::Send {
+        client_msg_id: "same-id".into(),
+        to: Address::user("erin"),
+        content_type: "text/plain".into(),
+        payload: b"once".to_vec(),
+    });
+    raw.write(&send).await;
+    let Some(tether_proto::Frame::SendAck(first)) = raw.read().await else { panic!("ack") };
+    raw.write(&send).await;
+    let Some(tether_proto::Frame::SendAck(second)) = raw.read().await else { panic!("ack") };
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!((first.msg_id, first.seq, first.ts), (second.msg_id, second.seq, second.ts));
+    assert_eq!(server.metric("tether_send_retries_total").await, 1.0);
+    let (_erin, mut ee) = server.client("erin", "phone", "erin-phone").await;
+    assert_eq!(next_message(&mut ee, 10).await.payload, b"once");
+}
