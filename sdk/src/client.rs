@@ -413,6 +413,7 @@ impl Driver {
         let (io_tx, mut io_rx) = mpsc::unbounded_channel::<Io>();
         let mut connecting: Option<Connecting> = None;
         let mut closing: Option<oneshot::Sender<()>> = None;
+        self.session.set_wall_clock(Instant::now(), now_ms());
         self.session.start(Instant::now());
         loop {
             let todo = self.pump();
