@@ -1,0 +1,221 @@
+//! 1:1 load: N sender -> recipient pairs, M messages each, send->deliver latency.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use tether_proto::{Ack, Address, Credential, Frame};
+use tokio::sync::{Barrier, Semaphore};
+
+use crate::wire::{endpoint, login};
+
+/// Where to send and how to log in.
+#[derive(Clone)]
+pub struct Target {
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// Certificate to pin.
+    pub cert: PathBuf,
+    /// Credential for a user name.
+    pub credential: Arc<dyn Fn(&str) -> Credential + Send + Sync>,
+}
+
+/// Load shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Sender -> recipient pairs.
+    pub pairs: usize,
+    /// Messages per sender.
+    pub messages: u64,
+    /// Messages in flight per sender (unacknowledged sends).
+    pub window: usize,
+    /// Open-loop total rate (messages/s over all senders); `None` = as fast as acks allow.
+    pub rate: Option<f64>,
+    /// Payload bytes.
+    pub payload: usize,
+}
+
+/// Result of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Messages delivered.
+    pub delivered: u64,
+    /// First send to last delivery.
+    pub elapsed: Duration,
+    /// Send->deliver latency, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Report {
+    /// Deliveries per second.
+    pub fn rate(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency quantile in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// Runs one load against `target`; user names get `prefix` so runs don't share inboxes.
+pub async fn run(target: Target, shape: Shape, prefix: &str) -> Report {
+    // A handful of client endpoints (UDP sockets) shared by the connections.
+    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(&target.cert)).collect();
+    let barrier = Arc::new(Barrier::new(shape.pairs * 2 + 1));
+    let epoch = Instant::now();
+    let mut recv_tasks = Vec::new();
+    let mut send_tasks = Vec::new();
+    for i in 0..shape.pairs {
+        let r_user = format!("{prefix}r{i}");
+        let s_user = format!("{prefix}s{i}");
+        let ep = endpoints[i % endpoints.len()].clone();
+        let t = target.clone();
+        let b = barrier.clone();
+        let ru = r_user.clone();
+        recv_tasks.push(tokio::spawn(async move { recipient(ep, t, ru, shape, b, epoch).await }));
+        let ep = endpoints[(i + 3) % endpoints.len()].clone();
+        let t = target.clone();
+        let b = barrier.clone();
+        send_tasks.push(tokio::spawn(async move { sender(ep, t, s_user, r_user, shape, b, epoch).await }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let mut delivered = 0;
+    let mut last = started;
+    for t in recv_tasks {
+        let (h, n, end) = t.await.expect("recipient");
+        latency.add(&h).expect("merge");
+        delivered += n;
+        last = last.max(end);
+    }
+    for t in send_tasks {
+        t.await.expect("sender");
+    }
+    for ep in endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    Report { delivered, elapsed: last - started, latency }
+}
+
+async fn sender(
+    ep: quinn::Endpoint,
+    t: Target,
+    user: String,
+    to: String,
+    shape: Shape,
+    barrier: Arc<Barrier>,
+    epoch: Instant,
+) {
+    let (_conn, mut send, mut reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
+    let permits = Arc::new(Semaphore::new(shape.window));
+    let p2 = permits.clone();
+    let total = shape.messages;
+    let acks = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            match reader.next().await {
+                Some(Frame::SendAck(_)) => {
+                    n += 1;
+                    p2.add_permits(1);
+                }
+                Some(Frame::SendError(e)) => panic!("send refused: {e:?}"),
+                Some(_) => {}
+                None => panic!("sender stream ended after {n} acks"),
+            }
+        }
+    });
+    barrier.wait().await;
+    let start = Instant::now();
+    let per_sender_rate = shape.rate.map(|r| r / shape.pairs as f64);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let to = Address::user(to);
+    for i in 0..shape.messages {
+        let ts = match per_sender_rate {
+            Some(r) => {
+                let due = start + Duration::from_secs_f64(i as f64 / r);
+                if due > Instant::now() {
+                    if !buf.is_empty() {
+                        send.write_all(&buf.split()).await.expect("write");
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                // Latency counts from the intended send time (no coordinated omission).
+                (due - epoch).as_nanos() as u64
+            }
+            None => nanos_since(epoch),
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(p) => p.forget(),
+            Err(_) => {
+                if !buf.is_empty() {
+                    send.write_all(&buf.split()).await.expect("write");
+                }
+                permits.acquire().await.expect("sem").forget();
+            }
+        }
+        let mut payload = vec![0u8; shape.payload.max(8)];
+        payload[..8].copy_from_slice(&ts.to_be_bytes());
+        let f = Frame::Send(tether_proto::Send {
+            client_msg_id: i.to_string(),
+            to: to.clone(),
+            content_type: "b".into(),
+            payload,
+        });
+        tether_proto::encode(&f, &mut buf).expect("encode");
+        if buf.len() >= 32 * 1024 {
+            send.write_all(&buf.split()).await.expect("write");
+        }
+    }
+    if !buf.is_empty() {
+        send.write_all(&buf.split()).await.expect("write");
+    }
+    acks.await.expect("acks");
+}
+
+async fn recipient(
+    ep: quinn::Endpoint,
+    t: Target,
+    user: String,
+    shape: Shape,
+    barrier: Arc<Barrier>,
+    epoch: Instant,
+) -> (Histogram<u64>, u64, Instant) {
+    let (_conn, mut send, mut reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    barrier.wait().await;
+    let mut n = 0;
+    let mut acked = 0;
+    let mut end = Instant::now();
+    let mut buf = BytesMut::new();
+    while n < shape.messages {
+        match reader.next().await {
+            Some(Frame::Deliver(d)) => {
+                let now = nanos_since(epoch);
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&d.payload[..8]);
+                let sent = u64::from_be_bytes(ts);
+                h.saturating_record(now.saturating_sub(sent) / 1000);
+                n += 1;
+                end = Instant::now();
+                // Cumulative ack when the burst is drained or every 256 messages.
+                if !reader.has_frame() || d.seq - acked >= 256 {
+                    acked = d.seq;
+                    tether_proto::encode(&Frame::Ack(Ack { inbox: d.seq }), &mut buf).expect("encode");
+                    send.write_all(&buf.split()).await.expect("ack");
+                }
+            }
+            Some(_) => {}
+            None => panic!("recipient {user} stream ended after {n}"),
+        }
+    }
+    (h, n, end)
+}

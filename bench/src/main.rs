@@ -1,0 +1,236 @@
+//! `tether-bench`: load generator and baselines for Tether (see docs/bench.md).
+//!
+//! ```text
+//! cargo build --release -p tether-server -p tether-bench
+//! target/release/tether-bench pairs                      # max rate, Tether and the bare relay
+//! target/release/tether-bench pairs --rate 30000         # fixed rate (open loop)
+//! target/release/tether-bench idle --sessions 10000      # memory per idle session
+//! ```
+
+mod idle;
+mod load;
+mod relay;
+mod wire;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use tether_proto::Credential;
+
+use crate::load::{Report, Shape, Target};
+
+const SECRET: &str = "bench-secret";
+
+#[derive(Parser)]
+#[command(name = "tether-bench", about = "Tether load generator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// 1:1 pairs against a fresh node and, in the same run, against the bare-quinn relay.
+    Pairs {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Sender -> recipient pairs.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 3000)]
+        messages: u64,
+        /// Messages in flight per sender.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Fixed total rate in messages/s (open loop); default: max rate.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Skip the relay baseline.
+        #[arg(long)]
+        no_relay: bool,
+        /// Extra flags for the node (e.g. `--store-sync normal`), space separated.
+        #[arg(long, default_value = "")]
+        server_args: String,
+    },
+    /// Memory per idle session with heartbeats.
+    Idle {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Sessions to open.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Heartbeat interval in seconds.
+        #[arg(long, default_value_t = 20)]
+        heartbeat: u64,
+        /// How long to hold the sessions before measuring, in seconds.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
+    /// Internal: run the bare relay (spawned by `pairs`).
+    RelayServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn jwt(user: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct C<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86400;
+    encode(&Header::default(), &C { sub: user, exp }, &EncodingKey::from_secret(SECRET.as_bytes())).expect("jwt")
+}
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sibling_bin(name: &str) -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn start_node(bin: &Path, dir: &Path, extra: &str) -> Proc {
+    let mut child = Command::new(bin)
+        .args(["--data-dir", &dir.display().to_string(), "--quic-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--jwt-secret", SECRET, "--admin-token", "bench", "--log", "warn"])
+        .args(["--send-rate", "100000000", "--send-burst", "100000000"])
+        .args(extra.split_whitespace())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("start {}: {e} (build it with `cargo build --release -p tether-server`)", bin.display())
+        });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("quic="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("node did not start: {line:?}"));
+    Proc { child, addr }
+}
+
+fn start_relay(dir: &Path) -> Proc {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(["relay-server", "--addr", "127.0.0.1:0", "--data-dir", &dir.display().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("relay");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    let addr = line.trim().strip_prefix("RELAY_READY ").and_then(|a| a.parse().ok()).expect("relay addr");
+    Proc { child, addr }
+}
+
+fn print_report(name: &str, r: &Report, cpu: f64) {
+    println!(
+        "{name:<8} delivered={} elapsed={:.2}s rate={:.0} msg/s p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms server_cpu={:.0}%",
+        r.delivered,
+        r.elapsed.as_secs_f64(),
+        r.rate(),
+        r.ms(0.5),
+        r.ms(0.99),
+        r.ms(0.999),
+        r.latency.max() as f64 / 1000.0,
+        cpu * 100.0 / r.elapsed.as_secs_f64(),
+    );
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::RelayServer { addr, data_dir } => relay::serve(addr, &data_dir).await,
+            Cmd::Pairs { server_bin, pairs, messages, window, rate, payload, no_relay, server_args } => {
+                let shape = Shape { pairs, messages, window, rate, payload };
+                println!(
+                    "shape: pairs={pairs} messages/sender={messages} window={window} payload={payload}B mode={}",
+                    rate.map(|r| format!("fixed {r:.0} msg/s")).unwrap_or_else(|| "max rate".into())
+                );
+                let dir = tempfile::tempdir().expect("dir");
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let node = start_node(&bin, dir.path(), &server_args);
+                let target = Target {
+                    addr: node.addr,
+                    cert: dir.path().join("dev-cert.pem"),
+                    credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
+                };
+                let pid = node.child.id();
+                let cpu0 = idle::cpu_secs(pid);
+                let tether = load::run(target, shape, "t").await;
+                print_report("tether", &tether, idle::cpu_secs(pid) - cpu0);
+                println!("tether_server_rss_mb={:.1}", idle::rss_bytes(pid) as f64 / 1048576.0);
+                drop(node);
+                if !no_relay {
+                    let rdir = tempfile::tempdir().expect("dir");
+                    let relay = start_relay(rdir.path());
+                    let target = Target {
+                        addr: relay.addr,
+                        cert: rdir.path().join("dev-cert.pem"),
+                        credential: Arc::new(|u: &str| Credential::Token(u.to_string())),
+                    };
+                    let pid = relay.child.id();
+                    let cpu0 = idle::cpu_secs(pid);
+                    let base = load::run(target, shape, "r").await;
+                    print_report("relay", &base, idle::cpu_secs(pid) - cpu0);
+                    println!(
+                        "ratio tether/relay: throughput={:.2} p99_latency={:.2}",
+                        tether.rate() / base.rate(),
+                        tether.ms(0.99) / base.ms(0.99).max(0.001)
+                    );
+                }
+            }
+            Cmd::Idle { server_bin, sessions, heartbeat, hold } => {
+                let dir = tempfile::tempdir().expect("dir");
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let node = start_node(&bin, dir.path(), "");
+                let pid = node.child.id();
+                let cert = dir.path().join("dev-cert.pem");
+                let cred: Arc<dyn Fn(&str) -> Credential + Send + Sync> = Arc::new(|u: &str| Credential::Token(jwt(u)));
+                // Warm up (allocator arenas, store pools) with a few sessions, then measure.
+                let warm = idle::open_sessions(node.addr, cert.clone(), cred.clone(), 50, Duration::from_secs(heartbeat)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let before = idle::rss_bytes(pid);
+                let t0 = std::time::Instant::now();
+                let keep = idle::open_sessions(node.addr, cert, cred, sessions, Duration::from_secs(heartbeat)).await;
+                let login_secs = t0.elapsed().as_secs_f64();
+                tokio::time::sleep(Duration::from_secs(hold)).await;
+                let after = idle::rss_bytes(pid);
+                println!(
+                    "idle sessions={sessions} logins_in={login_secs:.1}s server_rss_before={:.1}MiB after={:.1}MiB per_session={:.1}KiB",
+                    before as f64 / 1048576.0,
+                    after as f64 / 1048576.0,
+                    (after.saturating_sub(before)) as f64 / sessions as f64 / 1024.0
+                );
+                drop(keep);
+                drop(warm);
+            }
+        }
+    });
+}

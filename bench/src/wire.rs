@@ -1,0 +1,86 @@
+//! A lean protocol-level client for load generation: one QUIC connection, one stream, frames
+//! encoded and decoded with `tether-proto`, no session core (so the generator spends as little
+//! CPU as possible on the shared machine).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tether_proto::{Credential, Decoded, Decoder, Frame, Login};
+
+/// A client endpoint (several connections share one UDP socket).
+pub fn endpoint(cert: &Path) -> quinn::Endpoint {
+    let crypto = tether_sdk::tls::client_crypto(&tether_sdk::Trust::Pinned(cert.to_path_buf())).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(300)).ok());
+    cc.transport_config(Arc::new(t));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(cc);
+    ep
+}
+
+/// Reads frames from a stream.
+pub struct Reader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Reader {
+    /// Wraps a receive stream.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Reader { recv, buf: BytesMut::new(), decoder: Decoder::new(16 << 20) }
+    }
+
+    /// Next frame; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(Decoded::Frame(f))) => return Some(f),
+                Ok(Some(Decoded::Unknown { .. })) => continue,
+                Ok(None) => {}
+                Err(e) => panic!("bad frame from server: {e}"),
+            }
+            match self.recv.read_chunk(1 << 20, true).await {
+                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// True when a complete frame is already buffered.
+    pub fn has_frame(&self) -> bool {
+        matches!(self.decoder.needed(&self.buf), Ok(0)) && !self.buf.is_empty()
+    }
+}
+
+/// Connects, logs in and returns the streams after `login_ok`.
+pub async fn login(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    credential: Credential,
+    device_id: &str,
+) -> (quinn::Connection, quinn::SendStream, Reader, tether_proto::LoginOk) {
+    let conn = ep.connect(addr, "localhost").expect("connect").await.expect("handshake");
+    let (mut send, recv) = conn.open_bi().await.expect("stream");
+    let mut b = BytesMut::new();
+    let login = Frame::Login(Login {
+        version: tether_proto::PROTOCOL_VERSION,
+        credential,
+        device_type: "bench".into(),
+        device_id: device_id.into(),
+        inbox_cursor: None,
+        client: Some("tether-bench".into()),
+    });
+    tether_proto::encode(&login, &mut b).expect("encode");
+    send.write_all(&b).await.expect("write login");
+    let mut reader = Reader::new(recv);
+    match reader.next().await {
+        Some(Frame::LoginOk(ok)) => (conn, send, reader, ok),
+        other => panic!("login failed: {other:?}"),
+    }
+}
