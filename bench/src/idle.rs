@@ -22,40 +22,39 @@ pub async fn open_sessions(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let endpoints: Vec<quinn::Endpoint> = (0..16).map(|_| endpoint(&cert)).collect();
     let gate = Arc::new(Semaphore::new(256));
-    let mut logins = Vec::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let ep = endpoints[i % endpoints.len()].clone();
         let gate = gate.clone();
         let cred = credential.clone();
-        logins.push(tokio::spawn(async move {
+        let done = done_tx.clone();
+        tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("gate");
             let user = format!("idle{i}");
-            let (conn, mut send, mut reader, _) = login(&ep, addr, cred(&user), &format!("{user}-dev")).await;
+            let (_conn, mut send, mut reader, _) = login(&ep, addr, cred(&user), &format!("{user}-dev")).await;
             drop(permit);
-            tokio::spawn(async move {
-                let _conn = conn;
-                let mut nonce = 0;
-                loop {
-                    tokio::time::sleep(heartbeat).await;
-                    nonce += 1;
-                    let mut b = BytesMut::new();
-                    tether_proto::encode(&Frame::Ping(Ping { nonce }), &mut b).expect("encode");
-                    if send.write_all(&b).await.is_err() {
-                        return;
-                    }
-                    match reader.next().await {
-                        Some(Frame::Pong(_)) => {}
-                        _ => return,
-                    }
+            let _ = done.send(());
+            let mut nonce = 0;
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                nonce += 1;
+                let mut b = BytesMut::new();
+                tether_proto::encode(&Frame::Ping(Ping { nonce }), &mut b).expect("encode");
+                if send.write_all(&b).await.is_err() {
+                    return;
                 }
-            })
+                match reader.next().await {
+                    Some(Frame::Pong(_)) => {}
+                    _ => return,
+                }
+            }
         }));
     }
-    let mut keep = Vec::with_capacity(n);
-    for l in logins {
-        keep.push(l.await.expect("login task"));
+    for _ in 0..n {
+        done_rx.recv().await.expect("login");
     }
-    keep
+    tasks
 }
 
 /// Resident set size of a process in bytes (Linux).
