@@ -580,7 +580,7 @@ impl Session {
 
     fn on_send_error(&mut self, err: SendError, now: Instant) {
         match err.code {
-            ErrorCode::Internal | ErrorCode::Unavailable => {
+            ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::RateLimited => {
                 self.outbox.retry_at(&err.client_msg_id, now + self.config.ack_timeout);
             }
             code => {

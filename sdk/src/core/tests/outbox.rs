@@ -181,6 +181,20 @@ fn transient_send_error_retries_permanent_one_fails() {
 }
 
 #[test]
+fn rate_limited_send_stays_in_the_outbox_and_is_retried() {
+    let mut h = H::new();
+    h.online(0);
+    let a = h.send("a");
+    h.clear();
+    let t = h.now;
+    h.frame(send_error(&a, ErrorCode::RateLimited));
+    assert!(h.events.is_empty() && h.persists.is_empty());
+    assert_eq!(h.s.outbox_len(), 1);
+    h.run_until(t + secs(10));
+    assert_eq!(h.sends(), std::slice::from_ref(&a));
+}
+
+#[test]
 fn own_message_in_the_inbox_completes_the_outbox_entry() {
     let mut h = H::new();
     h.online(0);
