@@ -101,6 +101,7 @@ fn jwt(user: &str) -> String {
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 impl Drop for Proc {
@@ -132,7 +133,8 @@ fn start_node(bin: &Path, dir: &Path, extra: &str) -> Proc {
         .find_map(|p| p.strip_prefix("quic="))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("node did not start: {line:?}"));
-    Proc { child, addr }
+    let admin = line.split_whitespace().find_map(|p| p.strip_prefix("admin=")).and_then(|a| a.parse().ok());
+    Proc { child, addr, admin }
 }
 
 fn start_relay(dir: &Path) -> Proc {
@@ -144,7 +146,35 @@ fn start_relay(dir: &Path) -> Proc {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
     let addr = line.trim().strip_prefix("RELAY_READY ").and_then(|a| a.parse().ok()).expect("relay addr");
-    Proc { child, addr }
+    Proc { child, addr, admin: None }
+}
+
+/// Average store batch size and append latency, from the node's /metrics.
+async fn store_summary(admin: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else { return String::new() };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    let get = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = get("tether_store_batch_messages_count");
+    let msgs = get("tether_store_batch_messages_sum");
+    let append_n = get("tether_store_latency_seconds_count{op=\"append\"}");
+    let append_s = get("tether_store_latency_seconds_sum{op=\"append\"}");
+    format!(
+        "store: batches={batches} avg_batch={:.0} msgs avg_append={:.2}ms append_busy={:.2}s",
+        msgs / batches.max(1.0),
+        append_s / append_n.max(1.0) * 1000.0,
+        append_s
+    )
 }
 
 fn print_report(name: &str, r: &Report, cpu: f64) {
@@ -186,6 +216,9 @@ fn main() {
                 let tether = load::run(target, shape, "t").await;
                 print_report("tether", &tether, idle::cpu_secs(pid) - cpu0);
                 println!("tether_server_rss_mb={:.1}", idle::rss_bytes(pid) as f64 / 1048576.0);
+                if let Some(admin) = node.admin {
+                    println!("{}", store_summary(admin).await);
+                }
                 drop(node);
                 if !no_relay {
                     let rdir = tempfile::tempdir().expect("dir");

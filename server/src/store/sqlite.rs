@@ -15,9 +15,6 @@ use tokio::sync::Mutex;
 use super::*;
 use crate::config::StoreSync;
 
-/// SQLite has a limit of 32766 bound parameters per statement; stay well below it.
-const MAX_PARAMS: usize = 30_000;
-
 /// The SQLite store.
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -80,7 +77,10 @@ impl SqliteStore {
             })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false)
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Checkpoints run in the background (see below), not in the writer's commits; this
+            // is only a backstop should they fall behind.
+            .pragma("wal_autocheckpoint", "16384");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -95,6 +95,19 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(opts)
             .await?;
+        let checkpointer = readers.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if checkpointer.is_closed() {
+                    return;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpointer).await {
+                    tracing::debug!(error = %e, "background checkpoint failed");
+                }
+            }
+        });
         Ok(SqliteStore { writer, readers, heads: Mutex::new(HashMap::new()) })
     }
 
@@ -107,15 +120,44 @@ impl SqliteStore {
 
 type DedupKey = (String, String);
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn append(&self, batch: Vec<NewMessage>, cursors: Vec<CursorUpdate>) -> Result<Vec<Appended>, StoreError> {
-        let mut heads = self.heads.lock().await;
-        let mut tx = self.writer.begin().await?;
+/// Rows per multi-row statement. Batches are cut into chunks of this size and then powers of
+/// two, so only a handful of statement shapes exist and all stay in the statement cache.
+const CHUNK_ROWS: usize = 128;
 
-        // 1. Which (sender, client_msg_id) are already stored?
-        let mut existing: HashMap<DedupKey, (Arc<StoredMessage>, u64)> = HashMap::new();
-        for chunk in batch.chunks(MAX_PARAMS / 2) {
+/// Sizes to cut `n` rows into: full chunks, then the remainder as powers of two.
+fn chunk_sizes(n: usize) -> impl Iterator<Item = usize> {
+    let full = n / CHUNK_ROWS;
+    let rest = n % CHUNK_ROWS;
+    std::iter::repeat_n(CHUNK_ROWS, full)
+        .chain((0..usize::BITS).rev().map(|b| 1usize << b).filter(move |bit| rest & bit != 0))
+}
+
+/// Splits `items` into slices of [`chunk_sizes`].
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut at = 0;
+    chunk_sizes(items.len()).map(move |n| {
+        let c = &items[at..at + n];
+        at += n;
+        c
+    })
+}
+
+/// What a batch turns into: the results in input order, the rows to write, the new heads.
+struct Plan {
+    results: Vec<Appended>,
+    fresh: Vec<(Arc<StoredMessage>, u64)>,
+    inbox_rows: Vec<(String, u64, u64)>,
+    new_heads: HashMap<String, u64>,
+}
+
+impl SqliteStore {
+    /// Stored messages among the batch's (sender, client_msg_id), with their sender seq.
+    async fn lookup_existing(
+        tx: &mut sqlx::SqliteConnection,
+        batch: &[NewMessage],
+    ) -> Result<HashMap<DedupKey, (Arc<StoredMessage>, u64)>, StoreError> {
+        let mut existing = HashMap::new();
+        for chunk in chunks(batch) {
             // A join with a VALUES list, which SQLite answers with one index search per row
             // (a row-value `IN` would scan the whole index).
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
@@ -132,12 +174,21 @@ impl Store for SqliteStore {
                 existing.insert((msg.sender.clone(), msg.client_msg_id.clone()), (Arc::new(msg), seq));
             }
         }
+        Ok(existing)
+    }
 
-        // 2. Allocate seqs, without touching the cache until the commit succeeded.
+    /// Allocates seqs for the batch, treating `existing` (and twins within the batch) as
+    /// duplicates. Reads inbox heads it does not know yet; changes no cached head.
+    async fn plan(
+        tx: &mut sqlx::SqliteConnection,
+        heads: &HashMap<String, u64>,
+        batch: &[NewMessage],
+        mut existing: HashMap<DedupKey, (Arc<StoredMessage>, u64)>,
+    ) -> Result<Plan, StoreError> {
         let mut new_heads: HashMap<String, u64> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(Arc<StoredMessage>, u64)> = Vec::new();
-        let mut inbox_rows: Vec<(String, u64, u64)> = Vec::new();
+        let mut fresh = Vec::with_capacity(batch.len());
+        let mut inbox_rows = Vec::with_capacity(batch.len() * 2);
         for m in batch {
             let key = (m.sender.clone(), m.client_msg_id.clone());
             if let Some((msg, seq)) = existing.get(&key) {
@@ -148,36 +199,32 @@ impl Store for SqliteStore {
             if m.to.kind == AddressKind::User && m.to.id != m.sender {
                 users.push(m.to.id.clone());
             }
-            let mut seqs = Vec::with_capacity(users.len());
-            for u in &users {
-                let head = match new_heads.get(u) {
+            let mut recipients = Vec::with_capacity(users.len());
+            for u in users {
+                let head = match new_heads.get(&u).or_else(|| heads.get(&u)) {
                     Some(h) => *h,
-                    None => match heads.get(u) {
-                        Some(h) => *h,
-                        None => {
-                            let h: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?")
-                                .bind(u)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            to_u64(h.unwrap_or(0), "seq")?
-                        }
-                    },
+                    None => {
+                        let h: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?")
+                            .bind(&u)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        to_u64(h.unwrap_or(0), "seq")?
+                    }
                 };
                 new_heads.insert(u.clone(), head + 1);
-                seqs.push(head + 1);
+                recipients.push((u, head + 1));
             }
-            let sender_seq = seqs[0];
+            let sender_seq = recipients[0].1;
             let msg = Arc::new(StoredMessage {
                 msg_id: m.msg_id,
-                sender: m.sender,
-                sender_device: m.sender_device,
-                client_msg_id: m.client_msg_id,
-                to: m.to,
+                sender: m.sender.clone(),
+                sender_device: m.sender_device.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                to: m.to.clone(),
                 ts: m.ts,
-                content_type: m.content_type,
-                payload: m.payload,
+                content_type: m.content_type.clone(),
+                payload: m.payload.clone(),
             });
-            let recipients: Vec<(String, u64)> = users.into_iter().zip(seqs).collect();
             for (u, s) in &recipients {
                 inbox_rows.push((u.clone(), *s, msg.msg_id));
             }
@@ -185,9 +232,17 @@ impl Store for SqliteStore {
             fresh.push((msg.clone(), sender_seq));
             results.push(Appended { msg, sender_seq, recipients, duplicate: false });
         }
+        Ok(Plan { results, fresh, inbox_rows, new_heads })
+    }
 
-        // 3. Write messages, inbox entries and cursors.
-        for chunk in fresh.chunks(MAX_PARAMS / 10) {
+    /// Inserts message rows, skipping any (sender, client_msg_id) already stored; returns how
+    /// many were inserted.
+    async fn insert_messages(
+        tx: &mut sqlx::SqliteConnection,
+        fresh: &[(Arc<StoredMessage>, u64)],
+    ) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for chunk in chunks(fresh) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, ts, content_type, payload) ",
             );
@@ -203,9 +258,37 @@ impl Store for SqliteStore {
                     .push_bind(&m.content_type)
                     .push_bind(&m.payload);
             });
-            q.build().execute(&mut *tx).await?;
+            q.push(" ON CONFLICT (sender, client_msg_id) DO NOTHING");
+            inserted += q.build().execute(&mut *tx).await?.rows_affected();
         }
-        for chunk in inbox_rows.chunks(MAX_PARAMS / 3) {
+        Ok(inserted)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, batch: Vec<NewMessage>, cursors: Vec<CursorUpdate>) -> Result<Vec<Appended>, StoreError> {
+        let mut heads = self.heads.lock().await;
+        let mut tx = self.writer.begin().await?;
+
+        // Optimistic path: retries are rare, so plan as if nothing of the batch were stored and
+        // let the unique index tell. If any row was a duplicate, undo and plan again knowing
+        // which ones (seqs must stay gapless).
+        let mut plan = Self::plan(&mut tx, &heads, &batch, HashMap::new()).await?;
+        sqlx::query("SAVEPOINT optimistic").execute(&mut *tx).await?;
+        let inserted = Self::insert_messages(&mut tx, &plan.fresh).await?;
+        if inserted != plan.fresh.len() as u64 {
+            sqlx::query("ROLLBACK TO optimistic").execute(&mut *tx).await?;
+            let existing = Self::lookup_existing(&mut tx, &batch).await?;
+            plan = Self::plan(&mut tx, &heads, &batch, existing).await?;
+            let inserted = Self::insert_messages(&mut tx, &plan.fresh).await?;
+            if inserted != plan.fresh.len() as u64 {
+                return Err(StoreError::Corrupt("duplicate appeared during an append".into()));
+            }
+        }
+        sqlx::query("RELEASE optimistic").execute(&mut *tx).await?;
+
+        for chunk in chunks(&plan.inbox_rows) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO inbox (user, seq, msg_id) ");
             q.push_values(chunk, |mut b, (u, s, id)| {
                 b.push_bind(u).push_bind(to_i64(*s)).push_bind(to_i64(*id));
@@ -221,7 +304,7 @@ impl Store for SqliteStore {
             }
         }
         let best: Vec<&CursorUpdate> = best.into_values().collect();
-        for chunk in best.chunks(MAX_PARAMS / 4) {
+        for chunk in chunks(&best) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO device_cursors (user, device_id, seq, updated_ms) ");
             q.push_values(chunk, |mut b, c| {
@@ -236,8 +319,8 @@ impl Store for SqliteStore {
         if heads.len() > 1_000_000 {
             heads.clear();
         }
-        heads.extend(new_heads);
-        Ok(results)
+        heads.extend(plan.new_heads);
+        Ok(plan.results)
     }
 
     async fn fetch_inbox(
@@ -370,6 +453,18 @@ mod tests {
         assert_eq!(inbox[3].msg.msg_id, 10);
         assert_eq!(s.fetch_inbox("b", 1, Some(2), 100).await.unwrap().len(), 1);
         assert_eq!(s.inbox_head("a").await.unwrap(), 4);
+    }
+
+    #[test]
+    fn chunks_cover_everything_with_few_shapes() {
+        for n in [0, 1, 5, 127, 128, 129, 1000, 4097] {
+            let sizes: Vec<usize> = chunk_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= CHUNK_ROWS));
+        }
+        let items: Vec<u32> = (0..300).collect();
+        let joined: Vec<u32> = chunks(&items).flatten().copied().collect();
+        assert_eq!(joined, items);
     }
 
     #[tokio::test]
