@@ -1,4 +1,6 @@
--- Messages: one row per message, whatever the number of inboxes it lands in.
+-- Messages: one row per message. A message to a user sits in two inboxes, the sender's own
+-- (at sender_seq) and the recipient's (at to_seq); the inboxes are the two indexes below, so a
+-- message costs one row and no separate inbox rows.
 CREATE TABLE messages (
     id            INTEGER PRIMARY KEY,          -- server-wide message id (snowflake)
     sender        TEXT    NOT NULL,
@@ -6,21 +8,18 @@ CREATE TABLE messages (
     client_msg_id TEXT    NOT NULL,
     to_kind       TEXT    NOT NULL,             -- 'user' (rooms come later)
     to_id         TEXT    NOT NULL,
-    sender_seq    INTEGER NOT NULL,             -- seq of the sender's own copy
+    sender_seq    INTEGER NOT NULL,             -- seq of the copy in the sender's inbox
+    to_seq        INTEGER NOT NULL,             -- seq in the recipient's inbox (= sender_seq when to oneself)
     ts            INTEGER NOT NULL,             -- ms since the Unix epoch
     content_type  TEXT    NOT NULL,
     payload       BLOB    NOT NULL
 );
 -- Deduplication of retried sends: (sender, client_msg_id) is unique.
 CREATE UNIQUE INDEX messages_dedup ON messages (sender, client_msg_id);
-
--- Inboxes: per-user sequence of message references.
-CREATE TABLE inbox (
-    user   TEXT    NOT NULL,
-    seq    INTEGER NOT NULL,
-    msg_id INTEGER NOT NULL REFERENCES messages (id),
-    PRIMARY KEY (user, seq)
-) WITHOUT ROWID;
+-- The sender's inbox copies.
+CREATE UNIQUE INDEX messages_sender_inbox ON messages (sender, sender_seq);
+-- The recipient's inbox entries.
+CREATE UNIQUE INDEX messages_to_inbox ON messages (to_id, to_seq) WHERE to_kind = 'user';
 
 -- Cumulative acknowledgement per device.
 CREATE TABLE device_cursors (

@@ -145,10 +145,14 @@ fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
 /// What a batch turns into: the results in input order, the rows to write, the new heads.
 struct Plan {
     results: Vec<Appended>,
-    fresh: Vec<(Arc<StoredMessage>, u64)>,
-    inbox_rows: Vec<(String, u64, u64)>,
+    /// New rows: message, sender seq, recipient seq.
+    fresh: Vec<(Arc<StoredMessage>, u64, u64)>,
     new_heads: HashMap<String, u64>,
 }
+
+/// Highest seq of a user's inbox: the larger of its two indexes' maxima.
+const HEAD_SQL: &str = "SELECT max(coalesce((SELECT max(sender_seq) FROM messages WHERE sender = ?1), 0), \
+     coalesce((SELECT max(to_seq) FROM messages WHERE to_kind = 'user' AND to_id = ?1), 0))";
 
 impl SqliteStore {
     /// Stored messages among the batch's (sender, client_msg_id), with their sender seq.
@@ -188,7 +192,6 @@ impl SqliteStore {
         let mut new_heads: HashMap<String, u64> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
         let mut fresh = Vec::with_capacity(batch.len());
-        let mut inbox_rows = Vec::with_capacity(batch.len() * 2);
         for m in batch {
             let key = (m.sender.clone(), m.client_msg_id.clone());
             if let Some((msg, seq)) = existing.get(&key) {
@@ -204,17 +207,15 @@ impl SqliteStore {
                 let head = match new_heads.get(&u).or_else(|| heads.get(&u)) {
                     Some(h) => *h,
                     None => {
-                        let h: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?")
-                            .bind(&u)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        to_u64(h.unwrap_or(0), "seq")?
+                        let h: i64 = sqlx::query_scalar(HEAD_SQL).bind(&u).fetch_one(&mut *tx).await?;
+                        to_u64(h, "seq")?
                     }
                 };
                 new_heads.insert(u.clone(), head + 1);
                 recipients.push((u, head + 1));
             }
             let sender_seq = recipients[0].1;
+            let to_seq = recipients.last().map(|r| r.1).unwrap_or(sender_seq);
             let msg = Arc::new(StoredMessage {
                 msg_id: m.msg_id,
                 sender: m.sender.clone(),
@@ -225,28 +226,25 @@ impl SqliteStore {
                 content_type: m.content_type.clone(),
                 payload: m.payload.clone(),
             });
-            for (u, s) in &recipients {
-                inbox_rows.push((u.clone(), *s, msg.msg_id));
-            }
             existing.insert(key, (msg.clone(), sender_seq));
-            fresh.push((msg.clone(), sender_seq));
+            fresh.push((msg.clone(), sender_seq, to_seq));
             results.push(Appended { msg, sender_seq, recipients, duplicate: false });
         }
-        Ok(Plan { results, fresh, inbox_rows, new_heads })
+        Ok(Plan { results, fresh, new_heads })
     }
 
     /// Inserts message rows, skipping any (sender, client_msg_id) already stored; returns how
     /// many were inserted.
     async fn insert_messages(
         tx: &mut sqlx::SqliteConnection,
-        fresh: &[(Arc<StoredMessage>, u64)],
+        fresh: &[(Arc<StoredMessage>, u64, u64)],
     ) -> Result<u64, StoreError> {
         let mut inserted = 0;
         for chunk in chunks(fresh) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, ts, content_type, payload) ",
+                "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) ",
             );
-            q.push_values(chunk, |mut b, (m, seq)| {
+            q.push_values(chunk, |mut b, (m, seq, to_seq)| {
                 b.push_bind(to_i64(m.msg_id))
                     .push_bind(&m.sender)
                     .push_bind(&m.sender_device)
@@ -254,6 +252,7 @@ impl SqliteStore {
                     .push_bind(kind_str(m.to.kind))
                     .push_bind(&m.to.id)
                     .push_bind(to_i64(*seq))
+                    .push_bind(to_i64(*to_seq))
                     .push_bind(to_i64(m.ts))
                     .push_bind(&m.content_type)
                     .push_bind(&m.payload);
@@ -288,13 +287,6 @@ impl Store for SqliteStore {
         }
         sqlx::query("RELEASE optimistic").execute(&mut *tx).await?;
 
-        for chunk in chunks(&plan.inbox_rows) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO inbox (user, seq, msg_id) ");
-            q.push_values(chunk, |mut b, (u, s, id)| {
-                b.push_bind(u).push_bind(to_i64(*s)).push_bind(to_i64(*id));
-            });
-            q.build().execute(&mut *tx).await?;
-        }
         // Coalesce cursor updates: the highest per device.
         let mut best: HashMap<(&str, &str), &CursorUpdate> = HashMap::new();
         for c in &cursors {
@@ -330,9 +322,16 @@ impl Store for SqliteStore {
         until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError> {
+        // Both halves of the inbox, each bounded by the limit, merged by seq.
         let sql = format!(
-            "SELECT {MESSAGE_COLS}, i.seq FROM inbox i JOIN messages m ON m.id = i.msg_id \
-             WHERE i.user = ? AND i.seq > ? AND i.seq <= ? ORDER BY i.seq LIMIT ?"
+            "SELECT * FROM ( \
+               SELECT * FROM (SELECT {MESSAGE_COLS}, m.sender_seq AS seq FROM messages m \
+                 WHERE m.sender = ?1 AND m.sender_seq > ?2 AND m.sender_seq <= ?3 ORDER BY m.sender_seq LIMIT ?4) \
+               UNION ALL \
+               SELECT * FROM (SELECT {MESSAGE_COLS}, m.to_seq AS seq FROM messages m \
+                 WHERE m.to_kind = 'user' AND m.to_id = ?1 AND m.to_seq > ?2 AND m.to_seq <= ?3 AND m.sender <> ?1 \
+                 ORDER BY m.to_seq LIMIT ?4) \
+             ) ORDER BY seq LIMIT ?4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user)
@@ -347,9 +346,8 @@ impl Store for SqliteStore {
     }
 
     async fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
-        let h: Option<i64> =
-            sqlx::query_scalar("SELECT max(seq) FROM inbox WHERE user = ?").bind(user).fetch_one(&self.readers).await?;
-        to_u64(h.unwrap_or(0), "seq")
+        let h: i64 = sqlx::query_scalar(HEAD_SQL).bind(user).fetch_one(&self.readers).await?;
+        to_u64(h, "seq")
     }
 
     async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError> {
