@@ -77,6 +77,9 @@ enum Cmd {
         /// How long to hold the sessions before measuring, in seconds.
         #[arg(long, default_value_t = 10)]
         hold: u64,
+        /// Measure the bare-quinn relay instead of a node (the transport's own cost).
+        #[arg(long)]
+        relay: bool,
     },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
@@ -239,13 +242,17 @@ fn main() {
                     );
                 }
             }
-            Cmd::Idle { server_bin, sessions, heartbeat, hold } => {
+            Cmd::Idle { server_bin, sessions, heartbeat, hold, relay } => {
                 let dir = tempfile::tempdir().expect("dir");
                 let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
-                let node = start_node(&bin, dir.path(), "");
+                let node = if relay { start_relay(dir.path()) } else { start_node(&bin, dir.path(), "") };
                 let pid = node.child.id();
                 let cert = dir.path().join("dev-cert.pem");
-                let cred: Arc<dyn Fn(&str) -> Credential + Send + Sync> = Arc::new(|u: &str| Credential::Token(jwt(u)));
+                let cred: Arc<dyn Fn(&str) -> Credential + Send + Sync> = if relay {
+                    Arc::new(|u: &str| Credential::Token(u.to_string()))
+                } else {
+                    Arc::new(|u: &str| Credential::Token(jwt(u)))
+                };
                 // Warm up (allocator arenas, store pools) with a few sessions, then measure.
                 let warm = idle::open_sessions(node.addr, cert.clone(), cred.clone(), 50, Duration::from_secs(heartbeat)).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -256,7 +263,8 @@ fn main() {
                 tokio::time::sleep(Duration::from_secs(hold)).await;
                 let after = idle::rss_bytes(pid);
                 println!(
-                    "idle sessions={sessions} logins_in={login_secs:.1}s server_rss_before={:.1}MiB after={:.1}MiB per_session={:.1}KiB",
+                    "idle target={} sessions={sessions} logins_in={login_secs:.1}s server_rss_before={:.1}MiB after={:.1}MiB per_session={:.1}KiB",
+                    if relay { "relay" } else { "tether" },
                     before as f64 / 1048576.0,
                     after as f64 / 1048576.0,
                     (after.saturating_sub(before)) as f64 / sessions as f64 / 1024.0

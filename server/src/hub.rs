@@ -14,10 +14,11 @@ use crate::store::StoredMessage;
 /// What the rest of the node tells a session task.
 #[derive(Debug)]
 pub enum SessionCmd {
-    /// Answer to one of the session's own sends.
-    SendAck(SendAck),
+    /// Answer to one of the session's own sends (boxed to keep the command, and so every
+    /// session's queue block, small).
+    SendAck(Box<SendAck>),
     /// Refusal of one of the session's own sends.
-    SendError(SendError),
+    SendError(Box<SendError>),
     /// A message landed in the session's inbox at `seq`.
     Live {
         /// The message.

@@ -118,6 +118,7 @@ pub fn transport_config(cfg: &Config) -> quinn::TransportConfig {
     t.receive_window(window.into());
     t.send_window(u64::from(window) * 2);
     t.datagram_receive_buffer_size(None);
+    t.mtu_discovery_config(None);
     t
 }
 

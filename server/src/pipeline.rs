@@ -114,13 +114,13 @@ fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
     }
     match origin {
         Origin::Session { tx, .. } => {
-            tx.send(SessionCmd::SendAck(SendAck {
+            tx.send(SessionCmd::SendAck(Box::new(SendAck {
                 client_msg_id: a.msg.client_msg_id.clone(),
                 msg_id: a.msg.msg_id,
                 seq: a.sender_seq,
                 ts: a.msg.ts,
                 duplicate: a.duplicate,
-            }));
+            })));
         }
         Origin::Admin(reply) => {
             let _ = reply.send(Ok(a));
@@ -134,11 +134,11 @@ fn fail(metrics: &Metrics, e: StoreError, origins: Vec<Origin>, client_ids: Vec<
         metrics.send_errors.get_or_create(&crate::metrics::ResultLabel { result: "unavailable".into() }).inc();
         match origin {
             Origin::Session { tx, .. } => {
-                tx.send(SessionCmd::SendError(SendError {
+                tx.send(SessionCmd::SendError(Box::new(SendError {
                     client_msg_id,
                     code: ErrorCode::Unavailable,
                     message: "store unavailable, retry".into(),
-                }));
+                })));
             }
             Origin::Admin(reply) => {
                 let _ = reply.send(Err(e.to_string()));

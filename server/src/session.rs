@@ -1,6 +1,8 @@
 //! One client connection: login, then the session loop that reads frames, writes deliveries
 //! and answers, and enforces the login and idle timeouts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,10 +79,13 @@ impl FrameWriter {
     }
 
     /// Writes what is buffered, finishes the stream and waits (bounded) until the peer has it.
-    async fn linger(&mut self) {
-        if self.flush().await && self.send.finish().is_ok() {
-            let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
-        }
+    /// Boxed: it runs once per session, so its state should not enlarge every idle session.
+    fn linger(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if self.flush().await && self.send.finish().is_ok() {
+                let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+            }
+        })
     }
 }
 
@@ -165,7 +170,7 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
         }
     };
 
-    let (user, session) = match login_session(conn, ctx, &login).await {
+    let (user, session) = match Box::pin(login_session(conn, ctx, &login)).await {
         Ok(v) => v,
         Err((code, message, label)) => {
             ctx.metrics.login(label);
@@ -368,40 +373,43 @@ impl Session {
         }
     }
 
-    /// Writes inbox entries `(after, until]` from the store, in pages.
-    async fn fill(
-        &mut self,
-        ctx: &Ctx,
-        writer: &mut FrameWriter,
+    /// Writes inbox entries `(after, until]` from the store, in pages. Boxed: a catch-up is
+    /// rare, and its state should not enlarge every idle session.
+    fn fill<'a>(
+        &'a mut self,
+        ctx: &'a Ctx,
+        writer: &'a mut FrameWriter,
         mut after: u64,
         until: Option<u64>,
-    ) -> Result<(), CloseCode> {
-        let page = ctx.cfg.sync_page.max(1);
-        loop {
-            let started = Instant::now();
-            let entries = match ctx.store.fetch_inbox(&self.handle.user, after, until, page).await {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "store read failed while syncing");
-                    return Err(CloseCode::ServerShutdown);
+    ) -> Pin<Box<dyn Future<Output = Result<(), CloseCode>> + Send + 'a>> {
+        Box::pin(async move {
+            let page = ctx.cfg.sync_page.max(1);
+            loop {
+                let started = Instant::now();
+                let entries = match ctx.store.fetch_inbox(&self.handle.user, after, until, page).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(error = %e, "store read failed while syncing");
+                        return Err(CloseCode::ServerShutdown);
+                    }
+                };
+                ctx.metrics.store_op("fetch_inbox", started.elapsed().as_secs_f64());
+                let n = entries.len();
+                ctx.metrics.sync_messages.inc_by(n as u64);
+                for e in entries {
+                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    ctx.metrics.messages_out.inc();
+                    self.order.sent(e.seq);
+                    after = e.seq;
                 }
-            };
-            ctx.metrics.store_op("fetch_inbox", started.elapsed().as_secs_f64());
-            let n = entries.len();
-            ctx.metrics.sync_messages.inc_by(n as u64);
-            for e in entries {
-                writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
-                ctx.metrics.messages_out.inc();
-                self.order.sent(e.seq);
-                after = e.seq;
+                if !writer.flush().await {
+                    return Err(CloseCode::Normal);
+                }
+                if n < page as usize {
+                    return Ok(());
+                }
             }
-            if !writer.flush().await {
-                return Err(CloseCode::Normal);
-            }
-            if n < page as usize {
-                return Ok(());
-            }
-        }
+        })
     }
 
     async fn on_cmd(&mut self, cmd: SessionCmd, ctx: &Ctx, writer: &mut FrameWriter) -> Flow {
@@ -409,7 +417,7 @@ impl Session {
             SessionCmd::SendAck(ack) => {
                 // The sender's own copy sits in its inbox at ack.seq.
                 let seq = ack.seq;
-                writer.push(&Frame::SendAck(ack));
+                writer.push(&Frame::SendAck(*ack));
                 if let Step::FillGap { after, until } = self.order.step(seq) {
                     ctx.metrics.sync_gaps.inc();
                     if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
@@ -420,7 +428,7 @@ impl Session {
                 Flow::Continue
             }
             SessionCmd::SendError(e) => {
-                writer.push(&Frame::SendError(e));
+                writer.push(&Frame::SendError(*e));
                 Flow::Continue
             }
             SessionCmd::Live { msg, seq } => {

@@ -83,6 +83,9 @@ pub fn quic_server_crypto(
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    // No session tickets: resumption buys nothing for one long-lived connection per device,
+    // and each ticket costs the server memory and CPU.
+    tls.send_tls13_tickets = 0;
     let q = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     Ok(Arc::new(q))
 }

@@ -77,6 +77,7 @@ impl SqliteStore {
             })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false)
+            .page_size(1024)
             .pragma("cache_size", "-65536")
             // Checkpoints run in the background (see below), not in the writer's commits; this
             // is only a backstop should they fall behind.
