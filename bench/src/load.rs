@@ -194,6 +194,7 @@ async fn recipient(
     barrier.wait().await;
     let mut n = 0;
     let mut acked = 0;
+    let mut acked_at = Instant::now();
     let mut end = Instant::now();
     let mut buf = BytesMut::new();
     while n < shape.messages {
@@ -206,9 +207,10 @@ async fn recipient(
                 h.saturating_record(now.saturating_sub(sent) / 1000);
                 n += 1;
                 end = Instant::now();
-                // Cumulative ack when the burst is drained or every 256 messages.
-                if !reader.has_frame() || d.seq - acked >= 256 {
+                // Cumulative ack like the SDK: every 64 messages or 50 ms, and at the end.
+                if d.seq - acked >= 64 || acked_at.elapsed() >= Duration::from_millis(50) || n == shape.messages {
                     acked = d.seq;
+                    acked_at = Instant::now();
                     tether_proto::encode(&Frame::Ack(Ack { inbox: d.seq }), &mut buf).expect("encode");
                     send.write_all(&buf.split()).await.expect("ack");
                 }
