@@ -51,11 +51,6 @@ impl Reader {
             }
         }
     }
-
-    /// True when a complete frame is already buffered.
-    pub fn has_frame(&self) -> bool {
-        matches!(self.decoder.needed(&self.buf), Ok(0)) && !self.buf.is_empty()
-    }
 }
 
 /// Connects, logs in and returns the streams after `login_ok`.
