@@ -217,3 +217,85 @@ async fn retried_send_with_the_same_id_is_stored_once_and_gets_the_original_ack(
     let (_erin, mut ee) = server.client("erin", "phone", "erin-phone").await;
     assert_eq!(next_message(&mut ee, 10).await.payload, b"once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
+    let mut server = Server::start(&[]);
+    let alice_state = tempfile::tempdir().expect("dir");
+    let bob_state = tempfile::tempdir().expect("dir");
+
+    // Bob reads three messages, then quits the app.
+    let mut bcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
+    bcfg.state_dir = Some(bob_state.path().to_path_buf());
+    let (bob, mut be) = tether_sdk::Client::start(bcfg.clone()).await.expect("start");
+    bob.wait_online().await.expect("online");
+    let (carol, _) = server.client("carol", "phone", "carol-phone").await;
+    for i in 0..3 {
+        carol.send_text("bob", &format!("early {i}")).await.expect("ack");
+        assert_eq!(next_message(&mut be, 10).await.payload, format!("early {i}").into_bytes());
+    }
+    bob.close().await;
+
+    // Alice logs in with a one-time ticket; then the server dies and she writes two messages
+    // that cannot leave, and quits the app.
+    let (_, t) = server.admin("POST", "/v1/tickets", Some(serde_json::json!({"user": "alice"}))).await;
+    let ticket = t["ticket"].as_str().expect("ticket").to_string();
+    let mut acfg = server.client_config(Credential::Ticket(ticket), "desktop", "alice-desk");
+    acfg.state_dir = Some(alice_state.path().to_path_buf());
+    let (alice, _ae) = tether_sdk::Client::start(acfg.clone()).await.expect("start");
+    alice.wait_online().await.expect("online");
+    server.kill();
+    let first = alice.send_text("bob", "written offline 1");
+    let second = alice.send_text("bob", "written offline 2");
+    alice.close().await;
+    assert_eq!(first.await, Err(tether_sdk::SendFailure::Closed));
+    assert_eq!(second.await, Err(tether_sdk::SendFailure::Closed));
+
+    // Both apps start again. Alice's ticket is spent: she gets back in with the resume token
+    // from her state dir, and her outbox goes out.
+    server.restart();
+    let (alice, mut ae) = tether_sdk::Client::start(acfg).await.expect("restart");
+    alice.wait_online().await.expect("resumed with the stored token");
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        acked.push(
+            wait_event(&mut ae, 20, |e| match e {
+                ClientEvent::SendAcked(a) => Some(a.seq),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    // Bob's cursor was kept: he gets exactly the two new messages, after the three he had.
+    let (_bob, mut be) = tether_sdk::Client::start(bcfg).await.expect("restart");
+    let m = next_message(&mut be, 20).await;
+    assert_eq!((m.seq, m.payload.as_slice()), (4, &b"written offline 1"[..]));
+    let m = next_message(&mut be, 20).await;
+    assert_eq!((m.seq, m.payload.as_slice()), (5, &b"written offline 2"[..]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Some(ev) = be.try_next() {
+        assert!(!matches!(ev, ClientEvent::Message(_)), "redelivered: {ev:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_certificate_works_as_a_ca_file_and_a_wrong_pin_is_refused() {
+    let server = Server::start(&[]);
+    let mut cfg = server.client_config(Credential::Token(token("gus", 60)), "phone", "gus-phone");
+    cfg.trust = tether_sdk::Trust::CaFile(server.cert());
+    let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
+    tokio::time::timeout(Duration::from_secs(20), c.wait_online()).await.expect("in time").expect("online");
+
+    // Pinning another certificate: the handshake fails and the client never logs in.
+    let other = tempfile::tempdir().expect("dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let pin = other.path().join("other.pem");
+    std::fs::write(&pin, ck.cert.pem()).expect("write");
+    let mut cfg = server.client_config(Credential::Token(token("gus", 60)), "desktop", "gus-desk");
+    cfg.trust = tether_sdk::Trust::Pinned(pin);
+    let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(matches!(c.state(), ConnectionState::Backoff { .. } | ConnectionState::Connecting), "{:?}", c.state());
+    let (_, s) = server.admin("GET", "/v1/users/gus/sessions", None).await;
+    assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
+}
