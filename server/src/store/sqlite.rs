@@ -237,8 +237,12 @@ impl SqliteStore {
         Ok(Plan { results, fresh, new_heads })
     }
 
-    /// Inserts message rows, skipping any (sender, client_msg_id) already stored; returns how
-    /// many were inserted.
+    /// Inserts message rows, skipping any that conflicts with a stored one; returns how many
+    /// were inserted. The caller treats a shortfall as "some were duplicates" and re-plans,
+    /// and a shortfall on the re-planned batch as corruption, so nothing is skipped silently.
+    ///
+    /// `OR IGNORE` rather than an upsert clause: a statement that cannot abort needs no
+    /// statement journal, which otherwise copies every page the insert touches.
     async fn insert_messages(
         tx: &mut sqlx::SqliteConnection,
         fresh: &[(Arc<StoredMessage>, u64, u64)],
@@ -246,7 +250,7 @@ impl SqliteStore {
         let mut inserted = 0;
         for chunk in chunks(fresh) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) ",
+                "INSERT OR IGNORE INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) ",
             );
             q.push_values(chunk, |mut b, (m, seq, to_seq)| {
                 b.push_bind(to_i64(m.msg_id))
@@ -261,7 +265,6 @@ impl SqliteStore {
                     .push_bind(&m.content_type)
                     .push_bind(&m.payload);
             });
-            q.push(" ON CONFLICT (sender, client_msg_id) DO NOTHING");
             inserted += q.build().execute(&mut *tx).await?.rows_affected();
         }
         Ok(inserted)
