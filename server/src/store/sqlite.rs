@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tether_proto::{Address, AddressKind};
 use tokio::sync::Mutex;
 
@@ -17,10 +17,16 @@ use crate::config::StoreSync;
 
 /// The SQLite store.
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one writer connection (held directly, not through a pool: a pool's acquire and
+    /// release cost up to milliseconds per batch under load) and the inbox heads it allocated.
+    writer: Mutex<Option<Writer>>,
     readers: SqlitePool,
-    /// Inbox heads known to the writer, guarded for the whole of an append.
-    heads: Mutex<HashMap<String, u64>>,
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    /// Inbox heads known to the writer.
+    heads: HashMap<String, u64>,
 }
 
 /// Columns of a message row, in the order [`message_from_row`] reads them.
@@ -85,14 +91,8 @@ impl SqliteStore {
             // Checkpoints run in the background (see below), not in the writer's commits; this
             // is only a backstop should they fall behind.
             .pragma("wal_autocheckpoint", "16384");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let mut conn = opts.connect().await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)
@@ -112,12 +112,14 @@ impl SqliteStore {
                 }
             }
         });
-        Ok(SqliteStore { writer, readers, heads: Mutex::new(HashMap::new()) })
+        Ok(SqliteStore { writer: Mutex::new(Some(Writer { conn, heads: HashMap::new() })), readers })
     }
 
-    /// Closes both pools.
+    /// Closes the writer and the readers.
     pub async fn close(&self) {
-        self.writer.close().await;
+        if let Some(w) = self.writer.lock().await.take() {
+            let _ = w.conn.close().await;
+        }
         self.readers.close().await;
     }
 }
@@ -274,21 +276,22 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, batch: Vec<NewMessage>, cursors: Vec<CursorUpdate>) -> Result<Vec<Appended>, StoreError> {
-        let mut heads = self.heads.lock().await;
-        let mut tx = self.writer.begin().await?;
+        let mut guard = self.writer.lock().await;
+        let Writer { conn, heads } = guard.as_mut().ok_or(StoreError::Closed)?;
+        let mut tx = conn.begin().await?;
 
         // Optimistic path: retries are rare, so plan as if nothing of the batch were stored and
         // let the unique index tell. If any row was a duplicate, roll the transaction back and
         // plan again knowing which ones (seqs must stay gapless). A whole-transaction rollback
         // rather than a savepoint: with a savepoint open SQLite copies every page it touches
         // to a sub-journal first, which cost a quarter of the writer's time.
-        let mut plan = Self::plan(&mut tx, &heads, &batch, HashMap::new()).await?;
+        let mut plan = Self::plan(&mut tx, heads, &batch, HashMap::new()).await?;
         let inserted = Self::insert_messages(&mut tx, &plan.fresh).await?;
         if inserted != plan.fresh.len() as u64 {
             tx.rollback().await?;
-            tx = self.writer.begin().await?;
+            tx = conn.begin().await?;
             let existing = Self::lookup_existing(&mut tx, &batch).await?;
-            plan = Self::plan(&mut tx, &heads, &batch, existing).await?;
+            plan = Self::plan(&mut tx, heads, &batch, existing).await?;
             let inserted = Self::insert_messages(&mut tx, &plan.fresh).await?;
             if inserted != plan.fresh.len() as u64 {
                 return Err(StoreError::Corrupt("duplicate appeared during an append".into()));
