@@ -41,6 +41,14 @@ enum ReadError {
 }
 
 impl FrameReader {
+    /// Drops the buffer's allocation when nothing is buffered (after login: an idle session
+    /// should hold no read buffer).
+    fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Next frame. Cancel-safe: the only await point is `read_chunk`.
     async fn next(&mut self) -> Result<Decoded, ReadError> {
         loop {
@@ -65,6 +73,9 @@ struct FrameWriter {
 
 impl FrameWriter {
     fn push(&mut self, frame: &Frame) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(4096);
+        }
         if let Err(e) = tether_proto::encode(frame, &mut self.buf) {
             warn!(error = %e, "failed to encode a frame");
         }
@@ -74,7 +85,9 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return true;
         }
-        let data = self.buf.split().freeze();
+        // Take the buffer whole (not `split`, which would keep its spare capacity alive in
+        // an idle session until the next write).
+        let data = std::mem::take(&mut self.buf).freeze();
         self.send.write_chunk(data).await.is_ok()
     }
 
@@ -122,10 +135,32 @@ fn bad_frame(e: &DecodeError) -> (ErrorCode, CloseCode) {
 }
 
 async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
+    // The handshake-to-login phase runs in its own allocation, freed once the session is
+    // established: its futures are larger than the session loop's, and an idle session should
+    // not carry them.
+    let (reader, writer, session, device_id) = match Box::pin(establish(conn, ctx)).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let user = session.handle.user.clone();
+    ctx.metrics.login("ok");
+    ctx.metrics.sessions.inc();
+    let span = tracing::info_span!("session", user = %user, device = %device_id, sid = session.handle.id);
+    let (sid, reason) = session.run(reader, writer, ctx).instrument(span).await;
+    ctx.hub.unregister(&user, sid);
+    ctx.metrics.sessions.dec();
+    reason
+}
+
+/// Accepts the stream and waits for a valid login within the login timeout.
+async fn establish(
+    conn: &quinn::Connection,
+    ctx: &Arc<Ctx>,
+) -> Result<(FrameReader, FrameWriter, Session, String), CloseCode> {
     let login_deadline = tokio::time::Instant::now() + ctx.cfg.login_timeout;
     let (send, recv) = match tokio::time::timeout_at(login_deadline, conn.accept_bi()).await {
-        Err(_) => return CloseCode::LoginTimeout,
-        Ok(Err(_)) => return CloseCode::Normal,
+        Err(_) => return Err(CloseCode::LoginTimeout),
+        Ok(Err(_)) => return Err(CloseCode::Normal),
         Ok(Ok(s)) => s,
     };
     let mut reader = FrameReader { recv, buf: BytesMut::new(), decoder: Decoder::new(ctx.cfg.max_frame) };
@@ -136,18 +171,18 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
             Err(_) => {
                 writer.push(&error_frame(ErrorCode::NotLoggedIn, "no login within the login timeout", true));
                 writer.linger().await;
-                return CloseCode::LoginTimeout;
+                return Err(CloseCode::LoginTimeout);
             }
             Ok(n) => n,
         };
         match next {
-            Err(ReadError::Closed) => return CloseCode::Normal,
+            Err(ReadError::Closed) => return Err(CloseCode::Normal),
             Err(ReadError::Decode(e)) => {
                 ctx.metrics.bad_frames.inc();
                 let (code, close) = bad_frame(&e);
                 writer.push(&error_frame(code, e.to_string(), true));
                 writer.linger().await;
-                return close;
+                return Err(close);
             }
             Ok(Decoded::Unknown { frame_type }) => {
                 writer.push(&error_frame(
@@ -165,28 +200,25 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
             Ok(Decoded::Frame(f)) => {
                 writer.push(&error_frame(ErrorCode::NotLoggedIn, format!("`{}` before `login`", f.type_name()), true));
                 writer.linger().await;
-                return CloseCode::ProtocolError;
+                return Err(CloseCode::ProtocolError);
             }
         }
     };
 
-    let (user, session) = match Box::pin(login_session(conn, ctx, &login)).await {
-        Ok(v) => v,
+    match login_session(conn, ctx, &login).await {
+        Ok((session, ok)) => {
+            writer.push(&Frame::LoginOk(ok));
+            reader.shrink();
+            Ok((reader, writer, session, login.device_id))
+        }
         Err((code, message, label)) => {
             ctx.metrics.login(label);
             info!(?code, %message, "login refused");
             writer.push(&Frame::LoginError(LoginError { code, message }));
             writer.linger().await;
-            return CloseCode::AuthFailed;
+            Err(CloseCode::AuthFailed)
         }
-    };
-    ctx.metrics.login("ok");
-    ctx.metrics.sessions.inc();
-    let span = tracing::info_span!("session", user = %user, device = %login.device_id, sid = session.handle.id);
-    let (sid, reason) = session.run(reader, writer, ctx).instrument(span).await;
-    ctx.hub.unregister(&user, sid);
-    ctx.metrics.sessions.dec();
-    reason
+    }
 }
 
 type LoginFailure = (ErrorCode, String, &'static str);
@@ -203,7 +235,7 @@ async fn login_session(
     conn: &quinn::Connection,
     ctx: &Arc<Ctx>,
     login: &Login,
-) -> Result<(String, Session), LoginFailure> {
+) -> Result<(Session, LoginOk), LoginFailure> {
     let Some(version) = negotiate_version(login.version) else {
         return Err((
             ErrorCode::UnsupportedVersion,
@@ -272,12 +304,11 @@ async fn login_session(
         handle,
         rx,
         order: InboxOrder::after(cursor.min(head)),
-        login_ok: Some(ok),
         backlog_until: head,
         acked: cursor,
         bucket: TokenBucket::new(ctx.cfg.send_rate, ctx.cfg.send_burst, Instant::now()),
     };
-    Ok((user, session))
+    Ok((session, ok))
 }
 
 /// A logged-in session.
@@ -285,7 +316,6 @@ struct Session {
     handle: Arc<SessionHandle>,
     rx: SessionRx,
     order: InboxOrder,
-    login_ok: Option<LoginOk>,
     backlog_until: u64,
     acked: u64,
     bucket: TokenBucket,
@@ -302,9 +332,6 @@ enum Flow {
 impl Session {
     async fn run(mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> Ended {
         let id = self.handle.id;
-        if let Some(ok) = self.login_ok.take() {
-            writer.push(&Frame::LoginOk(ok));
-        }
         let backlog = self.order.next() - 1;
         if backlog < self.backlog_until {
             let until = self.backlog_until;
@@ -323,12 +350,12 @@ impl Session {
                 biased;
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
-                        let mut flow = self.on_cmd(cmd, ctx, &mut writer).await;
+                        let mut flow = Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await;
                         // Batch what else is queued into the same write.
                         let mut n = 0;
                         while matches!(flow, Flow::Continue) && n < 512 {
                             let Some(cmd) = self.rx.try_recv() else { break };
-                            flow = self.on_cmd(cmd, ctx, &mut writer).await;
+                            flow = Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await;
                             n += 1;
                         }
                         flow
@@ -346,7 +373,7 @@ impl Session {
                 r = reader.next() => {
                     last_rx = tokio::time::Instant::now();
                     match r {
-                        Ok(d) => self.on_frame(d, ctx, &mut writer).await,
+                        Ok(d) => Box::pin(self.on_frame(d, ctx, &mut writer)).await,
                         Err(ReadError::Closed) => Flow::End(CloseCode::Normal),
                         Err(ReadError::Decode(e)) => {
                             ctx.metrics.bad_frames.inc();
