@@ -180,9 +180,9 @@ async fn store_summary(admin: SocketAddr) -> String {
     )
 }
 
-fn print_report(name: &str, r: &Report, cpu: f64) {
+fn print_report(name: &str, r: &Report, cpu: f64, gen_cpu: f64) {
     println!(
-        "{name:<8} delivered={} elapsed={:.2}s rate={:.0} msg/s p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms server_cpu={:.0}%",
+        "{name:<8} delivered={} elapsed={:.2}s rate={:.0} msg/s p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms server_cpu={:.0}% generator_cpu={:.0}%",
         r.delivered,
         r.elapsed.as_secs_f64(),
         r.rate(),
@@ -191,6 +191,7 @@ fn print_report(name: &str, r: &Report, cpu: f64) {
         r.ms(0.999),
         r.latency.max() as f64 / 1000.0,
         cpu * 100.0 / r.elapsed.as_secs_f64(),
+        gen_cpu * 100.0 / r.elapsed.as_secs_f64(),
     );
 }
 
@@ -215,9 +216,10 @@ fn main() {
                     credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
                 };
                 let pid = node.child.id();
-                let cpu0 = idle::cpu_secs(pid);
+                let me = std::process::id();
+                let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
                 let tether = load::run(target, shape, "t").await;
-                print_report("tether", &tether, idle::cpu_secs(pid) - cpu0);
+                print_report("tether", &tether, idle::cpu_secs(pid) - cpu0, idle::cpu_secs(me) - gen0);
                 println!("tether_server_rss_mb={:.1}", idle::rss_bytes(pid) as f64 / 1048576.0);
                 if let Some(admin) = node.admin {
                     println!("{}", store_summary(admin).await);
@@ -232,9 +234,9 @@ fn main() {
                         credential: Arc::new(|u: &str| Credential::Token(u.to_string())),
                     };
                     let pid = relay.child.id();
-                    let cpu0 = idle::cpu_secs(pid);
+                    let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
                     let base = load::run(target, shape, "r").await;
-                    print_report("relay", &base, idle::cpu_secs(pid) - cpu0);
+                    print_report("relay", &base, idle::cpu_secs(pid) - cpu0, idle::cpu_secs(me) - gen0);
                     println!(
                         "ratio tether/relay: throughput={:.2} p99_latency={:.2}",
                         tether.rate() / base.rate(),
