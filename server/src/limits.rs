@@ -1,6 +1,6 @@
 //! Pure per-session rules with time as an argument: send rate limiting and inbox delivery order.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug, Clone)]
@@ -83,11 +83,6 @@ impl InboxOrder {
             self.next = seq + 1;
         }
     }
-}
-
-/// Deadline after which a silent session is closed.
-pub fn idle_deadline(last_rx: Instant, idle: Duration) -> Instant {
-    last_rx + idle
 }
 
 #[cfg(test)]

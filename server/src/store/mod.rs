@@ -30,31 +30,14 @@ pub enum StoreError {
     Closed,
 }
 
-/// A message to append, as accepted from a session or the admin API.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// Server-wide id allocated by the node ([`crate::ids::MsgIdGen`]).
-    pub msg_id: u64,
-    /// Sending user (the session's authenticated user, or the admin API's `from`).
-    pub sender: String,
-    /// Sending device id ("" for the admin API).
-    pub sender_device: String,
-    /// The sender's id for deduplication.
-    pub client_msg_id: String,
-    /// Recipient.
-    pub to: Address,
-    /// Server timestamp, ms since the Unix epoch.
-    pub ts: u64,
-    /// Payload type.
-    pub content_type: String,
-    /// Payload.
-    pub payload: Vec<u8>,
-}
+/// A message to append, as accepted from a session or the admin API: it has exactly the
+/// fields it is stored with.
+pub type NewMessage = StoredMessage;
 
 /// A message as stored (shared by all deliveries of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// Server-wide id.
+    /// Server-wide id allocated by the node ([`crate::ids::MsgIdGen`]).
     pub msg_id: u64,
     /// Sending user.
     pub sender: String,

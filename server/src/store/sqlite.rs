@@ -222,16 +222,7 @@ impl SqliteStore {
             }
             let sender_seq = recipients[0].1;
             let to_seq = recipients.last().map(|r| r.1).unwrap_or(sender_seq);
-            let msg = Arc::new(StoredMessage {
-                msg_id: m.msg_id,
-                sender: m.sender.clone(),
-                sender_device: m.sender_device.clone(),
-                client_msg_id: m.client_msg_id.clone(),
-                to: m.to.clone(),
-                ts: m.ts,
-                content_type: m.content_type.clone(),
-                payload: m.payload.clone(),
-            });
+            let msg = Arc::new(m.clone());
             existing.insert(key, (msg.clone(), sender_seq));
             fresh.push((msg.clone(), sender_seq, to_seq));
             results.push(Appended { msg, sender_seq, recipients, duplicate: false });
