@@ -88,6 +88,7 @@ impl InboxOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_allows_burst_then_rate() {
