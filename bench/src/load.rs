@@ -211,7 +211,7 @@ async fn recipient(
                 if d.seq - acked >= 64 || acked_at.elapsed() >= Duration::from_millis(50) || n == shape.messages {
                     acked = d.seq;
                     acked_at = Instant::now();
-                    tether_proto::encode(&Frame::Ack(Ack { inbox: d.seq }), &mut buf).expect("encode");
+                    tether_proto::encode(&Frame::Ack(Ack { inbox: d.seq, rooms: None }), &mut buf).expect("encode");
                     send.write_all(&buf.split()).await.expect("ack");
                 }
             }

@@ -10,6 +10,7 @@
 mod idle;
 mod load;
 mod relay;
+mod room;
 mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -80,6 +81,24 @@ enum Cmd {
         /// Measure the bare-quinn relay instead of a node (the transport's own cost).
         #[arg(long)]
         relay: bool,
+    },
+    /// Room fan-out: one sender, N online members.
+    Room {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Online members.
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Messages sent into the room.
+        #[arg(long, default_value_t = 500)]
+        messages: u64,
+        /// Sends in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
@@ -242,6 +261,26 @@ fn main() {
                         tether.rate() / base.rate(),
                         tether.ms(0.99) / base.ms(0.99).max(0.001)
                     );
+                }
+            }
+            Cmd::Room { server_bin, members, messages, window, payload } => {
+                println!("shape: room of {members} online members, 1 sender, {messages} messages, window={window}, payload={payload}B");
+                let dir = tempfile::tempdir().expect("dir");
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let node = start_node(&bin, dir.path(), "");
+                let target = Target {
+                    addr: node.addr,
+                    cert: dir.path().join("dev-cert.pem"),
+                    credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
+                };
+                let pid = node.child.id();
+                let me = std::process::id();
+                let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
+                let shape = room::RoomShape { members, messages, window, payload };
+                let r = room::run(target, shape).await;
+                print_report("room", &r, idle::cpu_secs(pid) - cpu0, idle::cpu_secs(me) - gen0);
+                if let Some(admin) = node.admin {
+                    println!("{}", store_summary(admin).await);
                 }
             }
             Cmd::Idle { server_bin, sessions, heartbeat, hold, relay } => {

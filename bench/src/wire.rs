@@ -70,6 +70,8 @@ pub async fn login(
         device_id: device_id.into(),
         inbox_cursor: None,
         client: Some("tether-bench".into()),
+        room_cursors: None,
+        metadata: None,
     });
     tether_proto::encode(&login, &mut b).expect("encode");
     send.write_all(&b).await.expect("write login");

@@ -122,6 +122,10 @@ pub fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
         "sync" => Frame::Sync(body_as(t, body)?),
         "ping" => Frame::Ping(body_as(t, body)?),
         "logout" => Frame::Logout(body_as(t, body)?),
+        "join_room" => Frame::JoinRoom(body_as(t, body)?),
+        "leave_room" => Frame::LeaveRoom(body_as(t, body)?),
+        "subscribe_presence" => Frame::SubscribePresence(body_as(t, body)?),
+        "unsubscribe_presence" => Frame::UnsubscribePresence(body_as(t, body)?),
         "login_ok" => Frame::LoginOk(body_as(t, body)?),
         "login_error" => Frame::LoginError(body_as(t, body)?),
         "send_ack" => Frame::SendAck(body_as(t, body)?),
@@ -130,6 +134,11 @@ pub fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
         "kicked" => Frame::Kicked(body_as(t, body)?),
         "pong" => Frame::Pong(body_as(t, body)?),
         "error" => Frame::Error(body_as(t, body)?),
+        "room_joined" => Frame::RoomJoined(body_as(t, body)?),
+        "room_left" => Frame::RoomLeft(body_as(t, body)?),
+        "room_event" => Frame::RoomEvent(body_as(t, body)?),
+        "presence" => Frame::Presence(body_as(t, body)?),
+        "history_truncated" => Frame::HistoryTruncated(body_as(t, body)?),
         other => return Ok(Decoded::Unknown { frame_type: other.to_owned() }),
     };
     Ok(Decoded::Frame(frame))
@@ -235,10 +244,10 @@ mod tests {
     fn two_frames_in_one_buffer() {
         let mut buf = BytesMut::new();
         encode(&Frame::Ping(Ping { nonce: 1 }), &mut buf).unwrap();
-        encode(&Frame::Ack(Ack { inbox: 5 }), &mut buf).unwrap();
+        encode(&Frame::Ack(Ack { inbox: 5, rooms: None }), &mut buf).unwrap();
         let mut d = Decoder::new(1024);
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ping(Ping { nonce: 1 }))));
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ack(Ack { inbox: 5 }))));
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Decoded::Frame(Frame::Ack(Ack { inbox: 5, rooms: None }))));
         assert_eq!(d.decode(&mut buf).unwrap(), None);
     }
 }

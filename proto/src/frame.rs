@@ -1,6 +1,8 @@
 //! Frame types. Every struct here is one frame body; [`Frame`] is the tagged union that goes
 //! on the wire with its `type` field.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Every frame Tether defines, in both directions.
@@ -25,6 +27,14 @@ pub enum Frame {
     Ping(Ping),
     /// End the session on purpose.
     Logout(Logout),
+    /// Become a member of a room.
+    JoinRoom(JoinRoom),
+    /// Stop being a member of a room.
+    LeaveRoom(LeaveRoom),
+    /// Receive `presence` frames for these users.
+    SubscribePresence(SubscribePresence),
+    /// Stop receiving `presence` frames for these users.
+    UnsubscribePresence(UnsubscribePresence),
     // ---- server to client ----
     /// Login accepted.
     LoginOk(LoginOk),
@@ -42,6 +52,16 @@ pub enum Frame {
     Pong(Pong),
     /// A protocol-level error; with `fatal` the server closes the connection after it.
     Error(ErrorFrame),
+    /// Answer to `join_room`: the device is a member; the room's head and counts.
+    RoomJoined(RoomJoined),
+    /// Answer to `leave_room`.
+    RoomLeft(RoomLeft),
+    /// Something happened in a room the device's user is a member of.
+    RoomEvent(RoomEvent),
+    /// A subscribed user's presence changed (or its current state after subscribing).
+    Presence(Presence),
+    /// Part of a room's history the device asked for is past retention and gone.
+    HistoryTruncated(HistoryTruncated),
 }
 
 impl Frame {
@@ -54,6 +74,10 @@ impl Frame {
             Frame::Sync(_) => "sync",
             Frame::Ping(_) => "ping",
             Frame::Logout(_) => "logout",
+            Frame::JoinRoom(_) => "join_room",
+            Frame::LeaveRoom(_) => "leave_room",
+            Frame::SubscribePresence(_) => "subscribe_presence",
+            Frame::UnsubscribePresence(_) => "unsubscribe_presence",
             Frame::LoginOk(_) => "login_ok",
             Frame::LoginError(_) => "login_error",
             Frame::SendAck(_) => "send_ack",
@@ -62,6 +86,11 @@ impl Frame {
             Frame::Kicked(_) => "kicked",
             Frame::Pong(_) => "pong",
             Frame::Error(_) => "error",
+            Frame::RoomJoined(_) => "room_joined",
+            Frame::RoomLeft(_) => "room_left",
+            Frame::RoomEvent(_) => "room_event",
+            Frame::Presence(_) => "presence",
+            Frame::HistoryTruncated(_) => "history_truncated",
         }
     }
 }
@@ -99,6 +128,16 @@ pub struct Login {
     /// Free-form client description (SDK name and version), for logs.
     #[serde(default)]
     pub client: Option<String>,
+    /// Per-room cursors: for each room, the highest room seq the device has processed. The
+    /// server sends each listed room's messages after it. A room of the user that is not
+    /// listed resumes from the cursor the server stored for this device, or from the room's
+    /// current head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_cursors: Option<BTreeMap<String, u64>>,
+    /// Small key/value data bound to the session (app version, locale, ...), shown in
+    /// presence, the admin API and webhooks. Size-limited by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Kind of a message address.
@@ -107,7 +146,7 @@ pub struct Login {
 pub enum AddressKind {
     /// A user id: the message goes to the user's inbox.
     User,
-    /// A room id (reserved for room support; refused with `unsupported` by servers without it).
+    /// A room id: the message goes to the room's log, to every member.
     Room,
 }
 
@@ -124,6 +163,11 @@ impl Address {
     /// Address of a user.
     pub fn user(id: impl Into<String>) -> Self {
         Address { kind: AddressKind::User, id: id.into() }
+    }
+
+    /// Address of a room.
+    pub fn room(id: impl Into<String>) -> Self {
+        Address { kind: AddressKind::Room, id: id.into() }
     }
 }
 
@@ -143,20 +187,151 @@ pub struct Send {
 }
 
 /// `ack`: the device has processed every inbox message up to and including `inbox`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Highest contiguous inbox sequence number processed.
     pub inbox: u64,
+    /// Highest contiguous seq processed per room (only rooms whose cursor moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<BTreeMap<String, u64>>,
 }
 
-/// `sync`: send me the inbox messages with a sequence number greater than `after`, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `sync`: send me the inbox messages (or, with `room`, that room's messages) with a sequence
+/// number greater than `after`, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sync {
     /// Exclusive lower bound.
     pub after: u64,
     /// Highest sequence number wanted (inclusive); `None` means up to the current head.
     #[serde(default)]
     pub until: Option<u64>,
+    /// A room of the user instead of the inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+}
+
+/// `join_room`: become a member of `room` (created if the server allows it). Membership is
+/// stored: it survives disconnects and restarts until `leave_room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRoom {
+    /// Room id.
+    pub room: String,
+}
+
+/// `leave_room`: stop being a member of `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveRoom {
+    /// Room id.
+    pub room: String,
+}
+
+/// `subscribe_presence`: send `presence` frames when these users' presence changes; the
+/// server answers with their current presence at once. Lasts for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribePresence {
+    /// User ids.
+    pub users: Vec<String>,
+}
+
+/// `unsubscribe_presence`: stop `presence` frames for these users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribePresence {
+    /// User ids.
+    pub users: Vec<String>,
+}
+
+/// `room_joined`: the device's user is a member of `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomJoined {
+    /// Room id.
+    pub room: String,
+    /// Current highest seq of the room log; messages after it follow as `deliver`.
+    pub head: u64,
+    /// Members (distinct users).
+    pub members: u64,
+    /// Members online (distinct users with at least one session).
+    pub online: u64,
+}
+
+/// `room_left`: the device's user is no longer a member of `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomLeft {
+    /// Room id.
+    pub room: String,
+}
+
+/// What happened in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomEventKind {
+    /// A user became a member.
+    Enter,
+    /// A user stopped being a member.
+    Quit,
+    /// A member came online (first session).
+    Online,
+    /// A member went offline (last session ended, announced or not).
+    Offline,
+    /// A kind this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `room_event`: membership or liveness change in a room, with the counts after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomEvent {
+    /// Room id.
+    pub room: String,
+    /// What happened.
+    pub kind: RoomEventKind,
+    /// The user it happened to.
+    pub user: String,
+    /// Members (distinct users) after the event.
+    pub members: u64,
+    /// Members online (distinct users) after the event.
+    pub online: u64,
+}
+
+/// One connected device in a `presence` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePresence {
+    /// Device type.
+    pub device_type: String,
+    /// Device id.
+    pub device_id: String,
+    /// Connected since, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// Node the device is connected to.
+    pub node: String,
+    /// The session's connection metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `presence`: a user's presence: online when at least one device is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// User id.
+    pub user: String,
+    /// At least one device connected.
+    pub online: bool,
+    /// Connected devices.
+    pub devices: Vec<DevicePresence>,
+    /// Last time the user was seen (login, heartbeat, disconnect), ms since the Unix epoch;
+    /// 0 if never.
+    pub last_seen_ms: u64,
+}
+
+/// `history_truncated`: the device asked for room messages older than the room's retention.
+/// Messages `after..first_seq` are gone; the server continues from `first_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryTruncated {
+    /// Room id.
+    pub room: String,
+    /// The device's cursor (exclusive) the request started from.
+    pub after: u64,
+    /// The oldest seq still kept.
+    pub first_seq: u64,
 }
 
 /// `ping`: heartbeat; the server answers with a `pong` carrying the same nonce.
@@ -232,6 +407,10 @@ pub enum ErrorCode {
     InvalidField,
     /// The address kind is not supported by this server.
     Unsupported,
+    /// The room does not exist.
+    NoSuchRoom,
+    /// The user is not a member of the room.
+    NotAMember,
     /// The session sends faster than the configured rate; the message was not stored.
     RateLimited,
     /// The server failed internally; the client may retry.

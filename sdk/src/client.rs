@@ -1,10 +1,10 @@
 //! The tokio/quinn driver: runs a [`Session`] over a real QUIC connection.
 //!
 //! [`Client::start`] spawns one task that owns the session core, the QUIC endpoint and the
-//! state journal. The app talks to it through [`Client`] (send, network change, close) and reads
-//! [`ClientEvent`]s from [`Events`].
+//! state journal. The app talks to it through [`Client`] (send, rooms, presence, network
+//! change, close) and reads [`ClientEvent`]s from [`Events`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use tether_proto::{Address, CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame, Kicked, SendAck};
+use tether_proto::{
+    Address, CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame, HistoryTruncated, Kicked, Presence, RoomEvent,
+    RoomJoined, SendAck,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::core::{Action, ConnectionState, Event, PersistOp, Session, SessionConfig};
+use crate::core::{check_metadata, Action, ConnectionState, Event, PersistOp, Session, SessionConfig};
 use crate::state::StateStore;
 use crate::tls::{client_crypto, Trust};
 use crate::ClientError;
@@ -42,7 +45,12 @@ pub struct ClientConfig {
     pub state_dir: Option<PathBuf>,
     /// fsync the state journal on every change (slower; survives power loss).
     pub sync_state: bool,
-    /// Session timers and limits; `device_type` / `device_id` in it are overwritten.
+    /// Connection metadata sent at login (app version, locale, ...), shown in presence, the
+    /// admin API and webhooks. Checked against the limits at [`Client::start`] (see
+    /// [`crate::core::check_metadata`]). Default empty.
+    pub metadata: BTreeMap<String, String>,
+    /// Session timers and limits; `device_type`, `device_id` and `metadata` in it are
+    /// overwritten.
     pub session: SessionConfig,
 }
 
@@ -58,6 +66,7 @@ impl ClientConfig {
             device_id: None,
             state_dir: None,
             sync_state: false,
+            metadata: BTreeMap::new(),
             session: SessionConfig::new("desktop", ""),
         }
     }
@@ -66,8 +75,10 @@ impl ClientConfig {
 /// Something that happened, for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// The next message of the inbox: in order, exactly once (across reconnects and, with a
-    /// state dir, restarts).
+    /// The next message of the inbox or of a room (`to.kind` tells which; `to.id` is then the
+    /// room): in order per inbox and per room, exactly once (across reconnects and, with a
+    /// state dir, restarts). History asked for with [`Client::sync_room`] comes as this event
+    /// too, with seqs below those already seen.
     Message(tether_proto::Deliver),
     /// Connection state changed.
     State(ConnectionState),
@@ -101,6 +112,26 @@ pub enum ClientEvent {
     },
     /// Writing the state journal failed; what happened since may be lost on restart.
     StorageError(String),
+    /// The user is a member of the room (answer to [`Client::join_room`]).
+    RoomJoined(RoomJoined),
+    /// Joining a room was refused (`no_such_room`, `not_a_member`, `invalid_field`).
+    RoomJoinFailed {
+        /// Room id.
+        room: String,
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The user is no longer a member of this room (answer to [`Client::leave_room`]).
+    RoomLeft(String),
+    /// Someone entered, quit, came online or went offline in a room of the user.
+    RoomEvent(RoomEvent),
+    /// A subscribed user's presence (see [`Client::subscribe_presence`]).
+    Presence(Presence),
+    /// Room messages after `after` and before `first_seq` are past retention and will never
+    /// arrive.
+    HistoryTruncated(HistoryTruncated),
 }
 
 /// Why a [`Client::send`] did not succeed.
@@ -120,6 +151,22 @@ pub enum SendFailure {
     Closed,
 }
 
+/// Why a [`Client::join_room`] or [`Client::leave_room`] did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomFailure {
+    /// The server refused the request.
+    #[error("refused: {code:?}: {message}")]
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The client was closed before the server answered.
+    #[error("client closed before the server answered")]
+    Closed,
+}
+
 /// A snapshot of the client for status displays and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -131,6 +178,8 @@ pub struct Status {
     pub inbox_cursor: u64,
     /// Messages not yet acknowledged.
     pub outbox_len: usize,
+    /// Highest seq handed to the app per followed room.
+    pub room_cursors: BTreeMap<String, u64>,
     /// Local UDP address of the endpoint.
     pub local_addr: Option<SocketAddr>,
     /// The device id in use.
@@ -139,6 +188,11 @@ pub struct Status {
 
 enum Command {
     Send { to: Address, content_type: String, payload: Vec<u8>, reply: oneshot::Sender<Result<SendAck, SendFailure>> },
+    JoinRoom { room: String, reply: oneshot::Sender<Result<RoomJoined, RoomFailure>> },
+    LeaveRoom { room: String, reply: oneshot::Sender<Result<(), RoomFailure>> },
+    SubscribePresence(Vec<String>),
+    UnsubscribePresence(Vec<String>),
+    SyncRoom { room: String, after: u64 },
     NetworkChanged { reply: oneshot::Sender<Result<SocketAddr, ClientError>> },
     SetCredential(Credential),
     Restart,
@@ -225,6 +279,7 @@ impl Client {
                 cfg.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cfg.server).trim_matches(['[', ']']).to_string()
             }
         };
+        check_metadata(&cfg.metadata).map_err(|e| ClientError::Config(e.to_string()))?;
         let device_id = device_id_for(&cfg)?;
         let (store, persisted) = match &cfg.state_dir {
             Some(dir) => {
@@ -245,6 +300,7 @@ impl Client {
         let mut scfg = cfg.session.clone();
         scfg.device_type = cfg.device_type.clone();
         scfg.device_id = device_id.clone();
+        scfg.metadata = cfg.metadata.clone();
         let session = Session::new(scfg, cfg.credential.clone(), persisted, rand::random());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -259,6 +315,8 @@ impl Client {
             live: None,
             gen: 0,
             pending: HashMap::new(),
+            joins: HashMap::new(),
+            leaves: HashMap::new(),
             events: ev_tx,
             state: state_tx,
         };
@@ -295,6 +353,69 @@ impl Client {
         text: &str,
     ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
         self.send(Address::user(to_user), "text/plain", text.as_bytes().to_vec())
+    }
+
+    /// Sends a message to a room (see [`Client::send`]). The ack's `seq` is the message's seq
+    /// in the room's log.
+    pub fn send_to_room(
+        &self,
+        room: &str,
+        content_type: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+        self.send(Address::room(room), content_type, payload)
+    }
+
+    /// Joins a room; resolves with the server's answer. Requested at once (or, offline, after
+    /// the next login, before queued messages), retried after a reconnect until answered.
+    /// Membership is kept by the server across reconnects and restarts until
+    /// [`Client::leave_room`]. A new member's cursor starts at the room's head: older messages
+    /// only through [`Client::sync_room`].
+    pub fn join_room(
+        &self,
+        room: impl Into<String>,
+    ) -> impl Future<Output = Result<RoomJoined, RoomFailure>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.cmd.send(Command::JoinRoom { room: room.into(), reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(RoomFailure::Closed);
+            }
+            rx.await.unwrap_or(Err(RoomFailure::Closed))
+        }
+    }
+
+    /// Leaves a room; resolves once the server confirmed it. The room's cursor is forgotten.
+    pub fn leave_room(
+        &self,
+        room: impl Into<String>,
+    ) -> impl Future<Output = Result<(), RoomFailure>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.cmd.send(Command::LeaveRoom { room: room.into(), reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(RoomFailure::Closed);
+            }
+            rx.await.unwrap_or(Err(RoomFailure::Closed))
+        }
+    }
+
+    /// Subscribes to the presence of `users`: a [`ClientEvent::Presence`] for each at once,
+    /// then on every change. Kept across reconnects.
+    pub fn subscribe_presence(&self, users: Vec<String>) -> Result<(), ClientError> {
+        self.cmd.send(Command::SubscribePresence(users)).map_err(|_| ClientError::Closed)
+    }
+
+    /// Ends presence subscriptions for `users`.
+    pub fn unsubscribe_presence(&self, users: Vec<String>) -> Result<(), ClientError> {
+        self.cmd.send(Command::UnsubscribePresence(users)).map_err(|_| ClientError::Closed)
+    }
+
+    /// Asks for the messages of `room` after `after`: below the room's cursor this fetches
+    /// history (delivered as [`ClientEvent::Message`], each once per fetch; see
+    /// [`Session::sync_room`]).
+    pub fn sync_room(&self, room: impl Into<String>, after: u64) -> Result<(), ClientError> {
+        self.cmd.send(Command::SyncRoom { room: room.into(), after }).map_err(|_| ClientError::Closed)
     }
 
     /// Tells the client the network changed (e.g. Wi-Fi to cellular): it moves the QUIC
@@ -397,6 +518,9 @@ struct Driver {
     live: Option<Live>,
     gen: u64,
     pending: HashMap<String, oneshot::Sender<Result<SendAck, SendFailure>>>,
+    /// Callers of `join_room` / `leave_room` waiting for the answer, by room.
+    joins: HashMap<String, Vec<oneshot::Sender<Result<RoomJoined, RoomFailure>>>>,
+    leaves: HashMap<String, Vec<oneshot::Sender<Result<(), RoomFailure>>>>,
     events: mpsc::UnboundedSender<ClientEvent>,
     state: watch::Sender<ConnectionState>,
 }
@@ -488,6 +612,12 @@ impl Driver {
         for (_, tx) in self.pending.drain() {
             let _ = tx.send(Err(SendFailure::Closed));
         }
+        for tx in self.joins.drain().flat_map(|(_, v)| v) {
+            let _ = tx.send(Err(RoomFailure::Closed));
+        }
+        for tx in self.leaves.drain().flat_map(|(_, v)| v) {
+            let _ = tx.send(Err(RoomFailure::Closed));
+        }
         self.endpoint.close(quinn::VarInt::from_u32(CloseCode::Normal.code()), b"normal");
         if let Some(reply) = closing {
             let _ = reply.send(());
@@ -501,6 +631,17 @@ impl Driver {
                 let id = self.session.send(to, content_type, payload, now, now_ms());
                 self.pending.insert(id, reply);
             }
+            Command::JoinRoom { room, reply } => {
+                self.joins.entry(room.clone()).or_default().push(reply);
+                self.session.join_room(room, now);
+            }
+            Command::LeaveRoom { room, reply } => {
+                self.leaves.entry(room.clone()).or_default().push(reply);
+                self.session.leave_room(room, now);
+            }
+            Command::SubscribePresence(users) => self.session.subscribe_presence(users, now),
+            Command::UnsubscribePresence(users) => self.session.unsubscribe_presence(users, now),
+            Command::SyncRoom { room, after } => self.session.sync_room(room, after, now),
             Command::NetworkChanged { reply } => {
                 let r = std::net::UdpSocket::bind(bind_addr(self.server_addr))
                     .and_then(|s| {
@@ -528,6 +669,7 @@ impl Driver {
                     user: self.session.user().map(str::to_string),
                     inbox_cursor: self.session.inbox_cursor(),
                     outbox_len: self.session.outbox_len(),
+                    room_cursors: self.session.room_cursors(),
                     local_addr: self.endpoint.local_addr().ok(),
                     device_id: self.device_id.clone(),
                 });
@@ -596,6 +738,27 @@ impl Driver {
                 Event::Kicked(k) => ClientEvent::Kicked(k),
                 Event::LoginFailed { code, message } => ClientEvent::LoginFailed { code, message },
                 Event::LoggedIn(ok) => ClientEvent::LoggedIn { user: ok.user, session_id: ok.session_id },
+                Event::RoomJoined(joined) => {
+                    for tx in self.joins.remove(&joined.room).unwrap_or_default() {
+                        let _ = tx.send(Ok(joined.clone()));
+                    }
+                    ClientEvent::RoomJoined(joined)
+                }
+                Event::RoomJoinFailed { room, code, message } => {
+                    for tx in self.joins.remove(&room).unwrap_or_default() {
+                        let _ = tx.send(Err(RoomFailure::Refused { code, message: message.clone() }));
+                    }
+                    ClientEvent::RoomJoinFailed { room, code, message }
+                }
+                Event::RoomLeft(room) => {
+                    for tx in self.leaves.remove(&room).unwrap_or_default() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    ClientEvent::RoomLeft(room)
+                }
+                Event::RoomEvent(ev) => ClientEvent::RoomEvent(ev),
+                Event::Presence(p) => ClientEvent::Presence(p),
+                Event::HistoryTruncated(t) => ClientEvent::HistoryTruncated(t),
             };
             let _ = self.events.send(ev);
         }

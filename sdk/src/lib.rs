@@ -1,7 +1,8 @@
 //! The Tether client SDK.
 //!
 //! [`core`] is the sans-I/O session state machine: connection lifecycle, backoff, heartbeat,
-//! outbox with retry until acknowledged, inbox deduplication and ordering, sync cursors. It does
+//! outbox with retry until acknowledged, inbox and room deduplication and ordering, sync
+//! cursors, room membership requests and presence subscriptions. It does
 //! no I/O and reads no clock; a driver feeds it transport events and the current time and carries
 //! out what it asks for. [`state`] is the file-backed journal that makes the session's
 //! [`core::PersistOp`]s durable across restarts. [`client`] is that driver for tokio and quinn:
@@ -32,9 +33,12 @@ pub mod core;
 pub mod state;
 pub mod tls;
 
-pub use client::{Client, ClientConfig, ClientEvent, Events, SendFailure, Status};
+pub use client::{Client, ClientConfig, ClientEvent, Events, RoomFailure, SendFailure, Status};
 pub use core::{ConnectionState, SessionConfig};
-pub use tether_proto::{Address, Credential, Deliver, ErrorCode, KickReason, Kicked, SendAck};
+pub use tether_proto::{
+    Address, AddressKind, Credential, Deliver, DevicePresence, ErrorCode, HistoryTruncated, KickReason, Kicked,
+    Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck,
+};
 pub use tls::Trust;
 
 /// Why the client could not start or carry out a request.
@@ -49,6 +53,9 @@ pub enum ClientError {
     /// The state dir could not be opened or read.
     #[error("state: {0}")]
     State(String),
+    /// The configuration is invalid (e.g. connection metadata over its limits).
+    #[error("config: {0}")]
+    Config(String),
     /// Socket error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

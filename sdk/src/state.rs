@@ -27,7 +27,9 @@ pub const SNAPSHOT_FILE: &str = "snapshot.json";
 /// File name of the journal.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 const SNAPSHOT_TMP: &str = "snapshot.json.tmp";
-/// Snapshot format version.
+/// Snapshot format version. Fields added since (`room_cursors`) default when absent, so older
+/// snapshots and journals still load; a journal with room ops cannot be read by an SDK older
+/// than them.
 const SNAPSHOT_VERSION: u32 = 1;
 
 /// Default number of journal lines that triggers compaction.

@@ -131,3 +131,217 @@ async fn chat_mode_sends_lines_and_prints_messages() {
     let status = tokio::task::spawn_blocking(move || chat.wait()).await.expect("join").expect("wait");
     assert!(status.success());
 }
+
+fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run tether");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_and_presence_commands_print_json() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config::for_data_dir(dir.path());
+    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.admin_token = Some("admin".into());
+    cfg.rooms_auto_create = true;
+    let node = Node::start(cfg).await.expect("node");
+    let d = dir.path();
+
+    let joined = run_json(tether(&node, d, "bob").args(["room", "join", "lobby"]));
+    assert_eq!(
+        (joined["room"].as_str(), joined["head"].as_u64(), joined["members"].as_u64()),
+        (Some("lobby"), Some(0), Some(1))
+    );
+    let joined = run_json(tether(&node, d, "alice").args(["room", "join", "lobby"]));
+    assert_eq!(joined["members"], 2);
+
+    // bob listens (with login metadata); carol watches his presence.
+    let listen = tether(&node, d, "bob")
+        .args(["--meta", "app=cli-test", "--meta", "locale=en", "listen", "--count", "2", "--events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("listen");
+    wait_online(&node, "bob").await;
+    let presence = run_json(tether(&node, d, "carol").args(["presence", "bob", "--count", "1"]));
+    assert_eq!(presence["user"], "bob");
+    assert_eq!(presence["online"], true);
+    assert_eq!(presence["devices"][0]["device_id"], "bob-cli");
+    assert_eq!(presence["devices"][0]["metadata"]["app"], "cli-test");
+
+    for i in 1..=2u64 {
+        let ack = run_json(tether(&node, d, "alice").args(["room", "send", "lobby", "hello", "room", &i.to_string()]));
+        assert_eq!(ack["seq"], i, "the seq in the room's log");
+    }
+    let out =
+        tokio::task::spawn_blocking(move || listen.wait_with_output()).await.expect("join").expect("listen output");
+    assert!(out.status.success());
+    let lines = json_lines(&out.stdout);
+    let messages: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("event").is_none()).collect();
+    assert_eq!(messages.len(), 2, "{lines:?}");
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m["room"], "lobby");
+        assert_eq!(m["from"], "alice");
+        assert_eq!(m["seq"], i as u64 + 1);
+        assert_eq!(m["text"], format!("hello room {}", i + 1));
+    }
+    // alice's CLI runs came online and went offline in bob's room.
+    assert!(
+        lines.iter().any(|l| l["event"] == "room_event" && l["room"] == "lobby" && l["user"] == "alice"),
+        "{lines:?}"
+    );
+
+    // A non-member's send is refused.
+    let out = tether(&node, d, "carol").args(["room", "send", "lobby", "intruder"]).output().expect("send");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotAMember"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let left = run_json(tether(&node, d, "bob").args(["room", "leave", "lobby"]));
+    assert_eq!(left, serde_json::json!({"room": "lobby", "left": true}));
+}
+
+/// The next event `pick` accepts, within 10 s.
+async fn next_matching<T>(events: &mut tether_sdk::Events, mut pick: impl FnMut(ClientEvent) -> Option<T>) -> T {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("in time") {
+            Some(ev) => {
+                if let Some(t) = pick(ev) {
+                    return t;
+                }
+            }
+            None => panic!("client stopped"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rooms_events_and_history() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config::for_data_dir(dir.path());
+    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.rooms_auto_create = true;
+    let node = Node::start(cfg).await.expect("node");
+    let client = |user: &str| {
+        let mut c = ClientConfig::new(
+            node.quic_addr.to_string(),
+            Trust::Pinned(dir.path().join("dev-cert.pem")),
+            Credential::Token(jwt(user)),
+        );
+        c.device_id = Some(format!("{user}-app"));
+        c.state_dir = Some(dir.path().join(format!("state-{user}")));
+        Client::start(c)
+    };
+    let (alice, mut alice_ev) = client("alice").await.expect("alice");
+    let joined = alice.join_room("hall").await.expect("join");
+    assert_eq!((joined.head, joined.members), (0, 1));
+    let (bob, mut bob_ev) = client("bob").await.expect("bob");
+    bob.join_room("hall").await.expect("join");
+    let enter = next_matching(&mut alice_ev, |e| match e {
+        // (alice's own sessions are told of her own enter too.)
+        ClientEvent::RoomEvent(e) if e.kind == tether_sdk::RoomEventKind::Enter && e.user == "bob" => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!((enter.user.as_str(), enter.members), ("bob", 2));
+
+    for i in 1..=3u64 {
+        let ack = bob.send_to_room("hall", "text/plain", format!("m{i}").into_bytes()).await.expect("ack");
+        assert_eq!(ack.seq, i);
+    }
+    for i in 1..=3u64 {
+        let m = next_matching(&mut alice_ev, |e| match e {
+            ClientEvent::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (m.to.kind, m.to.id.as_str(), m.seq, m.payload),
+            (tether_sdk::AddressKind::Room, "hall", i, format!("m{i}").into_bytes())
+        );
+    }
+
+    // A late member starts at the head and fetches the history on demand.
+    let (carol, mut carol_ev) = client("carol").await.expect("carol");
+    assert_eq!(carol.join_room("hall").await.expect("join").head, 3);
+    carol.sync_room("hall", 0).expect("sync");
+    for i in 1..=3u64 {
+        let m = next_matching(&mut carol_ev, |e| match e {
+            ClientEvent::Message(m) => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!((m.seq, m.from.as_str()), (i, "bob"));
+    }
+    assert_eq!(carol.status().await.expect("status").room_cursors.get("hall"), Some(&3));
+
+    // Leaving: the cursor is forgotten, and sending is refused.
+    carol.leave_room("hall").await.expect("leave");
+    assert!(carol.status().await.expect("status").room_cursors.is_empty());
+    match carol.send_to_room("hall", "text/plain", b"x".to_vec()).await {
+        Err(tether_sdk::SendFailure::Refused { code, .. }) => assert_eq!(code, tether_sdk::ErrorCode::NotAMember),
+        other => panic!("{other:?}"),
+    }
+    let _ = bob_ev.try_next();
+    for c in [alice, bob, carol] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_process_goes_offline_in_its_rooms() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config::for_data_dir(dir.path());
+    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.admin_token = Some("admin".into());
+    cfg.idle_timeout = Duration::from_secs(1);
+    let node = Node::start(cfg).await.expect("node");
+
+    let mut acfg = ClientConfig::new(
+        node.quic_addr.to_string(),
+        Trust::Pinned(dir.path().join("dev-cert.pem")),
+        Credential::Token(jwt("ada")),
+    );
+    acfg.device_id = Some("ada-phone".into());
+    let (ada, mut events) = Client::start(acfg).await.expect("client");
+    ada.wait_online().await.expect("online");
+    ada.join_room("lobby").await.expect("join");
+
+    // Carl's desktop app joins the lobby and stays connected, until its process is killed.
+    let out = tether(&node, dir.path(), "carl").args(["room", "join", "lobby"]).output().expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut carl = tether(&node, dir.path(), "carl").arg("listen").stdout(Stdio::null()).spawn().expect("listen");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "carl never came online in the lobby");
+        match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
+            Ok(Some(ClientEvent::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Online => {
+                break
+            }
+            _ => continue,
+        }
+    }
+    carl.kill().expect("kill -9"); // SIGKILL: no leave, no logout, no connection close
+    let _ = carl.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let gone = loop {
+        assert!(Instant::now() < deadline, "the room never heard carl went offline");
+        match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
+            Ok(Some(ClientEvent::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Offline => {
+                break e
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!((gone.members, gone.online), (2, 1), "still a member, no longer online");
+    assert!(node.ctx.hub.sessions("carl").is_empty());
+}

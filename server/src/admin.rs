@@ -21,9 +21,11 @@ use crate::auth::{new_ticket, ticket_hash};
 use crate::hub::SessionInfo;
 use crate::ids::now_ms;
 use crate::pipeline::{Job, Origin};
+use crate::rooms::RoomError;
 use crate::session::MAX_ID_LEN;
 use crate::store::NewMessage;
 use crate::Ctx;
+use tether_proto::RoomEventKind;
 
 /// An API error: status and a JSON body `{"error": code, "message": ...}`.
 #[derive(Debug)]
@@ -52,6 +54,12 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/tickets", post(ticket))
         .route("/v1/users/{user}/kick", post(kick))
         .route("/v1/users/{user}/sessions", get(sessions))
+        .route("/v1/rooms", post(create_room))
+        .route("/v1/rooms/{room}", axum::routing::delete(delete_room))
+        .route("/v1/rooms/{room}/members", post(add_member).get(list_members))
+        .route("/v1/rooms/{room}/members/{user}", axum::routing::delete(remove_member))
+        .route("/v1/rooms/{room}/messages", post(push_room).get(room_history))
+        .route("/v1/presence", post(presence))
         .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -131,6 +139,49 @@ fn check_len(what: &str, v: &str) -> Result<(), ApiError> {
 
 async fn push(State(ctx): State<Arc<Ctx>>, Json(req): Json<PushRequest>) -> Result<Json<PushResponse>, ApiError> {
     check_len("to", &req.to)?;
+    let to = Address::user(req.to.clone());
+    let a = store_message(&ctx, to, req).await?;
+    Ok(Json(a))
+}
+
+/// Body of `POST /v1/rooms/{room}/messages`: like [`PushRequest`] without `to`.
+#[derive(Debug, Deserialize)]
+pub struct RoomPushRequest {
+    /// Sender shown to members (default `"system"`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Payload type (default `text/plain`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// UTF-8 payload.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Binary payload, base64.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+async fn push_room(
+    State(ctx): State<Arc<Ctx>>,
+    Path(room): Path<String>,
+    Json(req): Json<RoomPushRequest>,
+) -> Result<Json<PushResponse>, ApiError> {
+    let req = PushRequest {
+        to: room.clone(),
+        from: req.from,
+        content_type: req.content_type,
+        text: req.text,
+        payload_base64: req.payload_base64,
+        client_msg_id: req.client_msg_id,
+    };
+    Ok(Json(store_message(&ctx, Address::room(room), req).await?))
+}
+
+/// Stores and delivers a message pushed by the app's backend.
+async fn store_message(ctx: &Ctx, to: Address, req: PushRequest) -> Result<PushResponse, ApiError> {
     let from = req.from.unwrap_or_else(|| "system".into());
     check_len("from", &from)?;
     let payload = match (req.text, req.payload_base64) {
@@ -157,12 +208,13 @@ async fn push(State(ctx): State<Arc<Ctx>>, Json(req): Json<PushRequest>) -> Resu
         req.client_msg_id.unwrap_or_else(|| format!("admin-{}", hex::encode(rand::random::<[u8; 16]>())));
     check_len("client_msg_id", &client_msg_id)?;
     let ts = now_ms();
+    let recipient = to.id.clone();
     let msg = NewMessage {
         msg_id: ctx.ids.next_at(ts),
         sender: from,
         sender_device: String::new(),
         client_msg_id,
-        to: Address::user(req.to.clone()),
+        to,
         ts,
         content_type: req.content_type.unwrap_or_else(|| "text/plain".into()),
         payload,
@@ -171,8 +223,179 @@ async fn push(State(ctx): State<Arc<Ctx>>, Json(req): Json<PushRequest>) -> Resu
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
     ctx.pipeline.submit(Job::Send(msg, Origin::Admin(tx))).await.map_err(|e| unavailable(e.to_string()))?;
     let a = rx.await.map_err(|e| unavailable(e.to_string()))?.map_err(unavailable)?;
-    let seq = a.recipients.iter().find(|(u, _)| *u == req.to).map(|(_, s)| *s);
-    Ok(Json(PushResponse { msg_id: a.msg.msg_id, seq, ts: a.msg.ts, duplicate: a.duplicate }))
+    let a = a.map_err(|r| ApiError::new(StatusCode::NOT_FOUND, "no_such_room", r.message))?;
+    let seq = if a.msg.to.kind == tether_proto::AddressKind::Room {
+        (!a.duplicate).then_some(a.sender_seq)
+    } else {
+        a.recipients.iter().find(|(u, _)| *u == recipient).map(|(_, s)| *s)
+    };
+    Ok(PushResponse { msg_id: a.msg.msg_id, seq, ts: a.msg.ts, duplicate: a.duplicate })
+}
+
+/// Body of `POST /v1/rooms`.
+#[derive(Debug, Deserialize)]
+pub struct CreateRoomRequest {
+    /// Room id.
+    pub room: String,
+}
+
+async fn create_room(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<CreateRoomRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &req.room)?;
+    let created = ctx.rooms.create(&req.room, now_ms()).await.map_err(store_err)?;
+    Ok(Json(serde_json::json!({ "room": req.room, "created": created })))
+}
+
+fn store_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+}
+
+fn room_err(e: RoomError) -> ApiError {
+    match e {
+        RoomError::NoSuchRoom(r) => ApiError::new(StatusCode::NOT_FOUND, "no_such_room", format!("no room `{r}`")),
+        RoomError::NotAMember(r) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_a_member", format!("not a member of `{r}`"))
+        }
+        RoomError::Store(e) => store_err(e),
+    }
+}
+
+async fn delete_room(
+    State(ctx): State<Arc<Ctx>>,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(members) = ctx.rooms.delete(&room).await.map_err(store_err)? else {
+        return Err(room_err(RoomError::NoSuchRoom(room)));
+    };
+    // Tell each former member that they are not one any more.
+    for user in &members {
+        let event = tether_proto::Frame::RoomEvent(tether_proto::RoomEvent {
+            room: room.clone(),
+            kind: RoomEventKind::Quit,
+            user: user.clone(),
+            members: 0,
+            online: 0,
+        });
+        ctx.hub.send_frame_to(std::iter::once(user.as_str()), &event);
+        ctx.webhooks.emit("room.quit", serde_json::json!({ "room": room, "user": user }));
+    }
+    Ok(Json(serde_json::json!({ "room": room, "deleted": true, "members": members.len() })))
+}
+
+/// Body of `POST /v1/rooms/{room}/members`.
+#[derive(Debug, Deserialize)]
+pub struct AddMemberRequest {
+    /// User id.
+    pub user: String,
+}
+
+async fn add_member(
+    State(ctx): State<Arc<Ctx>>,
+    Path(room): Path<String>,
+    Json(req): Json<AddMemberRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("user", &req.user)?;
+    if ctx.rooms.members(&room).await.map_err(store_err)?.is_none() {
+        return Err(room_err(RoomError::NoSuchRoom(room)));
+    }
+    let (added, _) = ctx.rooms.join(&room, &req.user, now_ms()).await.map_err(room_err)?;
+    if added {
+        ctx.rooms.announce(&ctx.hub, &room, RoomEventKind::Enter, &req.user, None).await;
+        ctx.webhooks.emit("room.entered", serde_json::json!({ "room": room, "user": req.user }));
+    }
+    Ok(Json(serde_json::json!({ "room": room, "user": req.user, "added": added })))
+}
+
+async fn remove_member(
+    State(ctx): State<Arc<Ctx>>,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let removed = ctx.rooms.leave(&room, &user).await.map_err(room_err)?;
+    if removed {
+        ctx.rooms.announce(&ctx.hub, &room, RoomEventKind::Quit, &user, Some(&user)).await;
+        ctx.webhooks.emit("room.quit", serde_json::json!({ "room": room, "user": user }));
+    }
+    Ok(Json(serde_json::json!({ "room": room, "user": user, "removed": removed })))
+}
+
+async fn list_members(
+    State(ctx): State<Arc<Ctx>>,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(members) = ctx.rooms.members(&room).await.map_err(store_err)? else {
+        return Err(room_err(RoomError::NoSuchRoom(room)));
+    };
+    let mut list: Vec<serde_json::Value> =
+        members.iter().map(|u| serde_json::json!({ "user": u, "online": ctx.hub.is_online(u) })).collect();
+    list.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
+    let (count, online) = ctx.rooms.counts(&members, &ctx.hub);
+    Ok(Json(serde_json::json!({ "room": room, "members": list, "count": count, "online": online })))
+}
+
+/// Query of `GET /v1/rooms/{room}/messages`.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// Messages with a seq greater than this (default 0).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+async fn room_history(
+    State(ctx): State<Arc<Ctx>>,
+    Path(room): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if ctx.rooms.members(&room).await.map_err(store_err)?.is_none() {
+        return Err(room_err(RoomError::NoSuchRoom(room)));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let (entries, first_seq) = ctx.store.fetch_room(&room, q.after, None, limit).await.map_err(store_err)?;
+    let next_after = entries.last().map(|e| e.seq);
+    let messages: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let m = &e.msg;
+            let mut v = serde_json::json!({
+                "seq": e.seq, "msg_id": m.msg_id, "from": m.sender, "from_device": m.sender_device,
+                "client_msg_id": m.client_msg_id, "ts": m.ts, "content_type": m.content_type,
+            });
+            match std::str::from_utf8(&m.payload) {
+                Ok(t) if m.content_type.starts_with("text/") => v["text"] = t.into(),
+                _ => v["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&m.payload).into(),
+            }
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "room": room,
+        "messages": messages,
+        "first_seq": first_seq,
+        "truncated": q.after + 1 < first_seq,
+        "next_after": next_after,
+    })))
+}
+
+/// Body of `POST /v1/presence`.
+#[derive(Debug, Deserialize)]
+pub struct PresenceRequest {
+    /// Users to report (at most 1000).
+    pub users: Vec<String>,
+}
+
+async fn presence(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<PresenceRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.users.len() > 1000 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "at most 1000 users per request"));
+    }
+    let list: Vec<tether_proto::Presence> = req.users.iter().map(|u| ctx.hub.presence(u)).collect();
+    Ok(Json(serde_json::json!({ "presence": list })))
 }
 
 /// Body of `POST /v1/tickets`.

@@ -114,6 +114,42 @@ pub struct Config {
     #[arg(long, env = "TETHER_SESSION_QUEUE", default_value_t = 4096)]
     pub session_queue: usize,
 
+    /// A `join_room` for a room that does not exist creates it (otherwise rooms are created
+    /// through the admin API and joining a missing one is refused with `no_such_room`).
+    #[arg(long, env = "TETHER_ROOMS_AUTO_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rooms_auto_create: bool,
+
+    /// Room history kept per room, in messages; older ones are pruned and a device asking for
+    /// them gets `history_truncated`.
+    #[arg(long, env = "TETHER_ROOM_HISTORY_MAX", default_value_t = 10_000)]
+    pub room_history_max: u64,
+
+    /// Room history kept, in time.
+    #[arg(long, env = "TETHER_ROOM_HISTORY_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub room_history_age: Duration,
+
+    /// How often room history is pruned.
+    #[arg(long, env = "TETHER_ROOM_PRUNE_EVERY", default_value = "60s", value_parser = parse_duration)]
+    pub room_prune_every: Duration,
+
+    /// Largest connection metadata accepted at login, in bytes (keys and values together);
+    /// at most 16 entries, keys up to 64 bytes.
+    #[arg(long, env = "TETHER_MAX_METADATA", default_value_t = 2048)]
+    pub max_metadata: usize,
+
+    /// URL the webhook events are POSTed to (http:// or https://); none by default.
+    #[arg(long, env = "TETHER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret for the `X-Tether-Signature` HMAC-SHA256 of each webhook body.
+    #[arg(long, env = "TETHER_WEBHOOK_SECRET", default_value = "")]
+    pub webhook_secret: String,
+
+    /// Webhook events queued while the receiver is unreachable; past it new events are dropped
+    /// (and counted in `tether_webhooks_total{result="dropped"}`).
+    #[arg(long, env = "TETHER_WEBHOOK_QUEUE", default_value_t = 100_000)]
+    pub webhook_queue: usize,
+
     /// Node id (0-1023) that makes message ids unique across a cluster.
     #[arg(long, env = "TETHER_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..1024))]
     pub node_id: u16,

@@ -11,9 +11,11 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod rooms;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,6 +43,10 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     /// Live sessions.
     pub hub: Arc<Hub>,
+    /// Room membership.
+    pub rooms: Arc<rooms::Rooms>,
+    /// Webhooks to the app's backend.
+    pub webhooks: webhook::Webhooks,
     /// Write pipeline.
     pub pipeline: Pipeline,
     /// Credential checks.
@@ -172,13 +178,39 @@ impl Node {
         let quic_addr = endpoint.local_addr()?;
 
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::default());
-        let pipeline = Pipeline::start(store.clone(), hub.clone(), metrics.clone(), 65_536, cfg.store_batch);
+        let node_name = format!("node-{}", cfg.node_id);
+        let hub = Arc::new(Hub::new(node_name.clone()));
+        let rooms = Arc::new(rooms::Rooms::new(store.clone(), cfg.rooms_auto_create));
+        let pipeline =
+            Pipeline::start(store.clone(), hub.clone(), rooms.clone(), metrics.clone(), 65_536, cfg.store_batch);
+        let webhooks = webhook::Webhooks::start(
+            cfg.webhook_url.clone(),
+            cfg.webhook_secret.clone(),
+            cfg.webhook_queue,
+            node_name,
+            metrics.clone(),
+        );
+        let pruner_store = store.clone();
+        let (keep, age, every) = (cfg.room_history_max, cfg.room_history_age, cfg.room_prune_every);
+        let pruner = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                let min_ts = ids::now_ms().saturating_sub(age.as_millis() as u64);
+                match pruner_store.prune_rooms(keep, min_ts).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(messages = n, "pruned room history past retention"),
+                    Err(e) => tracing::warn!(error = %e, "pruning room history failed"),
+                }
+            }
+        });
         let ctx = Arc::new(Ctx {
             ids: MsgIdGen::new(cfg.node_id),
             cfg,
             store,
             hub,
+            rooms,
+            webhooks,
             pipeline,
             auth,
             metrics,
@@ -202,7 +234,7 @@ impl Node {
             }
         });
         tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");
-        Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks: vec![admin_task, accept_task] })
+        Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks: vec![admin_task, accept_task, pruner] })
     }
 
     /// Closes every connection with `server_shutdown` and stops the listeners.

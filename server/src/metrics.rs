@@ -60,6 +60,10 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Frames refused as undecodable or oversized.
     pub bad_frames: Counter,
+    /// Webhook deliveries by result (`ok`, `retry`, `dropped`).
+    pub webhooks: Family<ResultLabel, Counter>,
+    /// Room events sent.
+    pub room_events: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +91,8 @@ impl Metrics {
             store_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             bad_frames: Counter::default(),
+            webhooks: Family::default(),
+            room_events: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open QUIC connections", m.connections.clone());
@@ -103,6 +109,8 @@ impl Metrics {
         registry.register("store_latency_seconds", "Store operation latency", m.store_latency.clone());
         registry.register("store_batch_messages", "Messages per store batch", m.store_batch.clone());
         registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
+        registry.register("webhooks", "Webhook deliveries by result", m.webhooks.clone());
+        registry.register("room_events", "Room events sent", m.room_events.clone());
         Metrics { registry, ..m }
     }
 

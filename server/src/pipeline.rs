@@ -8,9 +8,12 @@ use std::time::Instant;
 use tether_proto::{ErrorCode, SendAck, SendError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{Hub, SessionCmd, SessionTx};
+use tether_proto::AddressKind;
+
+use crate::hub::{Hub, RoomDelivery, SessionCmd, SessionTx};
 use crate::metrics::Metrics;
-use crate::store::{Appended, CursorUpdate, NewMessage, Store, StoreError};
+use crate::rooms::Rooms;
+use crate::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, StoreError};
 
 /// Who asked for a send and wants its answer.
 #[derive(Debug)]
@@ -24,7 +27,7 @@ pub enum Origin {
         tx: SessionTx,
     },
     /// The admin API waits for the stored message.
-    Admin(oneshot::Sender<Result<Appended, String>>),
+    Admin(oneshot::Sender<Result<Result<Appended, Refusal>, String>>),
 }
 
 /// One unit of work for the pipeline.
@@ -50,9 +53,16 @@ pub struct Closed;
 impl Pipeline {
     /// Starts the pipeline task. `queue` bounds the jobs waiting (senders wait beyond it),
     /// `batch` the messages per transaction.
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, queue: usize, batch: usize) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        rooms: Arc<Rooms>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+        batch: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue);
-        tokio::spawn(run(rx, store, hub, metrics, batch.max(1)));
+        tokio::spawn(run(rx, store, hub, rooms, metrics, batch.max(1)));
         Pipeline { tx }
     }
 
@@ -62,7 +72,14 @@ impl Pipeline {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, batch: usize) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    rooms: Arc<Rooms>,
+    metrics: Arc<Metrics>,
+    batch: usize,
+) {
     let mut jobs = Vec::with_capacity(batch);
     loop {
         jobs.clear();
@@ -89,8 +106,8 @@ async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, hub: Arc<Hub>, 
         metrics.store_batch.observe(n as f64);
         match res {
             Ok(appended) => {
-                for (a, origin) in appended.into_iter().zip(origins) {
-                    dispatch(&hub, &metrics, a, origin);
+                for ((a, origin), client_msg_id) in appended.into_iter().zip(origins).zip(client_ids) {
+                    dispatch(&hub, &rooms, &metrics, a, origin, client_msg_id).await;
                 }
             }
             Err(e) => fail(&metrics, e, origins, client_ids),
@@ -98,7 +115,36 @@ async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, hub: Arc<Hub>, 
     }
 }
 
-fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
+async fn dispatch(
+    hub: &Hub,
+    rooms: &Rooms,
+    metrics: &Metrics,
+    a: Result<Appended, Refusal>,
+    origin: Origin,
+    client_msg_id: String,
+) {
+    let a = match a {
+        Ok(a) => a,
+        Err(refusal) => {
+            metrics
+                .send_errors
+                .get_or_create(&crate::metrics::ResultLabel { result: format!("{:?}", refusal.code) })
+                .inc();
+            match origin {
+                Origin::Session { tx, .. } => {
+                    tx.send(SessionCmd::SendError(Box::new(SendError {
+                        client_msg_id,
+                        code: refusal.code,
+                        message: refusal.message,
+                    })));
+                }
+                Origin::Admin(reply) => {
+                    let _ = reply.send(Ok(Err(refusal)));
+                }
+            }
+            return;
+        }
+    };
     let origin_id = match &origin {
         Origin::Session { id, .. } => Some(*id),
         Origin::Admin(_) => None,
@@ -107,23 +153,39 @@ fn dispatch(hub: &Hub, metrics: &Metrics, a: Appended, origin: Origin) {
         metrics.retries.inc();
     } else {
         metrics.messages_in.inc();
-        for (user, seq) in &a.recipients {
-            let except = if *user == a.msg.sender { origin_id } else { None };
-            hub.deliver(user, &a.msg, *seq, except);
+        if a.msg.to.kind == AddressKind::Room {
+            // Everyone in the room, the sender's other devices too; not the sending session.
+            if let Ok(Some(members)) = rooms.members(&a.msg.to.id).await {
+                let mut frame = bytes::BytesMut::new();
+                if tether_proto::encode(&tether_proto::Frame::Deliver(a.msg.deliver(a.sender_seq)), &mut frame).is_ok()
+                {
+                    let d = Arc::new(RoomDelivery { msg: a.msg.clone(), seq: a.sender_seq, frame: frame.freeze() });
+                    hub.deliver_room(members.iter().map(String::as_str), &d, origin_id);
+                }
+            }
+        } else {
+            for (user, seq) in &a.recipients {
+                let except = if *user == a.msg.sender { origin_id } else { None };
+                hub.deliver(user, &a.msg, *seq, except);
+            }
         }
     }
     match origin {
         Origin::Session { tx, .. } => {
-            tx.send(SessionCmd::SendAck(Box::new(SendAck {
-                client_msg_id: a.msg.client_msg_id.clone(),
-                msg_id: a.msg.msg_id,
-                seq: a.sender_seq,
-                ts: a.msg.ts,
-                duplicate: a.duplicate,
-            })));
+            let room = (a.msg.to.kind == AddressKind::Room).then(|| a.msg.to.id.clone());
+            tx.send(SessionCmd::SendAck(
+                Box::new(SendAck {
+                    client_msg_id: a.msg.client_msg_id.clone(),
+                    msg_id: a.msg.msg_id,
+                    seq: a.sender_seq,
+                    ts: a.msg.ts,
+                    duplicate: a.duplicate,
+                }),
+                room,
+            ));
         }
         Origin::Admin(reply) => {
-            let _ = reply.send(Ok(a));
+            let _ = reply.send(Ok(Ok(a)));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One client connection: login, then the session loop that reads frames, writes deliveries
 //! and answers, and enforces the login and idle timeouts.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -8,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use serde_json::json;
 use tether_proto::{
     negotiate_version, Address, AddressKind, CloseCode, Credential, DecodeError, Decoded, Decoder, ErrorCode,
-    ErrorFrame, Frame, KickReason, Kicked, Login, LoginError, LoginOk, Pong, SendError,
+    ErrorFrame, Frame, HistoryTruncated, KickReason, Kicked, Login, LoginError, LoginOk, Pong, RoomEventKind,
+    RoomJoined, RoomLeft, SendError,
 };
 use tracing::{debug, info, warn, Instrument};
 
@@ -81,6 +84,14 @@ impl FrameWriter {
         }
     }
 
+    /// Appends an already encoded frame.
+    fn push_encoded(&mut self, frame: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(4096);
+        }
+        self.buf.extend_from_slice(frame);
+    }
+
     async fn flush(&mut self) -> bool {
         if self.buf.is_empty() {
             return true;
@@ -138,7 +149,7 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
     // The handshake-to-login phase runs in its own allocation, freed once the session is
     // established: its futures are larger than the session loop's, and an idle session should
     // not carry them.
-    let (reader, writer, session, device_id) = match Box::pin(establish(conn, ctx)).await {
+    let (reader, writer, mut session, device_id) = match Box::pin(establish(conn, ctx)).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -147,8 +158,29 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
     ctx.metrics.sessions.inc();
     let span = tracing::info_span!("session", user = %user, device = %device_id, sid = session.handle.id);
     let (sid, reason) = session.run(reader, writer, ctx).instrument(span).await;
-    ctx.hub.unregister(&user, sid);
+    session.save_cursors(ctx).await;
+    let last = ctx.hub.unregister(&user, sid);
+    ctx.hub.unwatch(sid, session.watching.iter());
+    ctx.hub.touch(&user, now_ms());
     ctx.metrics.sessions.dec();
+    if last {
+        for room in session.rooms.keys() {
+            ctx.rooms.announce(&ctx.hub, room, RoomEventKind::Offline, &user, None).await;
+        }
+    }
+    ctx.hub.notify_presence(&user);
+    ctx.webhooks.emit(
+        "session.disconnected",
+        json!({
+            "user": user,
+            "device_type": session.handle.device_type,
+            "device_id": session.handle.device_id,
+            "session_id": sid,
+            "metadata": session.handle.metadata,
+            "reason": reason.reason(),
+            "last_session": last,
+        }),
+    );
     reason
 }
 
@@ -261,6 +293,8 @@ async fn login_session(
         }
     };
     check_id("user", &user)?;
+    let metadata = login.metadata.clone().unwrap_or_default();
+    check_metadata(&metadata, ctx.cfg.max_metadata)?;
     let unavailable = |e: crate::store::StoreError| (ErrorCode::Unavailable, e.to_string(), "store_error");
     let cursor = match login.inbox_cursor {
         Some(c) => c,
@@ -275,18 +309,55 @@ async fn login_session(
         device_id: login.device_id.clone(),
         connected_ms: now_ms(),
         conn: conn.clone(),
+        metadata,
         tx,
     });
-    // Register before reading the head: whatever is stored after this point also arrives live,
-    // and the order tracker drops what was already sent from the store.
-    ctx.hub.register(handle.clone());
-    let head = match ctx.store.inbox_head(&user).await {
-        Ok(h) => h,
+    // Register before reading the heads: whatever is stored after this point also arrives
+    // live, and the order trackers drop what was already sent from the store.
+    let first = ctx.hub.register(handle.clone());
+    let heads = async {
+        let head = ctx.store.inbox_head(&user).await?;
+        let mut rooms = HashMap::new();
+        let mut room_backlog = Vec::new();
+        for room in ctx.store.rooms_of(&user).await? {
+            let room_head = ctx.store.room_head(&room).await?.unwrap_or(0);
+            let cursor = match login.room_cursors.as_ref().and_then(|c| c.get(&room)) {
+                Some(c) => *c,
+                None => ctx.store.room_cursor(&user, &login.device_id, &room).await?.unwrap_or(room_head),
+            };
+            let cursor = cursor.min(room_head);
+            if cursor < room_head {
+                room_backlog.push((room.clone(), cursor, room_head));
+            }
+            rooms.insert(room, RoomCursor { order: InboxOrder::after(cursor), acked: cursor });
+        }
+        Ok::<_, crate::store::StoreError>((head, rooms, room_backlog))
+    };
+    let (head, rooms, room_backlog) = match heads.await {
+        Ok(v) => v,
         Err(e) => {
             ctx.hub.unregister(&user, handle.id);
             return Err(unavailable(e));
         }
     };
+    ctx.hub.touch(&user, now_ms());
+    if first {
+        for room in rooms.keys() {
+            ctx.rooms.announce(&ctx.hub, room, RoomEventKind::Online, &user, None).await;
+        }
+    }
+    ctx.hub.notify_presence(&user);
+    ctx.webhooks.emit(
+        "session.connected",
+        json!({
+            "user": user,
+            "device_type": handle.device_type,
+            "device_id": handle.device_id,
+            "session_id": handle.id,
+            "metadata": handle.metadata,
+            "first_session": first,
+        }),
+    );
     let resume_expires = now_ms() + ctx.cfg.resume_ttl.as_millis() as u64;
     let ok = LoginOk {
         version,
@@ -307,8 +378,38 @@ async fn login_session(
         backlog_until: head,
         acked: cursor,
         bucket: TokenBucket::new(ctx.cfg.send_rate, ctx.cfg.send_burst, Instant::now()),
+        rooms,
+        room_backlog,
+        watching: HashSet::new(),
+        dirty: HashSet::new(),
+        cursors_written: Instant::now(),
     };
     Ok((session, ok))
+}
+
+/// Most users one session may watch the presence of.
+pub const MAX_WATCHED: usize = 1000;
+
+/// Checks login metadata against the limits: at most 16 entries, keys 1..=64 bytes, values
+/// up to 256 bytes, `max_total` bytes of keys and values together.
+fn check_metadata(m: &BTreeMap<String, String>, max_total: usize) -> Result<(), LoginFailure> {
+    let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let bad = m.len() > 16 || total > max_total || m.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256);
+    if bad {
+        Err((
+            ErrorCode::InvalidField,
+            format!("metadata: at most 16 entries, keys 1..=64 bytes, values <= 256 bytes, {max_total} bytes in all"),
+            "invalid_field",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a session is in one room's log.
+struct RoomCursor {
+    order: InboxOrder,
+    acked: u64,
 }
 
 /// A logged-in session.
@@ -319,7 +420,20 @@ struct Session {
     backlog_until: u64,
     acked: u64,
     bucket: TokenBucket,
+    /// The user's rooms and this device's place in each.
+    rooms: HashMap<String, RoomCursor>,
+    /// Rooms whose missed messages are sent after login: (room, cursor, head).
+    room_backlog: Vec<(String, u64, u64)>,
+    /// Users whose presence this session watches.
+    watching: HashSet<String>,
+    /// Cursors (None = inbox, Some = room) acked since they were last written.
+    dirty: HashSet<Option<String>>,
+    /// When cursors were last written.
+    cursors_written: Instant,
 }
+
+/// Stored cursors are written at most this often per session (and when it ends).
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// What ended a session: (session id, close code).
 type Ended = (u64, CloseCode);
@@ -330,12 +444,17 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> Ended {
+    async fn run(&mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> Ended {
         let id = self.handle.id;
         let backlog = self.order.next() - 1;
         if backlog < self.backlog_until {
             let until = self.backlog_until;
             if let Err(code) = self.fill(ctx, &mut writer, backlog, Some(until)).await {
+                return (id, code);
+            }
+        }
+        for (room, cursor, head) in std::mem::take(&mut self.room_backlog) {
+            if let Err(code) = self.fill_room(ctx, &mut writer, &room, cursor, Some(head)).await {
                 return (id, code);
             }
         }
@@ -351,10 +470,21 @@ impl Session {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
                         let mut flow = Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await;
-                        // Batch what else is queued into the same write.
+                        // Batch what else is queued into the same write; when the queue runs
+                        // dry, yield once so that deliveries fanned out right now join this
+                        // write instead of costing a packet each.
                         let mut n = 0;
+                        let mut yielded = false;
                         while matches!(flow, Flow::Continue) && n < 512 {
-                            let Some(cmd) = self.rx.try_recv() else { break };
+                            let cmd = match self.rx.try_recv() {
+                                Some(cmd) => cmd,
+                                None if !yielded => {
+                                    yielded = true;
+                                    tokio::task::yield_now().await;
+                                    continue;
+                                }
+                                None => break,
+                            };
                             flow = Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await;
                             n += 1;
                         }
@@ -363,12 +493,23 @@ impl Session {
                     None => Flow::End(CloseCode::ServerShutdown),
                 },
                 _ = lag.wait() => {
+                    // Live deliveries were dropped: read the inbox and every room from where
+                    // this device is.
                     ctx.metrics.sync_gaps.inc();
                     let after = self.order.next() - 1;
-                    match self.fill(ctx, &mut writer, after, None).await {
+                    let mut flow = match self.fill(ctx, &mut writer, after, None).await {
                         Ok(()) => Flow::Continue,
                         Err(c) => Flow::End(c),
+                    };
+                    let rooms: Vec<(String, u64)> = self.rooms.iter().map(|(r, c)| (r.clone(), c.order.next() - 1)).collect();
+                    for (room, after) in rooms {
+                        if matches!(flow, Flow::Continue) {
+                            if let Err(c) = self.fill_room(ctx, &mut writer, &room, after, None).await {
+                                flow = Flow::End(c);
+                            }
+                        }
                     }
+                    flow
                 }
                 r = reader.next() => {
                     last_rx = tokio::time::Instant::now();
@@ -439,9 +580,105 @@ impl Session {
         })
     }
 
+    /// Writes the acked cursors that moved since the last write. False if the node is
+    /// shutting down.
+    async fn save_cursors(&mut self, ctx: &Ctx) -> bool {
+        self.cursors_written = Instant::now();
+        for room in std::mem::take(&mut self.dirty) {
+            let seq = match &room {
+                None => self.acked,
+                Some(r) => match self.rooms.get(r) {
+                    Some(c) => c.acked,
+                    None => continue,
+                },
+            };
+            let c = CursorUpdate {
+                user: self.handle.user.clone(),
+                device_id: self.handle.device_id.clone(),
+                room,
+                seq,
+                at_ms: now_ms(),
+            };
+            if ctx.pipeline.submit(Job::Cursor(c)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The order tracker of `room`; a room first heard of through entry `seq` (joined on
+    /// another device) starts right before it.
+    fn room_order(&mut self, room: &str, seq: u64) -> &mut InboxOrder {
+        &mut self
+            .rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| RoomCursor { order: InboxOrder::after(seq.saturating_sub(1)), acked: 0 })
+            .order
+    }
+
+    /// Writes room log entries `(after, until]` from the store, in pages, preceded by
+    /// `history_truncated` when part of the range is past retention.
+    fn fill_room<'a>(
+        &'a mut self,
+        ctx: &'a Ctx,
+        writer: &'a mut FrameWriter,
+        room: &'a str,
+        mut after: u64,
+        until: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CloseCode>> + Send + 'a>> {
+        Box::pin(async move {
+            ctx.metrics.sync_gaps.inc();
+            let page = ctx.cfg.sync_page.max(1);
+            let mut first_page = true;
+            loop {
+                let started = Instant::now();
+                let (entries, first_seq) = match ctx.store.fetch_room(room, after, until, page).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(error = %e, "store read failed while syncing a room");
+                        return Err(CloseCode::ServerShutdown);
+                    }
+                };
+                ctx.metrics.store_op("fetch_room", started.elapsed().as_secs_f64());
+                if first_page && first_seq > after + 1 {
+                    writer.push(&Frame::HistoryTruncated(HistoryTruncated { room: room.to_owned(), after, first_seq }));
+                    self.room_order(room, first_seq).sent(first_seq - 1);
+                }
+                first_page = false;
+                let n = entries.len();
+                ctx.metrics.sync_messages.inc_by(n as u64);
+                for e in entries {
+                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    ctx.metrics.messages_out.inc();
+                    self.room_order(room, e.seq).sent(e.seq);
+                    after = e.seq;
+                }
+                if !writer.flush().await {
+                    return Err(CloseCode::Normal);
+                }
+                if n < page as usize {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
     async fn on_cmd(&mut self, cmd: SessionCmd, ctx: &Ctx, writer: &mut FrameWriter) -> Flow {
         match cmd {
-            SessionCmd::SendAck(ack) => {
+            SessionCmd::SendAck(ack, Some(room)) => {
+                // A room message: ack.seq is its place in the room's log.
+                let seq = ack.seq;
+                writer.push(&Frame::SendAck(*ack));
+                let step = self.room_order(&room, seq).step(seq);
+                if let Step::FillGap { after, until } = step {
+                    if let Err(c) = self.fill_room(ctx, writer, &room, after, Some(until)).await {
+                        return Flow::End(c);
+                    }
+                }
+                self.room_order(&room, seq).sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::SendAck(ack, None) => {
                 // The sender's own copy sits in its inbox at ack.seq.
                 let seq = ack.seq;
                 writer.push(&Frame::SendAck(*ack));
@@ -456,6 +693,30 @@ impl Session {
             }
             SessionCmd::SendError(e) => {
                 writer.push(&Frame::SendError(*e));
+                Flow::Continue
+            }
+            SessionCmd::RoomLive(d) => {
+                let room = &d.msg.to.id;
+                let seq = d.seq;
+                match self.room_order(room, seq).step(seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
+                    }
+                }
+                writer.push_encoded(&d.frame);
+                ctx.metrics.messages_out.inc();
+                self.room_order(room, seq).sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::Frame(f) => {
+                if matches!(*f, Frame::RoomEvent(_)) {
+                    ctx.metrics.room_events.inc();
+                }
+                writer.push(&f);
                 Flow::Continue
             }
             SessionCmd::Live { msg, seq } => {
@@ -516,6 +777,22 @@ impl Session {
                     writer.push(&Frame::SendError(SendError { client_msg_id: s.client_msg_id, code, message }));
                     return Flow::Continue;
                 }
+                if s.to.kind == AddressKind::Room {
+                    let refusal = match ctx.rooms.members(&s.to.id).await {
+                        Ok(Some(m)) if m.contains(&self.handle.user) => None,
+                        Ok(Some(_)) => Some((ErrorCode::NotAMember, format!("not a member of `{}`", s.to.id))),
+                        Ok(None) => Some((ErrorCode::NoSuchRoom, format!("no room `{}`", s.to.id))),
+                        Err(e) => Some((ErrorCode::Unavailable, e.to_string())),
+                    };
+                    if let Some((code, message)) = refusal {
+                        ctx.metrics
+                            .send_errors
+                            .get_or_create(&crate::metrics::ResultLabel { result: format!("{code:?}") })
+                            .inc();
+                        writer.push(&Frame::SendError(SendError { client_msg_id: s.client_msg_id, code, message }));
+                        return Flow::Continue;
+                    }
+                }
                 if !self.bucket.try_take(Instant::now()) {
                     ctx.metrics
                         .send_errors
@@ -549,26 +826,117 @@ impl Session {
                 ctx.metrics.acks.inc();
                 if a.inbox > self.acked {
                     self.acked = a.inbox;
-                    let c = CursorUpdate {
-                        user: self.handle.user.clone(),
-                        device_id: self.handle.device_id.clone(),
-                        seq: a.inbox,
-                        at_ms: now_ms(),
-                    };
-                    if ctx.pipeline.submit(Job::Cursor(c)).await.is_err() {
-                        return Flow::End(CloseCode::ServerShutdown);
+                    self.dirty.insert(None);
+                }
+                for (room, seq) in a.rooms.into_iter().flatten() {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        if seq > r.acked {
+                            r.acked = seq;
+                            self.dirty.insert(Some(room));
+                        }
                     }
+                }
+                // Stored cursors only serve a device that lost its own: write them at most
+                // once per CURSOR_EVERY per session (and at its end), not per ack.
+                if self.cursors_written.elapsed() >= CURSOR_EVERY && !self.save_cursors(ctx).await {
+                    return Flow::End(CloseCode::ServerShutdown);
                 }
                 Flow::Continue
             }
             Frame::Sync(s) => {
                 ctx.metrics.sync_gaps.inc();
-                match self.fill(ctx, writer, s.after, s.until).await {
+                let res = match &s.room {
+                    None => self.fill(ctx, writer, s.after, s.until).await,
+                    Some(room) => match ctx.rooms.is_member(room, &self.handle.user).await {
+                        Ok(true) => self.fill_room(ctx, writer, room, s.after, s.until).await,
+                        Ok(false) => {
+                            writer.push(&error_frame(
+                                ErrorCode::NotAMember,
+                                format!("not a member of `{room}`"),
+                                false,
+                            ));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            writer.push(&error_frame(ErrorCode::Unavailable, e.to_string(), false));
+                            Ok(())
+                        }
+                    },
+                };
+                match res {
                     Ok(()) => Flow::Continue,
                     Err(c) => Flow::End(c),
                 }
             }
+            Frame::JoinRoom(j) => {
+                if j.room.is_empty() || j.room.len() > MAX_ID_LEN {
+                    writer.push(&error_frame(
+                        ErrorCode::InvalidField,
+                        format!("room must be 1..={MAX_ID_LEN} bytes"),
+                        false,
+                    ));
+                    return Flow::Continue;
+                }
+                let user = self.handle.user.clone();
+                match ctx.rooms.join(&j.room, &user, now_ms()).await {
+                    Ok((new, head)) => {
+                        self.rooms
+                            .entry(j.room.clone())
+                            .or_insert(RoomCursor { order: InboxOrder::after(head), acked: head });
+                        let (members, online) = match ctx.rooms.members(&j.room).await {
+                            Ok(Some(m)) => ctx.rooms.counts(&m, &ctx.hub),
+                            _ => (0, 0),
+                        };
+                        writer.push(&Frame::RoomJoined(RoomJoined { room: j.room.clone(), head, members, online }));
+                        if new {
+                            ctx.rooms.announce(&ctx.hub, &j.room, RoomEventKind::Enter, &user, None).await;
+                            ctx.webhooks.emit("room.entered", json!({ "room": j.room, "user": user }));
+                        }
+                    }
+                    Err(e) => writer.push(&error_frame(e.code(), e.to_string(), false)),
+                }
+                Flow::Continue
+            }
+            Frame::LeaveRoom(l) => {
+                let user = self.handle.user.clone();
+                match ctx.rooms.leave(&l.room, &user).await {
+                    Ok(was) => {
+                        self.rooms.remove(&l.room);
+                        writer.push(&Frame::RoomLeft(RoomLeft { room: l.room.clone() }));
+                        if was {
+                            ctx.rooms.announce(&ctx.hub, &l.room, RoomEventKind::Quit, &user, Some(&user)).await;
+                            ctx.webhooks.emit("room.quit", json!({ "room": l.room, "user": user }));
+                        }
+                    }
+                    Err(e) => writer.push(&error_frame(e.code(), e.to_string(), false)),
+                }
+                Flow::Continue
+            }
+            Frame::SubscribePresence(sp) => {
+                let fresh: Vec<String> = sp.users.into_iter().filter(|u| !self.watching.contains(u)).collect();
+                if self.watching.len() + fresh.len() > MAX_WATCHED {
+                    writer.push(&error_frame(
+                        ErrorCode::InvalidField,
+                        format!("at most {MAX_WATCHED} users watched per session"),
+                        false,
+                    ));
+                    return Flow::Continue;
+                }
+                for p in ctx.hub.watch(self.handle.id, &self.handle.tx, &fresh) {
+                    writer.push(&Frame::Presence(p));
+                }
+                self.watching.extend(fresh);
+                Flow::Continue
+            }
+            Frame::UnsubscribePresence(up) => {
+                ctx.hub.unwatch(self.handle.id, up.users.iter());
+                for u in &up.users {
+                    self.watching.remove(u);
+                }
+                Flow::Continue
+            }
             Frame::Ping(p) => {
+                ctx.hub.touch(&self.handle.user, now_ms());
                 writer.push(&Frame::Pong(Pong { nonce: p.nonce }));
                 Flow::Continue
             }
@@ -599,8 +967,8 @@ impl Session {
         if content_type.len() > MAX_ID_LEN {
             return Err((ErrorCode::InvalidField, format!("content_type longer than {MAX_ID_LEN} bytes")));
         }
-        if to.kind != AddressKind::User {
-            return Err((ErrorCode::Unsupported, "only user addresses are supported".into()));
+        if !matches!(to.kind, AddressKind::User | AddressKind::Room) {
+            return Err((ErrorCode::Unsupported, "unknown address kind".into()));
         }
         if to.id.is_empty() || to.id.len() > MAX_ID_LEN {
             return Err((ErrorCode::InvalidField, format!("recipient must be 1..={MAX_ID_LEN} bytes")));

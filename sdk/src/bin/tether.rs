@@ -4,14 +4,21 @@
 //! tether --server 127.0.0.1:7443 --pin tether-data/dev-cert.pem --ticket tk_... send --to bob hello
 //! tether --server 127.0.0.1:7443 --ca ca.pem --token $JWT listen --count 10
 //! tether --server 127.0.0.1:7443 --ca ca.pem --token $JWT --state-dir ~/.tether chat --to bob
+//! tether --ca ca.pem --token $JWT room join lobby
+//! tether --ca ca.pem --token $JWT --meta app=1.2.0 --meta locale=de room send lobby hi all
+//! tether --ca ca.pem --token $JWT --state-dir ~/.tether listen --events
+//! tether --ca ca.pem --token $JWT presence bob carol --count 2
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use tether_sdk::{Address, Client, ClientConfig, ClientEvent, ConnectionState, Credential, Deliver, Trust};
+use tether_sdk::{
+    Address, AddressKind, Client, ClientConfig, ClientEvent, ConnectionState, Credential, Deliver, SendAck, Trust,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser, Debug)]
@@ -52,6 +59,16 @@ struct ConnArgs {
     /// Device id (default: kept in the state dir).
     #[arg(long, env = "TETHER_DEVICE_ID", global = true)]
     device_id: Option<String>,
+    /// Connection metadata sent at login, shown in presence and the admin API (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta, global = true)]
+    meta: Vec<(String, String)>,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,9 +85,27 @@ enum Cmd {
         #[arg(required = true)]
         text: Vec<String>,
     },
-    /// Print every delivered message as one JSON line.
+    /// Print every delivered message (inbox and rooms) as one JSON line.
     Listen {
         /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Also print room events (enter, quit, online, offline), presence and history cuts as
+        /// JSON lines with an "event" field.
+        #[arg(long)]
+        events: bool,
+    },
+    /// Join, leave or send to a room.
+    Room {
+        #[command(subcommand)]
+        cmd: RoomCmd,
+    },
+    /// Subscribe to users' presence and print each presence frame as one JSON line.
+    Presence {
+        /// User ids.
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Exit after this many presence frames.
         #[arg(long)]
         count: Option<u64>,
     },
@@ -80,6 +115,65 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RoomCmd {
+    /// Become a member of a room; prints the room's head and counts as JSON.
+    Join {
+        /// Room id.
+        room: String,
+    },
+    /// Stop being a member of a room.
+    Leave {
+        /// Room id.
+        room: String,
+    },
+    /// Send one message to a room and wait until the server has stored it.
+    Send {
+        /// Room id.
+        room: String,
+        /// Payload type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// Message text (words are joined with spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+}
+
+fn ack_json(ack: &SendAck) -> serde_json::Value {
+    serde_json::json!({
+        "client_msg_id": ack.client_msg_id,
+        "msg_id": ack.msg_id,
+        "seq": ack.seq,
+        "ts": ack.ts,
+        "duplicate": ack.duplicate,
+    })
+}
+
+/// `value` (a JSON object) with `"event": name` added.
+fn event_json(name: &str, value: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("event".into(), name.into());
+    }
+    v
+}
+
+/// The JSON line `listen --events` prints for a non-message event, if any.
+fn client_event_json(ev: &ClientEvent) -> Option<serde_json::Value> {
+    Some(match ev {
+        ClientEvent::RoomEvent(e) => event_json("room_event", e),
+        ClientEvent::Presence(p) => event_json("presence", p),
+        ClientEvent::HistoryTruncated(t) => event_json("history_truncated", t),
+        ClientEvent::RoomJoined(j) => event_json("room_joined", j),
+        ClientEvent::RoomLeft(room) => serde_json::json!({"event": "room_left", "room": room}),
+        ClientEvent::RoomJoinFailed { room, code, message } => {
+            serde_json::json!({"event": "room_join_failed", "room": room, "code": code, "message": message})
+        }
+        _ => return None,
+    })
 }
 
 fn message_json(d: &Deliver) -> serde_json::Value {
@@ -93,6 +187,9 @@ fn message_json(d: &Deliver) -> serde_json::Value {
         "content_type": d.content_type,
         "client_msg_id": d.client_msg_id,
     });
+    if d.to.kind == AddressKind::Room {
+        v["room"] = d.to.id.clone().into();
+    }
     match std::str::from_utf8(&d.payload) {
         Ok(t) if d.content_type.starts_with("text/") => v["text"] = t.into(),
         _ => v["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&d.payload).into(),
@@ -116,6 +213,7 @@ fn config(a: &ConnArgs) -> Result<ClientConfig, String> {
     c.state_dir = a.state_dir.clone();
     c.device_type = a.device_type.clone();
     c.device_id = a.device_id.clone();
+    c.metadata = a.meta.iter().cloned().collect::<BTreeMap<_, _>>();
     Ok(c)
 }
 
@@ -145,13 +243,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .send(Address::user(to), content_type, text.join(" ").into_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
-            println!(
-                "{}",
-                serde_json::json!({"client_msg_id": ack.client_msg_id, "msg_id": ack.msg_id, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate})
-            );
+            println!("{}", ack_json(&ack));
             Ok(())
         }
-        Cmd::Listen { count } => {
+        Cmd::Room { cmd } => room(&client, cmd).await,
+        Cmd::Presence { users, count } => presence(&client, &mut events, users, count).await,
+        Cmd::Listen { count, events: print_events } => {
             let mut seen = 0u64;
             loop {
                 if count.is_some_and(|c| seen >= c) {
@@ -166,6 +263,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                         if let Some(err) = fatal(&ev) {
                             break Err(err);
                         }
+                        if let Some(line) = client_event_json(&ev).filter(|_| print_events) {
+                            println!("{line}");
+                        }
                     }
                     None => break Err("client stopped".into()),
                 }
@@ -175,6 +275,55 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     client.close().await;
     result
+}
+
+async fn room(client: &Client, cmd: RoomCmd) -> Result<(), String> {
+    client.wait_online().await.map_err(|e| e.to_string())?;
+    match cmd {
+        RoomCmd::Join { room } => {
+            let joined = client.join_room(room).await.map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_value(&joined).map_err(|e| e.to_string())?);
+        }
+        RoomCmd::Leave { room } => {
+            client.leave_room(room.clone()).await.map_err(|e| e.to_string())?;
+            println!("{}", serde_json::json!({"room": room, "left": true}));
+        }
+        RoomCmd::Send { room, content_type, text } => {
+            let ack = client
+                .send_to_room(&room, content_type, text.join(" ").into_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", ack_json(&ack));
+        }
+    }
+    Ok(())
+}
+
+async fn presence(
+    client: &Client,
+    events: &mut tether_sdk::Events,
+    users: Vec<String>,
+    count: Option<u64>,
+) -> Result<(), String> {
+    client.subscribe_presence(users).map_err(|e| e.to_string())?;
+    let mut seen = 0u64;
+    loop {
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(());
+        }
+        match events.next().await {
+            Some(ClientEvent::Presence(p)) => {
+                println!("{}", serde_json::to_value(&p).map_err(|e| e.to_string())?);
+                seen += 1;
+            }
+            Some(ev) => {
+                if let Some(err) = fatal(&ev) {
+                    return Err(err);
+                }
+            }
+            None => return Err("client stopped".into()),
+        }
+    }
 }
 
 /// The events after which the client will not reconnect by itself.
@@ -208,7 +357,10 @@ async fn chat(client: &Client, events: &mut tether_sdk::Events, to: &str) -> Res
             ev = events.next() => match ev {
                 Some(ClientEvent::Message(d)) => {
                     let text = String::from_utf8_lossy(&d.payload);
-                    println!("[{}] {}: {}", d.seq, d.from, text);
+                    match d.to.kind {
+                        AddressKind::Room => println!("[{}#{}] {}: {}", d.to.id, d.seq, d.from, text),
+                        AddressKind::User => println!("[{}] {}: {}", d.seq, d.from, text),
+                    }
                 }
                 Some(ClientEvent::State(s)) => {
                     if !matches!(s, ConnectionState::Online) {

@@ -1,4 +1,5 @@
-//! The inbox tracker: deduplication, reordering, gap detection and cumulative acks.
+//! The sequence tracker of one log (the user's inbox, or one room): deduplication, reordering,
+//! gap detection and cumulative acks.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,10 +17,13 @@ pub(crate) struct Received {
     pub(crate) sync: Option<Sync>,
 }
 
-/// Tracks the device's inbox: the cursor `c` (highest contiguous sequence number handed to the
-/// app), messages received ahead of it, what the server has been told, and open gaps.
+/// Tracks one log of the device (its inbox, or a room): the cursor `c` (highest contiguous
+/// sequence number handed to the app), messages received ahead of it, what the server has been
+/// told, and open gaps.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
+    /// The room this tracker follows (its `sync`s carry it); `None` for the user's inbox.
+    room: Option<String>,
     cursor: u64,
     /// Received but not yet contiguous. `None` marks one of our own messages (known from its
     /// `send_ack`), which occupies its sequence number but is not handed to the app.
@@ -36,9 +40,15 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// A tracker starting at `cursor`.
+    /// A tracker of the user's inbox starting at `cursor`.
     pub(crate) fn new(cursor: u64, max_reorder: usize) -> Self {
+        Self::with_room(None, cursor, max_reorder)
+    }
+
+    /// A tracker of `room` (or of the inbox for `None`) starting at `cursor`.
+    pub(crate) fn with_room(room: Option<String>, cursor: u64, max_reorder: usize) -> Self {
         Inbox {
+            room,
             cursor,
             buffer: BTreeMap::new(),
             max_reorder,
@@ -92,18 +102,46 @@ impl Inbox {
         } else if self.buffer.len() < self.max_reorder {
             self.buffer.insert(seq, item);
             if seq > known + 1 {
-                out.sync = Some(Sync { after: known, until: Some(seq - 1) });
+                out.sync = Some(self.sync(known, Some(seq - 1)));
             }
         }
         // else: over the reorder limit; dropped and left to the gap timer's sync.
+        self.update_gap_timer(out.advanced, now, gap_timeout);
+        out
+    }
+
+    /// Moves the cursor forward to `to` without the messages in between (they are gone from the
+    /// server: history truncated). Buffered messages at or below `to` are dropped; buffered
+    /// successors that are now contiguous are handed over. Does nothing if `to` is not ahead.
+    pub(crate) fn skip_to(&mut self, to: u64, now: Instant, gap_timeout: Duration) -> Received {
+        let mut out = Received::default();
+        if to <= self.cursor {
+            return out;
+        }
+        self.cursor = to;
+        self.highest_seen = self.highest_seen.max(to);
+        self.buffer = self.buffer.split_off(&(to + 1));
+        while let Some(next) = self.buffer.remove(&(self.cursor + 1)) {
+            self.cursor += 1;
+            out.handed.extend(next);
+        }
+        out.advanced = true;
+        self.update_gap_timer(true, now, gap_timeout);
+        out
+    }
+
+    fn update_gap_timer(&mut self, advanced: bool, now: Instant, gap_timeout: Duration) {
         if self.gap_open() {
-            if out.advanced || self.gap_deadline.is_none() {
+            if advanced || self.gap_deadline.is_none() {
                 self.gap_deadline = Some(now + gap_timeout);
             }
         } else {
             self.gap_deadline = None;
         }
-        out
+    }
+
+    fn sync(&self, after: u64, until: Option<u64>) -> Sync {
+        Sync { after, until, room: self.room.clone() }
     }
 
     /// Notes that the cursor advanced at `now`: an ack becomes due `ack_delay` later at most.
@@ -113,15 +151,26 @@ impl Inbox {
         }
     }
 
-    /// The cumulative ack to transmit now, if one is due: the cursor is `ack_every` past the
-    /// last ack, the ack delay expired, or `force`. Never returns a value that does not advance.
+    /// Whether an ack is due: the cursor is `ack_every` past the last ack, or the ack delay
+    /// expired.
+    pub(crate) fn ack_due(&self, now: Instant, ack_every: u64) -> bool {
+        self.cursor > self.last_acked
+            && (self.cursor - self.last_acked >= ack_every || self.ack_deadline.is_some_and(|d| d <= now))
+    }
+
+    /// The cursor the server knows (last ack, or the cursor the last `login` carried).
+    pub(crate) fn last_acked(&self) -> u64 {
+        self.last_acked
+    }
+
+    /// The cumulative ack to transmit now, if one is due ([`Inbox::ack_due`]) or `force`.
+    /// Never returns a value that does not advance.
     pub(crate) fn take_ack(&mut self, now: Instant, ack_every: u64, force: bool) -> Option<u64> {
         if self.cursor <= self.last_acked {
             self.ack_deadline = None;
             return None;
         }
-        let due = force || self.cursor - self.last_acked >= ack_every || self.ack_deadline.is_some_and(|d| d <= now);
-        if !due {
+        if !force && !self.ack_due(now, ack_every) {
             return None;
         }
         self.last_acked = self.cursor;
@@ -162,7 +211,7 @@ impl Inbox {
             }
             Some(x)
         };
-        Some(Sync { after: self.cursor, until })
+        Some(self.sync(self.cursor, until))
     }
 
     /// A `login` carrying the cursor was sent: the server now knows it.
@@ -176,6 +225,12 @@ impl Inbox {
     /// gap timer watches that it does.
     pub(crate) fn on_login_ok(&mut self, inbox_head: u64, now: Instant, gap_timeout: Duration) {
         self.login_head = inbox_head;
+        self.gap_deadline = self.gap_open().then(|| now + gap_timeout);
+    }
+
+    /// `login_ok` arrived for a room tracker (whose head the server does not announce): a gap
+    /// left open by the last connection is watched again.
+    pub(crate) fn on_login_ok_room(&mut self, now: Instant, gap_timeout: Duration) {
         self.gap_deadline = self.gap_open().then(|| now + gap_timeout);
     }
 
@@ -219,13 +274,13 @@ mod tests {
         assert!(i.receive(6, Some(msg(6)), t, g).handed.is_empty());
         let r = i.receive(9, Some(msg(9)), t, g);
         assert!(r.handed.is_empty());
-        assert_eq!(r.sync, Some(Sync { after: 6, until: Some(8) }));
+        assert_eq!(r.sync, Some(Sync { after: 6, until: Some(8), room: None }));
         // 8 fills part of the known gap: no new sync.
         let r = i.receive(8, Some(msg(8)), t, g);
         assert!(r.sync.is_none() && r.handed.is_empty());
         // 11 reveals 10 as newly missing: sync only that.
         let r = i.receive(11, Some(msg(11)), t, g);
-        assert_eq!(r.sync, Some(Sync { after: 9, until: Some(10) }));
+        assert_eq!(r.sync, Some(Sync { after: 9, until: Some(10), room: None }));
         // Own message marker fills 7; it is not handed over but the drain continues.
         let r = i.receive(7, None, t, g);
         assert_eq!(seqs(&r), [8, 9]);
@@ -246,7 +301,7 @@ mod tests {
         assert!(r.sync.is_none(), "dropped messages trigger no immediate sync");
         assert_eq!(i.buffered(), 2);
         assert_eq!(i.poll_gap(t + g - Duration::from_millis(1), g), None);
-        assert_eq!(i.poll_gap(t + g, g), Some(Sync { after: 0, until: Some(6) }));
+        assert_eq!(i.poll_gap(t + g, g), Some(Sync { after: 0, until: Some(6), room: None }));
         assert_eq!(i.gap_deadline(), Some(t + g + g));
     }
 
@@ -270,5 +325,37 @@ mod tests {
             i.receive(s, Some(msg(s)), t, g);
         }
         assert_eq!(i.take_ack(t, 3, false), Some(5));
+    }
+
+    #[test]
+    fn room_trackers_tag_their_syncs() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        let mut i = Inbox::with_room(Some("r1".into()), 10, 100);
+        let r = i.receive(13, Some(msg(13)), t, g);
+        assert_eq!(r.sync, Some(Sync { after: 10, until: Some(12), room: Some("r1".into()) }));
+        assert_eq!(i.poll_gap(t + g, g), Some(Sync { after: 10, until: Some(12), room: Some("r1".into()) }));
+    }
+
+    #[test]
+    fn skip_to_drops_what_is_gone_and_drains_the_rest() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        let mut i = Inbox::new(2, 100);
+        for s in [4, 7, 8, 10] {
+            i.receive(s, Some(msg(s)), t, g);
+        }
+        // 3..=6 are gone: 4 is dropped, 7 and 8 are handed, 9 is still missing.
+        let r = i.skip_to(6, t, g);
+        assert!(r.advanced);
+        assert_eq!(seqs(&r), [7, 8]);
+        assert_eq!(i.cursor(), 8);
+        assert_eq!(i.buffered(), 1);
+        assert_eq!(i.gap_deadline(), Some(t + g));
+        assert!(!i.skip_to(5, t, g).advanced, "never backwards");
+        // Skipping past everything closes the gap.
+        assert!(seqs(&i.skip_to(20, t, g)).is_empty());
+        assert_eq!((i.cursor(), i.buffered(), i.gap_deadline()), (20, 0, None));
+        assert_eq!(i.receive(21, Some(msg(21)), t, g).handed.len(), 1);
     }
 }

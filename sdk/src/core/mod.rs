@@ -39,6 +39,21 @@
 //!   ([`Event::Message`]); numbers at or below the cursor and already buffered ones are
 //!   dropped. A missing range is requested with `sync`, again after `gap_timeout` without
 //!   progress. The cursor is acknowledged cumulatively and sent in every `login`.
+//! * Rooms: each room the device follows has a tracker with the same rules, keyed by room id
+//!   (a `deliver` whose `to.kind` is `room` goes to that room's tracker; the `send_ack` of a
+//!   message sent to a room marks its seq in the room's log). Gaps are asked for with
+//!   `sync{room}`; cursors are acknowledged in `ack.rooms` (only rooms whose cursor moved;
+//!   `ack.inbox` then repeats the inbox cursor the server already has) and all of them are sent
+//!   in every `login` (`room_cursors`), persisted with [`PersistOp::RoomCursor`]. A room starts
+//!   at the `head` of its `room_joined` (a new member gets no history unless the app asks with
+//!   [`Session::sync_room`]); a room the device learns of from a message (the user joined on
+//!   another device) starts just before that message. `history_truncated` moves the cursor to
+//!   the oldest kept message and is reported ([`Event::HistoryTruncated`]). After `room_left`
+//!   the cursor is forgotten ([`PersistOp::RoomForget`]).
+//! * Membership and presence requests: `join_room` / `leave_room` keep their order, are sent
+//!   after `login_ok` when made offline, before the outbox's messages, and again after a
+//!   reconnect until answered. Presence subscriptions are a set, sent again after every
+//!   `login_ok`.
 
 mod backoff;
 mod inbox;
@@ -51,10 +66,16 @@ mod types;
 mod tests;
 
 pub use session::Session;
-pub use types::{Action, ConnectionState, Event, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig};
+pub use types::{
+    check_metadata, Action, ConnectionState, Event, MetadataError, OutboxEntry, PersistOp, PersistedState, ResumeToken,
+    SessionConfig, METADATA_MAX_ENTRIES, METADATA_MAX_KEY, METADATA_MAX_TOTAL, METADATA_MAX_VALUE,
+};
 
 // The core's signatures use these protocol types; re-exported for convenience.
-pub use tether_proto::{Address, CloseCode, Credential, Deliver, ErrorCode, Frame, KickReason, LoginOk, SendAck};
+pub use tether_proto::{
+    Address, CloseCode, Credential, Deliver, DevicePresence, ErrorCode, Frame, HistoryTruncated, KickReason, LoginOk,
+    Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck,
+};
 
 #[cfg(doc)]
 use std::time::Instant;

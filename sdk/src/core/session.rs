@@ -1,11 +1,12 @@
 //! The session state machine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tether_proto::{
-    Ack, Address, CloseCode, Credential, Deliver, ErrorCode, Frame, KickReason, Kicked, Login, LoginError, LoginOk,
-    Logout, Ping, Send, SendAck, SendError, PROTOCOL_VERSION,
+    Ack, Address, AddressKind, CloseCode, Credential, Deliver, ErrorCode, ErrorFrame, Frame, HistoryTruncated,
+    JoinRoom, KickReason, Kicked, LeaveRoom, Login, LoginError, LoginOk, Logout, Ping, RoomEvent, RoomEventKind,
+    RoomJoined, Send, SendAck, SendError, SubscribePresence, Sync, UnsubscribePresence, PROTOCOL_VERSION,
 };
 
 use super::backoff::Backoff;
@@ -19,6 +20,29 @@ use super::types::{
 /// Bytes of MessagePack framing a `send` body needs beyond its variable-length fields; a
 /// generous bound used to skip exact size checks for messages far below the limit.
 const SEND_OVERHEAD: usize = 256;
+
+/// Most user ids in one `subscribe_presence` / `unsubscribe_presence` frame; longer lists are
+/// split so that a frame stays far below the server's frame limit.
+const PRESENCE_CHUNK: usize = 256;
+
+/// A room membership request of the app, kept until the server answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoomOp {
+    /// `join_room`.
+    Join(String),
+    /// `leave_room`.
+    Leave(String),
+}
+
+/// A fetch of room history below the room's cursor ([`Session::sync_room`]): messages in
+/// `(last, until]` are handed to the app as they arrive, each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HistoryFetch {
+    /// Highest seq handed (or known to be gone) so far.
+    last: u64,
+    /// The room cursor when the fetch started: the end of the fetch.
+    until: u64,
+}
 
 /// Which credential the current login presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +87,20 @@ pub struct Session {
     ping_nonce: u64,
     /// Whether the durable state has a cursor (it was restored with one or advanced since).
     has_cursor: bool,
+    /// One tracker per room the device follows (keyed by room id); its presence means the
+    /// durable state has a cursor for the room.
+    rooms: BTreeMap<String, Inbox>,
+    /// Open history fetches, by room.
+    history: BTreeMap<String, HistoryFetch>,
+    /// Join/leave requests in app order; the first `room_ops_in_flight` were transmitted on
+    /// the current connection and await their answer.
+    room_ops: VecDeque<RoomOp>,
+    room_ops_in_flight: usize,
+    /// Rooms left on this connection: late deliveries for them are dropped rather than
+    /// starting a new cursor. Cleared at login and when the room is joined again.
+    left_rooms: HashSet<String>,
+    /// Users whose presence the app subscribed to; re-subscribed after every login.
+    presence: BTreeSet<String>,
     /// A wall-clock reading (instant, ms since the Unix epoch) to judge token expiry by.
     wall_clock: Option<(Instant, u64)>,
     transmits: VecDeque<Frame>,
@@ -78,6 +116,11 @@ impl Session {
     /// across restarts, and with a constant in tests.
     pub fn new(config: SessionConfig, credential: Credential, persisted: PersistedState, rng_seed: u64) -> Self {
         let cursor = persisted.inbox_cursor.unwrap_or(0);
+        let rooms = persisted
+            .room_cursors
+            .iter()
+            .map(|(room, c)| (room.clone(), Inbox::with_room(Some(room.clone()), *c, config.max_reorder)))
+            .collect();
         Session {
             backoff: Backoff::new(config.backoff_base, config.backoff_max),
             inbox: Inbox::new(cursor, config.max_reorder),
@@ -98,6 +141,12 @@ impl Session {
             pinged_since_rx: false,
             ping_nonce: 0,
             has_cursor: persisted.inbox_cursor.is_some(),
+            rooms,
+            history: BTreeMap::new(),
+            room_ops: VecDeque::new(),
+            room_ops_in_flight: 0,
+            left_rooms: HashSet::new(),
+            presence: BTreeSet::new(),
             wall_clock: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -171,6 +220,83 @@ impl Session {
         client_msg_id
     }
 
+    /// Asks to become a member of `room`. Transmitted at once when online, else after the next
+    /// `login_ok` (join and leave requests keep their order, and go out before the outbox's
+    /// messages). A request the server has not answered when the connection drops is sent
+    /// again after the next login. The answer is [`Event::RoomJoined`] (the room's cursor
+    /// starts at its head unless the device already has one) or [`Event::RoomJoinFailed`].
+    /// Requests are not persisted: after an app restart the app asks again if it still wants.
+    pub fn join_room(&mut self, room: impl Into<String>, now: Instant) {
+        self.room_ops.push_back(RoomOp::Join(room.into()));
+        if self.state == ConnectionState::Online {
+            self.flush_room_ops(now);
+        }
+    }
+
+    /// Asks to stop being a member of `room` (queued and retried like
+    /// [`Session::join_room`]). The answer is [`Event::RoomLeft`]; the room's cursor is then
+    /// forgotten ([`PersistOp::RoomForget`]).
+    pub fn leave_room(&mut self, room: impl Into<String>, now: Instant) {
+        self.room_ops.push_back(RoomOp::Leave(room.into()));
+        if self.state == ConnectionState::Online {
+            self.flush_room_ops(now);
+        }
+    }
+
+    /// Subscribes to the presence of `users`: the server answers with their current presence
+    /// and again on every change ([`Event::Presence`]). The subscriptions are kept as a set and
+    /// sent again after every login (the server keeps them per connection only).
+    pub fn subscribe_presence(&mut self, users: Vec<String>, now: Instant) {
+        let users: Vec<String> =
+            users.into_iter().filter(|u| !u.is_empty()).collect::<BTreeSet<_>>().into_iter().collect();
+        self.presence.extend(users.iter().cloned());
+        if self.state == ConnectionState::Online {
+            self.transmit_presence(users, true, now);
+        }
+    }
+
+    /// Ends presence subscriptions for `users` (those not subscribed are ignored).
+    pub fn unsubscribe_presence(&mut self, users: Vec<String>, now: Instant) {
+        let removed: Vec<String> =
+            users.into_iter().collect::<BTreeSet<_>>().into_iter().filter(|u| self.presence.remove(u)).collect();
+        if self.state == ConnectionState::Online {
+            self.transmit_presence(removed, false, now);
+        }
+    }
+
+    /// Asks for the messages of `room` after `after`.
+    ///
+    /// * `after` below the room's cursor fetches history: the messages `after + 1 ..= cursor`
+    ///   (the device's own included) are handed to the app as [`Event::Message`] as they
+    ///   arrive, each once, even though they precede messages already handed over (the app
+    ///   orders by `seq`). Past retention,
+    ///   [`Event::HistoryTruncated`] says where the kept history starts. One fetch per room at
+    ///   a time: a new call replaces an unfinished one. An unfinished fetch is asked for again
+    ///   after a reconnect.
+    /// * `after` at or above the cursor asks for what follows the cursor (nothing is skipped).
+    /// * For a room the device has no cursor for yet, the cursor starts at `after`.
+    pub fn sync_room(&mut self, room: impl Into<String>, after: u64, now: Instant) {
+        let room = room.into();
+        self.left_rooms.remove(&room);
+        let online = self.state == ConnectionState::Online;
+        let cursor = match self.rooms.get(&room) {
+            Some(tracker) => tracker.cursor(),
+            None => {
+                self.ensure_room(&room, after);
+                after
+            }
+        };
+        let sync = if after < cursor {
+            self.history.insert(room.clone(), HistoryFetch { last: after, until: cursor });
+            Sync { after, until: Some(cursor), room: Some(room) }
+        } else {
+            Sync { after: cursor, until: None, room: Some(room) }
+        };
+        if online {
+            self.transmit(Frame::Sync(sync), now);
+        }
+    }
+
     /// Ends the session on purpose: acks what was handed to the app, transmits `logout`, then
     /// [`Action::Disconnect`] with [`CloseCode::Normal`]; state `LoggedOut`, no reconnect. The
     /// outbox and cursor stay persisted for a later [`Session::start`].
@@ -179,12 +305,10 @@ impl Session {
         match was {
             ConnectionState::LoggedOut => return,
             ConnectionState::Online | ConnectionState::LoggingIn => {
-                let ack = (was == ConnectionState::Online)
-                    .then(|| self.inbox.take_ack(now, self.config.ack_every, true))
-                    .flatten();
+                let ack = (was == ConnectionState::Online).then(|| self.take_acks(now, true)).flatten();
                 self.go_offline();
-                if let Some(inbox) = ack {
-                    self.transmit(Frame::Ack(Ack { inbox }), now);
+                if let Some(ack) = ack {
+                    self.transmit(Frame::Ack(ack), now);
                 }
                 self.transmit(Frame::Logout(Logout {}), now);
                 self.disconnect(CloseCode::Normal);
@@ -210,6 +334,11 @@ impl Session {
         }
         let credential = self.choose_credential(now);
         self.inbox.on_login_sent();
+        for tracker in self.rooms.values_mut() {
+            tracker.on_login_sent();
+        }
+        let room_cursors = (!self.rooms.is_empty()).then(|| self.room_cursors());
+        let metadata = (!self.config.metadata.is_empty()).then(|| self.config.metadata.clone());
         self.last_rx = Some(now);
         self.pinged_since_rx = false;
         self.login_deadline = Some(now + self.config.login_timeout);
@@ -221,6 +350,8 @@ impl Session {
                 device_id: self.config.device_id.clone(),
                 inbox_cursor: Some(self.inbox.cursor()),
                 client: self.config.client_name.clone(),
+                room_cursors,
+                metadata,
             }),
             now,
         );
@@ -273,6 +404,15 @@ impl Session {
             Frame::SendAck(ack) if online => self.on_send_ack(ack, now),
             Frame::SendError(err) if online => self.on_send_error(err, now),
             Frame::Deliver(msg) if online => self.on_deliver(msg, now),
+            Frame::RoomJoined(joined) if online => self.on_room_joined(joined),
+            Frame::RoomLeft(left) if online => self.on_room_left(left.room),
+            Frame::RoomEvent(event) if online => self.on_room_event(event),
+            // A late frame for a user unsubscribed meanwhile falls through and is dropped.
+            Frame::Presence(p) if online && self.presence.contains(&p.user) => {
+                self.events.push_back(Event::Presence(p));
+            }
+            Frame::HistoryTruncated(t) if online => self.on_history_truncated(t, now),
+            Frame::Error(err) if online => self.on_error(err),
             Frame::Kicked(kicked) => {
                 let reason = kicked.reason;
                 self.go_offline();
@@ -286,7 +426,7 @@ impl Session {
     }
 
     /// Runs whatever is due at `now`: reconnect after backoff, login timeout, dead-connection
-    /// detection, resends, delayed acks, gap syncs, pings. Call it when
+    /// detection, resends, delayed acks, gap syncs (inbox and rooms), pings. Call it when
     /// [`Session::poll_timeout`] is reached (calling it early or late is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
@@ -304,10 +444,13 @@ impl Session {
                     return;
                 }
                 self.flush_outbox(now);
-                if let Some(inbox) = self.inbox.take_ack(now, self.config.ack_every, false) {
-                    self.transmit(Frame::Ack(Ack { inbox }), now);
-                }
-                if let Some(sync) = self.inbox.poll_gap(now, self.config.gap_timeout) {
+                self.flush_acks(now);
+                let gap = self.config.gap_timeout;
+                let syncs: Vec<Sync> = std::iter::once(&mut self.inbox)
+                    .chain(self.rooms.values_mut())
+                    .filter_map(|tracker| tracker.poll_gap(now, gap))
+                    .collect();
+                for sync in syncs {
                     self.transmit(Frame::Sync(sync), now);
                 }
                 if self.ping_at().is_some_and(|d| now >= d) {
@@ -358,6 +501,7 @@ impl Session {
                 self.inbox.gap_deadline(),
             ]
             .into_iter()
+            .chain(self.rooms.values().flat_map(|t| [t.ack_deadline(), t.gap_deadline()]))
             .flatten()
             .min(),
             _ => None,
@@ -388,6 +532,22 @@ impl Session {
         self.outbox.len()
     }
 
+    /// Highest contiguous sequence number of `room` handed to the app, if the device follows
+    /// the room.
+    pub fn room_cursor(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).map(Inbox::cursor)
+    }
+
+    /// The cursor of every room the device follows (what the next `login` carries).
+    pub fn room_cursors(&self) -> BTreeMap<String, u64> {
+        self.rooms.iter().map(|(room, t)| (room.clone(), t.cursor())).collect()
+    }
+
+    /// The users whose presence the app subscribed to.
+    pub fn presence_subscriptions(&self) -> Vec<String> {
+        self.presence.iter().cloned().collect()
+    }
+
     /// The session's durable state as it stands (what replaying every [`PersistOp`] polled so
     /// far onto the initial [`PersistedState`] gives, plus any not yet polled).
     pub fn persisted_state(&self) -> PersistedState {
@@ -395,6 +555,7 @@ impl Session {
             outbox: self.outbox.entries().cloned().collect(),
             inbox_cursor: self.has_cursor.then(|| self.inbox.cursor()),
             resume: self.resume.clone(),
+            room_cursors: self.room_cursors(),
         }
     }
 
@@ -429,6 +590,10 @@ impl Session {
         self.transmits.clear();
         self.outbox.reset();
         self.inbox.on_offline();
+        for tracker in self.rooms.values_mut() {
+            tracker.on_offline();
+        }
+        self.room_ops_in_flight = 0;
         self.login_deadline = None;
         self.last_tx = None;
         self.last_rx = None;
@@ -442,14 +607,16 @@ impl Session {
     }
 
     fn persist(&mut self, op: PersistOp) {
-        // Consecutive cursor moves collapse into the last one.
-        if let (PersistOp::Cursor(_), Some(PersistOp::Cursor(last))) = (&op, self.persists.back_mut()) {
-            if let PersistOp::Cursor(c) = op {
-                *last = c;
+        // Consecutive moves of the same cursor collapse into the last one.
+        match (&op, self.persists.back_mut()) {
+            (PersistOp::Cursor(c), Some(PersistOp::Cursor(last))) => *last = *c,
+            (PersistOp::RoomCursor { room, seq }, Some(PersistOp::RoomCursor { room: last_room, seq: last }))
+                if room == last_room =>
+            {
+                *last = *seq
             }
-            return;
+            _ => self.persists.push_back(op),
         }
-        self.persists.push_back(op);
     }
 
     fn wall_ms(&self, now: Instant) -> Option<u64> {
@@ -527,8 +694,25 @@ impl Session {
             self.set_resume(Some(ResumeToken { token, expires_ms: ok.resume_expires_ms.unwrap_or(u64::MAX) }));
         }
         self.inbox.on_login_ok(ok.inbox_head, now, self.config.gap_timeout);
+        for tracker in self.rooms.values_mut() {
+            tracker.on_login_ok_room(now, self.config.gap_timeout);
+        }
+        // A new connection carries no late deliveries of rooms left on the last one.
+        self.left_rooms.clear();
         self.set_state(ConnectionState::Online);
         self.events.push_back(Event::LoggedIn(ok));
+        // Membership first, so that a queued message to a room just joined is accepted.
+        self.flush_room_ops(now);
+        let users: Vec<String> = self.presence.iter().cloned().collect();
+        self.transmit_presence(users, true, now);
+        let fetches: Vec<Sync> = self
+            .history
+            .iter()
+            .map(|(room, h)| Sync { after: h.last, until: Some(h.until), room: Some(room.clone()) })
+            .collect();
+        for sync in fetches {
+            self.transmit(Frame::Sync(sync), now);
+        }
         self.flush_outbox(now);
     }
 
@@ -557,7 +741,9 @@ impl Session {
             // The app's JWT expired but this device holds a resume token: use it.
             self.prefer_resume = true;
             self.connect();
-        } else if auth || err.code == ErrorCode::UnsupportedVersion {
+        } else if auth || matches!(err.code, ErrorCode::UnsupportedVersion | ErrorCode::InvalidField) {
+            // Retrying the same login would be refused again (a bad credential, version, or
+            // field such as oversized metadata).
             self.events.push_back(Event::LoginFailed { code: err.code, message: err.message });
             self.set_state(ConnectionState::AuthFailed(err.code));
         } else {
@@ -566,14 +752,16 @@ impl Session {
     }
 
     fn on_send_ack(&mut self, ack: SendAck, now: Instant) {
-        if self.outbox.remove(&ack.client_msg_id).is_none() {
+        let Some(entry) = self.outbox.remove(&ack.client_msg_id) else {
             return; // duplicate or unknown
-        }
+        };
         self.persist(PersistOp::OutboxRemove(ack.client_msg_id.clone()));
         let seq = ack.seq;
         self.events.push_back(Event::SendAcked(ack));
         if seq > 0 {
-            self.receive(seq, None, now);
+            // The seq is in the room's log for a room message, in our inbox otherwise.
+            let room = (entry.to.kind == AddressKind::Room).then_some(entry.to.id);
+            self.receive(room.as_deref(), seq, None, now);
         }
         self.flush_outbox(now);
     }
@@ -598,10 +786,19 @@ impl Session {
     }
 
     fn on_deliver(&mut self, msg: Deliver, now: Instant) {
+        let room = (msg.to.kind == AddressKind::Room).then(|| msg.to.id.clone());
+        let msg = match &room {
+            Some(room) => match self.take_history(room, msg) {
+                Some(msg) => msg,
+                None => return,
+            },
+            None => msg,
+        };
+        let room = room.as_deref();
         let own = self.user.as_deref() == Some(msg.from.as_str()) && msg.from_device == self.config.device_id;
         if !own {
             let seq = msg.seq;
-            self.receive(seq, Some(msg), now);
+            self.receive(room, seq, Some(msg), now);
             return;
         }
         // Our own message came back (a backlog after a lost send_ack): it completes the send.
@@ -616,22 +813,238 @@ impl Session {
             }));
             self.flush_outbox(now);
         }
-        self.receive(msg.seq, None, now);
+        self.receive(room, msg.seq, None, now);
     }
 
-    /// Feeds one inbox sequence number to the tracker and emits what follows.
-    fn receive(&mut self, seq: u64, item: Option<Deliver>, now: Instant) {
-        let Received { handed, advanced, sync } = self.inbox.receive(seq, item, now, self.config.gap_timeout);
+    /// Hands a room message to an open history fetch if it belongs to it (`None`); gives it
+    /// back otherwise.
+    fn take_history(&mut self, room: &str, msg: Deliver) -> Option<Deliver> {
+        let Some(fetch) = self.history.get_mut(room) else {
+            return Some(msg);
+        };
+        if msg.seq <= fetch.last || msg.seq > fetch.until {
+            return Some(msg);
+        }
+        fetch.last = msg.seq;
+        if fetch.last >= fetch.until {
+            self.history.remove(room);
+        }
+        self.events.push_back(Event::Message(msg));
+        None
+    }
+
+    /// Starts following `room` at `cursor` unless the device already does.
+    fn ensure_room(&mut self, room: &str, cursor: u64) {
+        if !self.rooms.contains_key(room) {
+            self.rooms
+                .insert(room.to_owned(), Inbox::with_room(Some(room.to_owned()), cursor, self.config.max_reorder));
+            self.persist(PersistOp::RoomCursor { room: room.to_owned(), seq: cursor });
+        }
+    }
+
+    /// Stops following `room`: its cursor and any history fetch are forgotten. With
+    /// `drop_late`, deliveries for the room still under way on this connection are dropped
+    /// rather than adopting the room again.
+    fn forget_room(&mut self, room: &str, drop_late: bool) {
+        self.history.remove(room);
+        if drop_late {
+            self.left_rooms.insert(room.to_owned());
+        }
+        if self.rooms.remove(room).is_some() {
+            self.persist(PersistOp::RoomForget(room.to_owned()));
+        }
+    }
+
+    /// Feeds one sequence number of the inbox (`room: None`) or of a room to its tracker and
+    /// emits what follows. A room the device does not follow yet (joined on another device,
+    /// or by the app's backend) is adopted: its cursor starts just before this message.
+    fn receive(&mut self, room: Option<&str>, seq: u64, item: Option<Deliver>, now: Instant) {
+        let gap = self.config.gap_timeout;
+        let received = match room {
+            None => self.inbox.receive(seq, item, now, gap),
+            Some(room) => {
+                if self.left_rooms.contains(room) {
+                    return;
+                }
+                self.ensure_room(room, seq.saturating_sub(1));
+                match self.rooms.get_mut(room) {
+                    Some(tracker) => tracker.receive(seq, item, now, gap),
+                    None => return,
+                }
+            }
+        };
+        self.after_receive(room, received, now);
+    }
+
+    /// Emits what a tracker produced: messages for the app, a gap `sync`, the new cursor
+    /// (persisted, then acknowledged when due).
+    fn after_receive(&mut self, room: Option<&str>, received: Received, now: Instant) {
+        let Received { handed, advanced, sync } = received;
         self.events.extend(handed.into_iter().map(Event::Message));
         if let Some(sync) = sync {
             self.transmit(Frame::Sync(sync), now);
         }
-        if advanced {
-            self.has_cursor = true;
-            self.persist(PersistOp::Cursor(self.inbox.cursor()));
-            self.inbox.note_advance(now, self.config.ack_delay);
-            if let Some(inbox) = self.inbox.take_ack(now, self.config.ack_every, false) {
-                self.transmit(Frame::Ack(Ack { inbox }), now);
+        if !advanced {
+            return;
+        }
+        let delay = self.config.ack_delay;
+        match room {
+            None => {
+                self.has_cursor = true;
+                self.persist(PersistOp::Cursor(self.inbox.cursor()));
+                self.inbox.note_advance(now, delay);
+            }
+            Some(room) => {
+                let Some(tracker) = self.rooms.get_mut(room) else {
+                    return;
+                };
+                tracker.note_advance(now, delay);
+                let seq = tracker.cursor();
+                self.persist(PersistOp::RoomCursor { room: room.to_owned(), seq });
+            }
+        }
+        self.flush_acks(now);
+    }
+
+    /// The cumulative `ack` to transmit, if any tracker's ack is due (or `force`): once one is,
+    /// every tracker that advanced rides along. `inbox` repeats what the server knows when only
+    /// rooms moved; `rooms` lists only rooms whose cursor moved.
+    fn take_acks(&mut self, now: Instant, force: bool) -> Option<Ack> {
+        let every = self.config.ack_every;
+        let due =
+            force || self.inbox.ack_due(now, every) || self.rooms.values().any(|tracker| tracker.ack_due(now, every));
+        if !due {
+            return None;
+        }
+        let inbox = self.inbox.take_ack(now, every, true);
+        let rooms: BTreeMap<String, u64> = self
+            .rooms
+            .iter_mut()
+            .filter_map(|(room, tracker)| tracker.take_ack(now, every, true).map(|c| (room.clone(), c)))
+            .collect();
+        if inbox.is_none() && rooms.is_empty() {
+            return None;
+        }
+        Some(Ack {
+            inbox: inbox.unwrap_or_else(|| self.inbox.last_acked()),
+            rooms: (!rooms.is_empty()).then_some(rooms),
+        })
+    }
+
+    fn flush_acks(&mut self, now: Instant) {
+        if let Some(ack) = self.take_acks(now, false) {
+            self.transmit(Frame::Ack(ack), now);
+        }
+    }
+
+    /// Transmits the join/leave requests not yet sent on this connection, in order.
+    fn flush_room_ops(&mut self, now: Instant) {
+        let fresh: Vec<RoomOp> = self.room_ops.iter().skip(self.room_ops_in_flight).cloned().collect();
+        self.room_ops_in_flight = self.room_ops.len();
+        for op in fresh {
+            let frame = match op {
+                RoomOp::Join(room) => {
+                    self.left_rooms.remove(&room);
+                    Frame::JoinRoom(JoinRoom { room })
+                }
+                RoomOp::Leave(room) => Frame::LeaveRoom(LeaveRoom { room }),
+            };
+            self.transmit(frame, now);
+        }
+    }
+
+    /// Removes the first in-flight request equal to `op`, if any.
+    fn complete_room_op(&mut self, op: &RoomOp) {
+        if let Some(i) = self.room_ops.iter().take(self.room_ops_in_flight).position(|o| o == op) {
+            self.room_ops.remove(i);
+            self.room_ops_in_flight -= 1;
+        }
+    }
+
+    fn transmit_presence(&mut self, users: Vec<String>, subscribe: bool, now: Instant) {
+        for chunk in users.chunks(PRESENCE_CHUNK) {
+            let users = chunk.to_vec();
+            let frame = if subscribe {
+                Frame::SubscribePresence(SubscribePresence { users })
+            } else {
+                Frame::UnsubscribePresence(UnsubscribePresence { users })
+            };
+            self.transmit(frame, now);
+        }
+    }
+
+    fn on_room_joined(&mut self, joined: RoomJoined) {
+        self.complete_room_op(&RoomOp::Join(joined.room.clone()));
+        self.left_rooms.remove(&joined.room);
+        // A new member starts at the head; a device that already follows the room keeps its
+        // cursor (and gets what it missed).
+        self.ensure_room(&joined.room, joined.head);
+        self.events.push_back(Event::RoomJoined(joined));
+    }
+
+    fn on_room_left(&mut self, room: String) {
+        self.complete_room_op(&RoomOp::Leave(room.clone()));
+        self.forget_room(&room, true);
+        self.events.push_back(Event::RoomLeft(room));
+    }
+
+    fn on_room_event(&mut self, event: RoomEvent) {
+        if self.user.as_deref() == Some(event.user.as_str()) {
+            match event.kind {
+                // The user left (on another device): stop following the room. Late deliveries
+                // are not blocked: this event travels apart from the answers to this device's
+                // own requests and may follow a `room_joined` of a quick leave-and-join.
+                RoomEventKind::Quit => self.forget_room(&event.room, false),
+                // The user joined (maybe on another device): its messages are welcome again.
+                RoomEventKind::Enter => {
+                    self.left_rooms.remove(&event.room);
+                }
+                _ => {}
+            }
+        }
+        self.events.push_back(Event::RoomEvent(event));
+    }
+
+    fn on_history_truncated(&mut self, t: HistoryTruncated, now: Instant) {
+        if self.left_rooms.contains(&t.room) {
+            return;
+        }
+        let kept_from = t.first_seq.saturating_sub(1);
+        if let Some(fetch) = self.history.get_mut(&t.room) {
+            fetch.last = fetch.last.max(kept_from);
+            if fetch.last >= fetch.until {
+                self.history.remove(&t.room);
+            }
+        }
+        let room = t.room.clone();
+        self.events.push_back(Event::HistoryTruncated(t));
+        self.ensure_room(&room, kept_from);
+        let Some(tracker) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let skipped = tracker.skip_to(kept_from, now, self.config.gap_timeout);
+        self.after_receive(Some(&room), skipped, now);
+    }
+
+    /// A non-fatal `error` about a room answers the oldest join/leave request in flight (the
+    /// server handles a connection's frames in order). A refused leave means the user is not a
+    /// member anyway.
+    fn on_error(&mut self, err: ErrorFrame) {
+        let about_a_room = matches!(err.code, ErrorCode::NoSuchRoom | ErrorCode::NotAMember | ErrorCode::InvalidField);
+        if err.fatal || !about_a_room || self.room_ops_in_flight == 0 {
+            return;
+        }
+        let Some(op) = self.room_ops.pop_front() else {
+            return;
+        };
+        self.room_ops_in_flight -= 1;
+        match op {
+            RoomOp::Join(room) => {
+                self.events.push_back(Event::RoomJoinFailed { room, code: err.code, message: err.message })
+            }
+            RoomOp::Leave(room) => {
+                self.forget_room(&room, true);
+                self.events.push_back(Event::RoomLeft(room));
             }
         }
     }

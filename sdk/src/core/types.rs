@@ -1,10 +1,14 @@
 //! Plain data types of the session core: configuration, persisted state, and what the session
 //! hands to its driver (actions, events, persistence operations).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether_proto::{Address, CloseCode, Deliver, ErrorCode, KickReason, LoginOk, SendAck};
+use tether_proto::{
+    Address, CloseCode, Deliver, ErrorCode, HistoryTruncated, KickReason, LoginOk, Presence, RoomEvent, RoomJoined,
+    SendAck,
+};
 
 /// Tunables of a [`Session`](super::Session). Build one with [`SessionConfig::new`] and adjust
 /// the public fields.
@@ -48,6 +52,12 @@ pub struct SessionConfig {
     /// Client description sent in `login` (SDK name and version). Default
     /// `tether-sdk/<version>`.
     pub client_name: Option<String>,
+    /// Connection metadata sent in every `login` (app version, locale, ...): at most
+    /// [`METADATA_MAX_ENTRIES`] entries, keys of at most [`METADATA_MAX_KEY`] bytes, values of at
+    /// most [`METADATA_MAX_VALUE`] bytes, [`METADATA_MAX_TOTAL`] bytes in all (see
+    /// [`check_metadata`]); the server refuses a larger one with `login_error{invalid_field}`.
+    /// Default empty (not sent).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl SessionConfig {
@@ -68,8 +78,57 @@ impl SessionConfig {
             gap_timeout: Duration::from_secs(3),
             max_reorder: 10_000,
             client_name: Some(concat!("tether-sdk/", env!("CARGO_PKG_VERSION")).to_owned()),
+            metadata: BTreeMap::new(),
         }
     }
+}
+
+/// Most entries connection metadata may have.
+pub const METADATA_MAX_ENTRIES: usize = 16;
+/// Longest metadata key, in bytes.
+pub const METADATA_MAX_KEY: usize = 64;
+/// Longest metadata value, in bytes.
+pub const METADATA_MAX_VALUE: usize = 256;
+/// Most bytes of metadata in all (keys plus values).
+pub const METADATA_MAX_TOTAL: usize = 2048;
+
+/// Why connection metadata is refused (see [`check_metadata`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// More than [`METADATA_MAX_ENTRIES`] entries.
+    #[error("{0} metadata entries; at most {METADATA_MAX_ENTRIES} are allowed")]
+    TooManyEntries(usize),
+    /// A key is empty or longer than [`METADATA_MAX_KEY`] bytes.
+    #[error("metadata key {0:?} must be 1..={METADATA_MAX_KEY} bytes")]
+    BadKey(String),
+    /// A value is longer than [`METADATA_MAX_VALUE`] bytes.
+    #[error("metadata value of {0:?} is longer than {METADATA_MAX_VALUE} bytes")]
+    ValueTooLong(String),
+    /// Keys and values together exceed [`METADATA_MAX_TOTAL`] bytes.
+    #[error("metadata is {0} bytes; at most {METADATA_MAX_TOTAL} are allowed")]
+    TooLarge(usize),
+}
+
+/// Checks connection metadata against the limits the server enforces at login, so that an app
+/// learns about a bad value before it connects rather than from a refused login.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), MetadataError> {
+    if metadata.len() > METADATA_MAX_ENTRIES {
+        return Err(MetadataError::TooManyEntries(metadata.len()));
+    }
+    let mut total = 0usize;
+    for (k, v) in metadata {
+        if k.is_empty() || k.len() > METADATA_MAX_KEY {
+            return Err(MetadataError::BadKey(k.clone()));
+        }
+        if v.len() > METADATA_MAX_VALUE {
+            return Err(MetadataError::ValueTooLong(k.clone()));
+        }
+        total += k.len() + v.len();
+    }
+    if total > METADATA_MAX_TOTAL {
+        return Err(MetadataError::TooLarge(total));
+    }
+    Ok(())
 }
 
 /// A message waiting in the outbox until the server acknowledges it.
@@ -109,6 +168,11 @@ pub struct PersistedState {
     /// The current resume token, if any.
     #[serde(default)]
     pub resume: Option<ResumeToken>,
+    /// Per room: highest contiguous room sequence number processed. A room is listed from
+    /// when the device first learned of its membership (join, or a first message) until it
+    /// left.
+    #[serde(default)]
+    pub room_cursors: BTreeMap<String, u64>,
 }
 
 impl PersistedState {
@@ -125,6 +189,12 @@ impl PersistedState {
             PersistOp::OutboxRemove(id) => self.outbox.retain(|e| &e.client_msg_id != id),
             PersistOp::Cursor(c) => self.inbox_cursor = Some(*c),
             PersistOp::Resume(r) => self.resume = r.clone(),
+            PersistOp::RoomCursor { room, seq } => {
+                self.room_cursors.insert(room.clone(), *seq);
+            }
+            PersistOp::RoomForget(room) => {
+                self.room_cursors.remove(room);
+            }
         }
     }
 }
@@ -142,6 +212,15 @@ pub enum PersistOp {
     Cursor(u64),
     /// The resume token changed (`None`: dropped).
     Resume(Option<ResumeToken>),
+    /// A room's cursor was set (first learned of the room) or advanced.
+    RoomCursor {
+        /// Room id.
+        room: String,
+        /// The new cursor.
+        seq: u64,
+    },
+    /// The device's user left this room: its cursor is forgotten.
+    RoomForget(String),
 }
 
 /// What the driver must do to the transport.
@@ -195,7 +274,10 @@ pub enum ConnectionState {
 pub enum Event {
     /// The connection state changed.
     State(ConnectionState),
-    /// The next message of the inbox, in order, exactly once.
+    /// The next message of the inbox or of a room (`to.kind` tells which), in order per inbox
+    /// and per room, exactly once. Messages fetched with
+    /// [`Session::sync_room`](super::Session::sync_room) from before the room's cursor
+    /// (history) come as this event too, with a `seq` at or below messages already handed over.
     Message(Deliver),
     /// A sent message is durable on the server and left the outbox.
     SendAcked(SendAck),
@@ -220,6 +302,28 @@ pub enum Event {
     },
     /// Login succeeded.
     LoggedIn(LoginOk),
+    /// The device's user is a member of the room (answer to
+    /// [`Session::join_room`](super::Session::join_room)). Room messages after `head` follow.
+    RoomJoined(RoomJoined),
+    /// The server refused to join the room (`no_such_room`, `not_a_member`, `invalid_field`).
+    RoomJoinFailed {
+        /// Room id.
+        room: String,
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The device's user is no longer a member of this room (answer to
+    /// [`Session::leave_room`](super::Session::leave_room)); its cursor is forgotten.
+    RoomLeft(String),
+    /// Someone entered or quit a room of the user, or came online or went offline.
+    RoomEvent(RoomEvent),
+    /// A subscribed user's presence (at subscription, and on every change).
+    Presence(Presence),
+    /// Room messages the device had not seen are past the room's retention and gone:
+    /// `after + 1 .. first_seq` will never arrive. Messages from `first_seq` on follow.
+    HistoryTruncated(HistoryTruncated),
 }
 
 /// Base64 (standard alphabet, padded) for byte fields in JSON.

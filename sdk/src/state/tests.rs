@@ -51,7 +51,12 @@ fn sample_ops() -> Vec<PersistOp> {
         PersistOp::OutboxRemove("a".into()),
         PersistOp::Resume(Some(ResumeToken { token: "tok".into(), expires_ms: 42 })),
         PersistOp::OutboxAdd(entry("c", b"")),
+        PersistOp::RoomCursor { room: "r1".into(), seq: 10 },
+        PersistOp::RoomCursor { room: "r2".into(), seq: 0 },
         PersistOp::Cursor(7),
+        PersistOp::RoomCursor { room: "r1".into(), seq: 12 },
+        PersistOp::RoomForget("r2".into()),
+        PersistOp::RoomCursor { room: "r\"3\n".into(), seq: 5 },
     ]
 }
 
@@ -60,6 +65,7 @@ fn expected_after_sample() -> PersistedState {
         outbox: vec![entry("b", &[0, 1, 2, 255, b'\n', b'"']), entry("c", b"")],
         inbox_cursor: Some(7),
         resume: Some(ResumeToken { token: "tok".into(), expires_ms: 42 }),
+        room_cursors: [("r1".to_owned(), 12), ("r\"3\n".to_owned(), 5)].into_iter().collect(),
     }
 }
 
@@ -92,6 +98,8 @@ fn replay_after_restart_gives_the_same_state() {
     let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
     assert_eq!(text.lines().count(), ops.len());
     assert!(text.contains("\"payload\":\"aGVsbG8=\""), "{text}");
+    assert!(text.contains(r#"{"op":"room_cursor","v":{"room":"r1","seq":12}}"#), "{text}");
+    assert!(text.contains(r#"{"op":"room_forget","v":"r2"}"#), "{text}");
 }
 
 #[test]
@@ -300,4 +308,139 @@ fn session_ops_round_trip_through_the_store() {
     let (_, restored) = StateStore::open(dir.path()).unwrap();
     assert_eq!(restored, s.persisted_state());
     assert_eq!(restored.outbox[0].client_msg_id, a);
+}
+
+#[test]
+fn snapshot_without_room_cursors_still_loads() {
+    // A state dir written before rooms existed.
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::write(dir.path().join(SNAPSHOT_FILE), r#"{"version":1,"state":{"outbox":[],"inbox_cursor":3,"resume":null}}"#)
+        .unwrap();
+    fs::write(dir.path().join(JOURNAL_FILE), "{\"op\":\"cursor\",\"v\":4}\n").unwrap();
+    let (mut store, state) = StateStore::open(dir.path()).unwrap();
+    assert_eq!(state.inbox_cursor, Some(4));
+    assert!(state.room_cursors.is_empty());
+    store.apply(&[PersistOp::RoomCursor { room: "r".into(), seq: 1 }]).unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let (_, state) = StateStore::open(dir.path()).unwrap();
+    assert_eq!(state.room_cursors.get("r"), Some(&1));
+}
+
+#[test]
+fn compaction_keeps_room_cursors() {
+    let dir = TempDir::new();
+    let (mut store, _) = StateStore::open(dir.path()).unwrap();
+    store.set_sync(false);
+    store.set_compact_threshold(7, u64::MAX);
+    let mut expected = PersistedState::default();
+    for i in 0..100u64 {
+        let room = format!("room-{}", i % 5);
+        let mut ops = vec![PersistOp::RoomCursor { room: room.clone(), seq: i }];
+        if i % 7 == 0 {
+            ops.push(PersistOp::RoomForget(room));
+        }
+        for op in &ops {
+            expected.apply(op);
+        }
+        store.apply(&ops).unwrap();
+        assert!(store.journal_len() < 7 + 2, "journal compacted");
+    }
+    assert_eq!(store.state(), &expected);
+    assert!(!expected.room_cursors.is_empty());
+    let snapshot = fs::read_to_string(dir.path().join(SNAPSHOT_FILE)).unwrap();
+    assert!(snapshot.contains("\"room_cursors\""), "{snapshot}");
+    drop(store);
+    let (_, state) = StateStore::open(dir.path()).unwrap();
+    assert_eq!(state, expected);
+}
+
+#[test]
+fn room_ops_replay_idempotently_onto_their_result() {
+    // What a crash between a snapshot's rename and the journal's truncation replays.
+    let ops = [
+        PersistOp::RoomCursor { room: "a".into(), seq: 1 },
+        PersistOp::RoomForget("a".into()),
+        PersistOp::RoomCursor { room: "a".into(), seq: 9 },
+        PersistOp::RoomCursor { room: "b".into(), seq: 2 },
+        PersistOp::RoomForget("b".into()),
+    ];
+    let mut state = PersistedState::default();
+    ops.iter().for_each(|op| state.apply(op));
+    let once = state.clone();
+    ops.iter().for_each(|op| state.apply(op));
+    assert_eq!(state, once);
+    assert_eq!(once.room_cursors, [("a".to_owned(), 9)].into_iter().collect());
+}
+
+#[test]
+fn session_room_cursors_survive_a_restart_through_the_store() {
+    use crate::core::{Credential, Deliver, Frame, LoginOk, RoomJoined, Session, SessionConfig};
+    use std::time::Instant;
+
+    fn drive(s: &mut Session, store: &mut StateStore) -> Vec<Frame> {
+        let ops: Vec<_> = std::iter::from_fn(|| s.poll_persist()).collect();
+        store.apply(&ops).unwrap();
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+    fn online(s: &mut Session, store: &mut StateStore, now: Instant) -> Vec<Frame> {
+        s.start(now);
+        s.handle_connected(now);
+        s.handle_frame(
+            Frame::LoginOk(LoginOk {
+                version: 1,
+                session_id: "s".into(),
+                user: "alice".into(),
+                inbox_head: 0,
+                server_time_ms: 0,
+                idle_timeout_ms: 60_000,
+                max_frame: 65_536,
+                resume_token: None,
+                resume_expires_ms: None,
+            }),
+            now,
+        );
+        drive(s, store)
+    }
+    fn room_msg(room: &str, seq: u64) -> Deliver {
+        Deliver {
+            msg_id: seq,
+            seq,
+            from: "bob".into(),
+            from_device: "bob-1".into(),
+            client_msg_id: format!("{room}-{seq}"),
+            to: Address::room(room),
+            ts: seq,
+            content_type: "text/plain".into(),
+            payload: vec![],
+        }
+    }
+
+    let dir = TempDir::new();
+    let t0 = Instant::now();
+    let (mut store, state) = StateStore::open(dir.path()).unwrap();
+    store.set_sync(false);
+    let mut s = Session::new(SessionConfig::new("phone", "dev-1"), Credential::Token("jwt".into()), state, 1);
+    online(&mut s, &mut store, t0);
+    s.join_room("r1", t0);
+    s.join_room("r2", t0);
+    s.handle_frame(Frame::RoomJoined(RoomJoined { room: "r1".into(), head: 40, members: 2, online: 2 }), t0);
+    s.handle_frame(Frame::RoomJoined(RoomJoined { room: "r2".into(), head: 0, members: 1, online: 1 }), t0);
+    for seq in 41..=43 {
+        s.handle_frame(Frame::Deliver(room_msg("r1", seq)), t0);
+    }
+    s.leave_room("r2", t0);
+    s.handle_frame(Frame::RoomLeft(tether_proto::RoomLeft { room: "r2".into() }), t0);
+    drive(&mut s, &mut store);
+    assert_eq!(store.state(), &s.persisted_state());
+    drop((s, store));
+
+    let (mut store, state) = StateStore::open(dir.path()).unwrap();
+    assert_eq!(state.room_cursors, [("r1".to_owned(), 43)].into_iter().collect());
+    let mut s = Session::new(SessionConfig::new("phone", "dev-1"), Credential::Token("jwt".into()), state, 2);
+    assert_eq!(s.room_cursor("r1"), Some(43));
+    let frames = online(&mut s, &mut store, t0);
+    let Some(Frame::Login(login)) = frames.first() else { panic!("{frames:?}") };
+    assert_eq!(login.room_cursors, Some([("r1".to_owned(), 43)].into_iter().collect()));
 }

@@ -106,6 +106,15 @@ pub enum TicketUse {
     Invalid,
 }
 
+/// A message the store refused (it was not stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Wire error code for the sender.
+    pub code: tether_proto::ErrorCode,
+    /// Detail.
+    pub message: String,
+}
+
 /// A device's acknowledged position, written in batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CursorUpdate {
@@ -113,6 +122,8 @@ pub struct CursorUpdate {
     pub user: String,
     /// Device id.
     pub device_id: String,
+    /// The room this cursor is for; `None` for the user's inbox.
+    pub room: Option<String>,
     /// Highest contiguous seq acknowledged.
     pub seq: u64,
     /// When, ms since the Unix epoch.
@@ -125,7 +136,15 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a batch in one transaction, deduplicating on (sender, client_msg_id) against the
     /// store and within the batch, and allocating inbox seqs without gaps. Results are in
     /// input order. Either the whole batch is durable or none of it is.
-    async fn append(&self, batch: Vec<NewMessage>, cursors: Vec<CursorUpdate>) -> Result<Vec<Appended>, StoreError>;
+    ///
+    /// A message to a room gets the next seq of the room's log (`sender_seq` of its
+    /// [`Appended`] is that seq, `recipients` is empty); one to a room that does not exist is
+    /// refused.
+    async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Result<Appended, Refusal>>, StoreError>;
 
     /// Inbox entries of `user` with `after < seq <= until`, in seq order, at most `limit`.
     async fn fetch_inbox(
@@ -153,4 +172,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts stored messages from `sender` (used by admin and tests).
     async fn count_from(&self, sender: &str) -> Result<u64, StoreError>;
+
+    /// Creates a room; false if it existed.
+    async fn create_room(&self, room: &str, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Deletes a room with its members, log and cursors; false if there was none.
+    async fn delete_room(&self, room: &str) -> Result<bool, StoreError>;
+
+    /// The room's head (highest seq ever given), or `None` if the room does not exist.
+    async fn room_head(&self, room: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Adds a member; false if the user already was one. The room must exist.
+    async fn add_member(&self, room: &str, user: &str, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Removes a member; false if the user was none.
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
+
+    /// Members of a room.
+    async fn members(&self, room: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Rooms a user is a member of.
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Room log entries with `after < seq <= until`, in order, at most `limit`, and the oldest
+    /// seq still kept (`head + 1` when the log is empty).
+    async fn fetch_room(
+        &self,
+        room: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<InboxEntry>, u64), StoreError>;
+
+    /// The stored cumulative ack of a device in a room.
+    async fn room_cursor(&self, user: &str, device_id: &str, room: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Drops room history beyond `max_count` messages per room or older than `min_ts_ms`;
+    /// returns how many messages went.
+    async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError>;
 }

@@ -246,6 +246,8 @@ impl Raw {
             device_id: device_id.into(),
             inbox_cursor: None,
             client: Some("raw-test".into()),
+            room_cursors: None,
+            metadata: None,
         })
     }
 }
@@ -299,4 +301,94 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+impl Raw {
+    /// Connects and logs in `user` with a token; returns the session after `login_ok`.
+    pub async fn login(
+        server: &Server,
+        user: &str,
+        device_id: &str,
+        room_cursors: Option<std::collections::BTreeMap<String, u64>>,
+        metadata: Option<std::collections::BTreeMap<String, String>>,
+    ) -> (Raw, tether_proto::LoginOk) {
+        let mut raw = Raw::connect(server).await;
+        let Frame::Login(mut login) = Raw::login_frame(Credential::Token(token(user, 3600)), device_id) else {
+            unreachable!()
+        };
+        login.room_cursors = room_cursors;
+        login.metadata = metadata;
+        raw.write(&Frame::Login(login)).await;
+        match raw.read().await {
+            Some(Frame::LoginOk(ok)) => (raw, ok),
+            other => panic!("login of {user}: {other:?}"),
+        }
+    }
+
+    /// Reads frames until `f` picks one (others are skipped); panics after `secs`.
+    pub async fn expect<T>(&mut self, secs: u64, mut f: impl FnMut(&Frame) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.read()).await.expect("expected frame in time");
+            match frame {
+                Some(fr) => {
+                    if let Some(t) = f(&fr) {
+                        return t;
+                    }
+                }
+                None => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// Like [`Raw::expect`], but keeps the session alive with a ping every 300 ms meanwhile.
+    pub async fn expect_pinging<T>(&mut self, secs: u64, mut f: impl FnMut(&Frame) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "expected frame in time");
+            self.write(&Frame::Ping(tether_proto::Ping { nonce: 0 })).await;
+            let until = tokio::time::Instant::now() + Duration::from_millis(300);
+            while let Ok(frame) = tokio::time::timeout_at(until, self.read()).await {
+                match frame {
+                    Some(fr) => {
+                        if let Some(t) = f(&fr) {
+                            return t;
+                        }
+                    }
+                    None => panic!("stream ended"),
+                }
+            }
+        }
+    }
+
+    /// Frames that arrive within `ms` (none expected to be missing).
+    pub async fn drain(&mut self, ms: u64) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while let Ok(Some(f)) = tokio::time::timeout_at(deadline, self.read()).await {
+            out.push(f);
+        }
+        out
+    }
+
+    /// Joins `room` and returns the `room_joined` answer.
+    pub async fn join(&mut self, room: &str) -> tether_proto::RoomJoined {
+        self.write(&Frame::JoinRoom(tether_proto::JoinRoom { room: room.into() })).await;
+        self.expect(10, |f| match f {
+            Frame::RoomJoined(j) if j.room == room => Some(j.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a text message to a room (no wait).
+    pub async fn send_room(&mut self, room: &str, client_msg_id: &str, text: &str) {
+        self.write(&Frame::Send(tether_proto::Send {
+            client_msg_id: client_msg_id.into(),
+            to: tether_proto::Address::room(room),
+            content_type: "text/plain".into(),
+            payload: text.as_bytes().to_vec(),
+        }))
+        .await;
+    }
 }

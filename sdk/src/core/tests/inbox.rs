@@ -7,7 +7,7 @@ use super::*;
 fn syncs(h: &H) -> Vec<Sync> {
     h.tx.iter()
         .filter_map(|f| match f {
-            Frame::Sync(s) => Some(*s),
+            Frame::Sync(s) => Some(s.clone()),
             _ => None,
         })
         .collect()
@@ -16,14 +16,14 @@ fn syncs(h: &H) -> Vec<Sync> {
 fn acks(h: &H) -> Vec<u64> {
     h.tx.iter()
         .filter_map(|f| match f {
-            Frame::Ack(Ack { inbox }) => Some(*inbox),
+            Frame::Ack(Ack { inbox, .. }) => Some(*inbox),
             _ => None,
         })
         .collect()
 }
 
 fn sync(after: u64, until: Option<u64>) -> Sync {
-    Sync { after, until }
+    Sync { after, until, room: None }
 }
 
 #[test]

@@ -257,7 +257,10 @@ fn close_logs_out_and_never_reconnects() {
     h.clear();
     h.s.close(h.now);
     h.drain();
-    assert_eq!(h.take_tx(), [Frame::Ack(tether_proto::Ack { inbox: 1 }), Frame::Logout(tether_proto::Logout {})]);
+    assert_eq!(
+        h.take_tx(),
+        [Frame::Ack(tether_proto::Ack { inbox: 1, rooms: None }), Frame::Logout(tether_proto::Logout {})]
+    );
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
     assert_eq!(h.s.state(), &ConnectionState::LoggedOut);
     h.disconnected(Some(CloseCode::Normal));

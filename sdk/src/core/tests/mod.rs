@@ -4,6 +4,8 @@ mod heartbeat;
 mod inbox;
 mod lifecycle;
 mod outbox;
+mod presence;
+mod rooms;
 mod sim;
 
 use std::time::{Duration, Instant};

@@ -1,15 +1,17 @@
 //! End-to-end delivery contract under faults, against a small simulated server.
 //!
-//! The server keeps the user's inbox log, deduplicates sends on `client_msg_id`, answers
-//! `login` with the backlog after the presented cursor and `sync` with the asked range. The
+//! The server keeps the user's inbox log and one room's log, deduplicates sends on
+//! `client_msg_id`, answers `login` with the backlogs after the presented cursors and `sync`
+//! (inbox or room) with the asked range. The
 //! network between them drops connections (the server having read a random prefix of what the
 //! client wrote), fails connection attempts, reorders, duplicates and loses deliveries. At the
 //! end the faults stop and the test checks the contract: every message reaches the app exactly
-//! once and in order, every send is stored exactly once, in order, and acknowledged once.
+//! once and in order (per inbox and per room), every send is stored exactly once, in order, and
+//! acknowledged once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use tether_proto::{Ack, Login, LoginOk, Pong, Sync};
+use tether_proto::{Ack, AddressKind, JoinRoom, Login, LoginOk, Pong, RoomJoined, Sync};
 
 use super::super::rng::Rng;
 use super::*;
@@ -19,14 +21,53 @@ struct Conn {
     to_client: VecDeque<Frame>,
 }
 
+const ROOM: &str = "lobby";
+
 struct Server {
     log: Vec<Deliver>,
     by_client_id: HashMap<String, u64>,
     conn: Option<Conn>,
     acked: u64,
+    /// The room's log; the device's user is a member once it joined.
+    room_log: Vec<Deliver>,
+    room_by_client_id: HashMap<String, u64>,
+    member: bool,
+    /// The room cursor stored for the device (from login, acks, and the join).
+    room_acked: u64,
 }
 
 impl Server {
+    fn new() -> Self {
+        Server {
+            log: vec![],
+            by_client_id: HashMap::new(),
+            conn: None,
+            acked: 0,
+            room_log: vec![],
+            room_by_client_id: HashMap::new(),
+            member: false,
+            room_acked: 0,
+        }
+    }
+
+    /// Appends to the room's log; fanned out live to the device unless it sent it.
+    fn append_room(&mut self, mut d: Deliver) -> u64 {
+        let seq = self.room_log.len() as u64 + 1;
+        d.seq = seq;
+        d.msg_id = 70_000 + seq;
+        d.to = Address::room(ROOM);
+        self.room_log.push(d.clone());
+        let own = d.from_device == DEVICE;
+        if let Some(conn) = self.conn.as_mut().filter(|c| c.logged_in && self.member && !own) {
+            conn.to_client.push_back(Frame::Deliver(d));
+        }
+        seq
+    }
+
+    fn room_range(&self, after: u64, until: u64) -> Vec<Frame> {
+        self.room_log.iter().filter(|d| d.seq > after && d.seq <= until).cloned().map(Frame::Deliver).collect()
+    }
+
     fn append(&mut self, mut d: Deliver) -> u64 {
         let seq = self.log.len() as u64 + 1;
         d.seq = seq;
@@ -47,10 +88,19 @@ impl Server {
             return;
         }
         match frame {
-            Frame::Login(Login { inbox_cursor, .. }) => {
+            Frame::Login(Login { inbox_cursor, room_cursors, .. }) => {
                 self.acked = self.acked.max(inbox_cursor.unwrap_or(0));
                 let head = self.log.len() as u64;
-                let backlog = self.range(inbox_cursor.unwrap_or(0), head);
+                let mut backlog = self.range(inbox_cursor.unwrap_or(0), head);
+                if self.member {
+                    // Listed: from the presented cursor; else from the one stored for the device.
+                    let listed = room_cursors.as_ref().and_then(|c| c.get(ROOM)).copied();
+                    if let Some(c) = listed {
+                        self.room_acked = self.room_acked.max(c);
+                    }
+                    let from = listed.unwrap_or(self.room_acked);
+                    backlog.extend(self.room_range(from, self.room_log.len() as u64));
+                }
                 let Some(conn) = self.conn.as_mut() else {
                     return;
                 };
@@ -61,6 +111,36 @@ impl Server {
                     ..login_ok(head)
                 }));
                 conn.to_client.extend(backlog);
+            }
+            Frame::Send(send) if send.to.kind == AddressKind::Room => {
+                assert!(self.member, "the client sends to the room only after joining it");
+                let seq = match self.room_by_client_id.get(&send.client_msg_id) {
+                    Some(seq) => *seq,
+                    None => {
+                        let seq = self.append_room(Deliver {
+                            msg_id: 0,
+                            seq: 0,
+                            from: USER.into(),
+                            from_device: DEVICE.into(),
+                            client_msg_id: send.client_msg_id.clone(),
+                            to: send.to,
+                            ts: now_ms,
+                            content_type: send.content_type,
+                            payload: send.payload,
+                        });
+                        self.room_by_client_id.insert(send.client_msg_id.clone(), seq);
+                        seq
+                    }
+                };
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.to_client.push_back(Frame::SendAck(SendAck {
+                        client_msg_id: send.client_msg_id,
+                        msg_id: 70_000 + seq,
+                        seq,
+                        ts: now_ms,
+                        duplicate: false,
+                    }));
+                }
             }
             Frame::Send(send) => {
                 let seq = match self.by_client_id.get(&send.client_msg_id) {
@@ -91,16 +171,43 @@ impl Server {
                     }));
                 }
             }
-            Frame::Sync(Sync { after, until }) => {
+            Frame::Sync(Sync { after, until, room: Some(room) }) => {
+                assert_eq!(room, ROOM);
+                let until = until.unwrap_or(self.room_log.len() as u64);
+                let frames = self.room_range(after, until);
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.to_client.extend(frames);
+                }
+            }
+            Frame::Sync(Sync { after, until, room: None }) => {
                 let until = until.unwrap_or(self.log.len() as u64);
                 let frames = self.range(after, until);
                 if let Some(conn) = self.conn.as_mut() {
                     conn.to_client.extend(frames);
                 }
             }
-            Frame::Ack(Ack { inbox }) => {
-                assert!(inbox > self.acked, "ack does not advance");
+            Frame::Ack(Ack { inbox, rooms }) => {
+                let room = rooms.as_ref().and_then(|r| r.get(ROOM)).copied();
+                assert!(inbox > self.acked || room.is_some(), "ack advances nothing");
+                assert!(inbox >= self.acked, "inbox ack goes backwards");
                 self.acked = self.acked.max(inbox);
+                if let Some(c) = room {
+                    assert!(c > self.room_acked, "room ack does not advance");
+                    assert!(c <= self.room_log.len() as u64);
+                    self.room_acked = c;
+                }
+            }
+            Frame::JoinRoom(JoinRoom { room }) => {
+                assert_eq!(room, ROOM);
+                let head = self.room_log.len() as u64;
+                if !self.member {
+                    // The joining device's cursor starts at the head.
+                    self.member = true;
+                    self.room_acked = head;
+                }
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.to_client.push_back(Frame::RoomJoined(RoomJoined { room, head, members: 2, online: 2 }));
+                }
             }
             Frame::Ping(p) => {
                 if let Some(conn) = self.conn.as_mut() {
@@ -119,7 +226,10 @@ struct Sim {
     rng: Rng,
     faults: bool,
     app_sent: Vec<String>,
+    app_room_sent: Vec<String>,
     bob_count: u64,
+    /// The room's head when the device joined: it gets every room message after it.
+    joined_at: u64,
 }
 
 impl Sim {
@@ -130,12 +240,70 @@ impl Sim {
         Sim {
             cfg: cfg.clone(),
             h: H::with(cfg, Credential::Token("jwt".into()), PersistedState::default(), seed),
-            server: Server { log: vec![], by_client_id: HashMap::new(), conn: None, acked: 0 },
+            server: Server::new(),
             rng: Rng::new(seed ^ 0xA5A5),
             faults: true,
             app_sent: vec![],
+            app_room_sent: vec![],
             bob_count: 0,
+            joined_at: 0,
         }
+    }
+
+    /// Traffic in the room before the device joins: it must never reach the app.
+    fn room_chatter(&mut self, n: u64) {
+        for i in 0..n {
+            let mut d = deliver(0);
+            d.from = "carol".into();
+            d.from_device = "carol-phone".into();
+            d.client_msg_id = format!("carol-early-{i}");
+            self.server.append_room(d);
+        }
+    }
+
+    /// Joins the room (without faults, so that the join is answered) and starts the session.
+    fn start_in_room(&mut self) {
+        self.room_chatter(5);
+        let faults = std::mem::replace(&mut self.faults, false);
+        self.h.s.join_room(ROOM, self.h.now);
+        self.h.start();
+        for _ in 0..100 {
+            self.pump();
+            self.deliver_frames(100);
+            if self.h.s.room_cursor(ROOM).is_some() {
+                break;
+            }
+            self.h.advance(secs(1));
+        }
+        assert_eq!(self.h.s.room_cursor(ROOM), Some(5), "joined at the head");
+        self.joined_at = 5;
+        self.faults = faults;
+    }
+
+    fn sent_ids(&self) -> Vec<String> {
+        self.h
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SendAcked(a) => Some(a.client_msg_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Seqs of the messages handed to the app: (inbox, room).
+    fn handed(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut inbox = vec![];
+        let mut room = vec![];
+        for e in &self.h.events {
+            if let Event::Message(d) = e {
+                match d.to.kind {
+                    AddressKind::Room => room.push(d.seq),
+                    AddressKind::User => inbox.push(d.seq),
+                }
+            }
+        }
+        (inbox, room)
     }
 
     fn chance(&mut self, per_mille: u64) -> bool {
@@ -210,8 +378,22 @@ impl Sim {
             self.server.append(d);
         }
         if self.chance(100) {
+            let mut d = deliver(0);
+            d.from = "carol".into();
+            d.from_device = "carol-phone".into();
+            d.client_msg_id = format!("carol-{}", self.server.room_log.len());
+            self.server.append_room(d);
+        }
+        if self.chance(100) {
             let id = self.h.send(&format!("app {}", self.app_sent.len()));
             self.app_sent.push(id);
+        }
+        if self.chance(60) {
+            let now_ms = self.now_ms();
+            let payload = format!("room {}", self.app_room_sent.len()).into_bytes();
+            let id = self.h.s.send(Address::room(ROOM), "text/plain".into(), payload, self.h.now, now_ms);
+            self.h.drain();
+            self.app_room_sent.push(id);
         }
         if self.faults && self.server.conn.is_some() && self.chance(15) {
             // The connection breaks; the server read some of what the client had written.
@@ -246,6 +428,7 @@ impl Sim {
             let done = self.h.s.state() == &ConnectionState::Online
                 && self.h.s.outbox_len() == 0
                 && self.h.s.inbox_cursor() == self.server.log.len() as u64
+                && self.h.s.room_cursor(ROOM) == Some(self.server.room_log.len() as u64)
                 && self.server.conn.as_ref().is_some_and(|c| c.to_client.is_empty());
             if done {
                 self.h.advance(secs(1));
@@ -262,35 +445,62 @@ impl Sim {
         );
     }
 
+    /// What the app must have been handed over the whole run: (inbox, room) seqs.
+    fn expected(&self) -> (Vec<u64>, Vec<u64>) {
+        let inbox = self.server.log.iter().filter(|d| d.from_device != DEVICE).map(|d| d.seq).collect();
+        let room = self
+            .server
+            .room_log
+            .iter()
+            .filter(|d| d.from_device != DEVICE && d.seq > self.joined_at)
+            .map(|d| d.seq)
+            .collect();
+        (inbox, room)
+    }
+
+    /// Every app send (to bob, to the room) is stored exactly once and in send order.
+    fn check_stored(&self) {
+        let stored: Vec<&String> =
+            self.server.log.iter().filter(|d| d.from_device == DEVICE).map(|d| &d.client_msg_id).collect();
+        assert_eq!(stored, self.app_sent.iter().collect::<Vec<_>>());
+        let stored: Vec<&String> =
+            self.server.room_log.iter().filter(|d| d.from_device == DEVICE).map(|d| &d.client_msg_id).collect();
+        assert_eq!(stored, self.app_room_sent.iter().collect::<Vec<_>>());
+    }
+
     fn check(&self) {
-        // Every message from others reaches the app exactly once, in inbox order.
-        let expected: Vec<u64> = self.server.log.iter().filter(|d| d.from_device != DEVICE).map(|d| d.seq).collect();
-        assert_eq!(self.h.messages(), expected);
+        // Every message from others reaches the app exactly once, in inbox and in room order.
+        assert_eq!(self.handed(), self.expected());
         for e in &self.h.events {
             if let Event::Message(d) = e {
-                assert_eq!(d, &self.server.log[d.seq as usize - 1]);
+                let log = if d.to.kind == AddressKind::Room { &self.server.room_log } else { &self.server.log };
+                assert_eq!(d, &log[d.seq as usize - 1]);
             }
         }
-        // Every app send is stored exactly once and in send order.
-        let stored: Vec<&str> =
-            self.server.log.iter().filter(|d| d.from_device == DEVICE).map(|d| d.client_msg_id.as_str()).collect();
-        let sent: Vec<&str> = self.app_sent.iter().map(String::as_str).collect();
-        assert_eq!(stored, sent);
-        // ... and acknowledged to the app exactly once.
+        self.check_stored();
+        // ... and acknowledged to the app exactly once, with the seq of the right log.
         let mut acked = HashSet::new();
         for e in &self.h.events {
             if let Event::SendAcked(ack) = e {
                 assert!(acked.insert(ack.client_msg_id.clone()), "acked twice");
-                assert_eq!(self.server.by_client_id.get(&ack.client_msg_id), Some(&ack.seq));
+                let seq = self
+                    .server
+                    .by_client_id
+                    .get(&ack.client_msg_id)
+                    .or_else(|| self.server.room_by_client_id.get(&ack.client_msg_id));
+                assert_eq!(seq, Some(&ack.seq));
             }
         }
-        assert_eq!(acked.len(), self.app_sent.len());
+        assert_eq!(acked.len(), self.app_sent.len() + self.app_room_sent.len());
         // The durable state agrees.
         let head = self.server.log.len() as u64;
+        let room_head = self.server.room_log.len() as u64;
         assert!(self.h.durable.outbox.is_empty());
         assert_eq!(self.h.durable.inbox_cursor.unwrap_or(0), head);
+        assert_eq!(self.h.durable.room_cursors.get(ROOM), Some(&room_head));
         assert_eq!(self.h.durable, self.h.s.persisted_state());
         assert_eq!(self.server.acked, head, "server saw the final cumulative ack");
+        assert_eq!(self.server.room_acked, room_head, "server saw the final room ack");
     }
 }
 
@@ -298,23 +508,23 @@ impl Sim {
 fn no_loss_no_duplicates_order_kept_under_faults() {
     for seed in 0..24 {
         let mut sim = Sim::new(seed);
-        sim.h.start();
-        sim.pump();
+        sim.start_in_room();
         for _ in 0..1500 {
             sim.step();
         }
         sim.settle();
         sim.check();
         assert!(sim.server.log.len() > 100, "seed {seed}: too little traffic");
+        assert!(sim.server.room_log.len() > 100, "seed {seed}: too little room traffic");
     }
 }
 
 #[test]
 fn contract_holds_across_app_restarts() {
     let mut sim = Sim::new(99);
-    sim.h.start();
-    sim.pump();
-    let mut all_messages = vec![];
+    sim.start_in_room();
+    let mut all_inbox = vec![];
+    let mut all_room = vec![];
     let mut all_acked = vec![];
     for round in 0..6 {
         for _ in 0..400 {
@@ -323,11 +533,10 @@ fn contract_holds_across_app_restarts() {
         // The app is killed: the connection vanishes, and a new session starts from the durable
         // state (what the driver had persisted).
         sim.server.conn = None;
-        all_messages.extend(sim.h.messages());
-        all_acked.extend(sim.h.events.iter().filter_map(|e| match e {
-            Event::SendAcked(a) => Some(a.client_msg_id.clone()),
-            _ => None,
-        }));
+        let (inbox, room) = sim.handed();
+        all_inbox.extend(inbox);
+        all_room.extend(room);
+        all_acked.extend(sim.sent_ids());
         let durable = sim.h.durable.clone();
         let mut h = H::with(sim.cfg.clone(), Credential::Token("jwt".into()), durable.clone(), 1000 + round);
         h.durable = durable;
@@ -336,17 +545,14 @@ fn contract_holds_across_app_restarts() {
         sim.pump();
     }
     sim.settle();
-    all_messages.extend(sim.h.messages());
-    all_acked.extend(sim.h.events.iter().filter_map(|e| match e {
-        Event::SendAcked(a) => Some(a.client_msg_id.clone()),
-        _ => None,
-    }));
-    let expected: Vec<u64> = sim.server.log.iter().filter(|d| d.from_device != DEVICE).map(|d| d.seq).collect();
-    assert_eq!(all_messages, expected);
-    let stored: Vec<&String> =
-        sim.server.log.iter().filter(|d| d.from_device == DEVICE).map(|d| &d.client_msg_id).collect();
-    assert_eq!(stored, sim.app_sent.iter().collect::<Vec<_>>());
+    let (inbox, room) = sim.handed();
+    all_inbox.extend(inbox);
+    all_room.extend(room);
+    all_acked.extend(sim.sent_ids());
+    assert_eq!((all_inbox, all_room), sim.expected());
+    sim.check_stored();
     let unique: HashSet<_> = all_acked.iter().collect();
     assert_eq!(unique.len(), all_acked.len(), "an ack reported twice");
-    assert_eq!(all_acked.len(), sim.app_sent.len());
+    assert_eq!(all_acked.len(), sim.app_sent.len() + sim.app_room_sent.len());
+    assert!(sim.server.room_log.len() > 100, "too little room traffic");
 }

@@ -1,0 +1,164 @@
+//! Room fan-out: one sender, a room of N online members, deliveries/s and latency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use tether_proto::{Ack, Address, Frame, JoinRoom};
+use tokio::sync::{Barrier, Semaphore};
+
+use crate::load::{Report, Target};
+use crate::wire::{endpoint, login, Reader};
+
+/// Fan-out shape.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomShape {
+    /// Online members receiving.
+    pub members: usize,
+    /// Messages the sender sends.
+    pub messages: u64,
+    /// Sends in flight.
+    pub window: usize,
+    /// Payload bytes.
+    pub payload: usize,
+}
+
+async fn join(send: &mut quinn::SendStream, reader: &mut Reader, room: &str) {
+    let mut b = BytesMut::new();
+    tether_proto::encode(&Frame::JoinRoom(JoinRoom { room: room.into() }), &mut b).expect("encode");
+    send.write_all(&b).await.expect("join");
+    loop {
+        match reader.next().await {
+            Some(Frame::RoomJoined(_)) => return,
+            Some(_) => {}
+            None => panic!("stream ended before room_joined"),
+        }
+    }
+}
+
+/// Runs the fan-out; returns deliveries, elapsed, latency per delivery.
+pub async fn run(target: Target, shape: RoomShape) -> Report {
+    let room = "bench-room";
+    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(&target.cert)).collect();
+    let barrier = Arc::new(Barrier::new(shape.members + 2));
+    // Everyone joined; then every member reads the setup traffic (each join is announced to
+    // the members before it: O(n^2) room events) until quiet, so it is not measured.
+    let joined = Arc::new(Barrier::new(shape.members + 2));
+    let epoch = Instant::now();
+    let gate = Arc::new(Semaphore::new(64));
+    let mut members = Vec::new();
+    for i in 0..shape.members {
+        let ep = endpoints[i % endpoints.len()].clone();
+        let t = target.clone();
+        let b = barrier.clone();
+        let j = joined.clone();
+        let gate = gate.clone();
+        members.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("gate");
+            let user = format!("m{i}");
+            let (_conn, mut send, mut reader, _) =
+                login(&ep, t.addr, (t.credential)(&user), &format!("{user}-d")).await;
+            join(&mut send, &mut reader, room).await;
+            drop(permit);
+            j.wait().await;
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reader.next()).await {}
+            b.wait().await;
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+            let (mut n, mut acked, mut end) = (0u64, 0u64, Instant::now());
+            let mut acked_at = Instant::now();
+            let mut buf = BytesMut::new();
+            while n < shape.messages {
+                match reader.next().await {
+                    Some(Frame::Deliver(d)) => {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        let mut ts = [0u8; 8];
+                        ts.copy_from_slice(&d.payload[..8]);
+                        h.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
+                        n += 1;
+                        end = Instant::now();
+                        if d.seq - acked >= 256
+                            || acked_at.elapsed() >= Duration::from_millis(100)
+                            || n == shape.messages
+                        {
+                            acked = d.seq;
+                            acked_at = Instant::now();
+                            let rooms = Some([(room.to_string(), d.seq)].into_iter().collect());
+                            tether_proto::encode(&Frame::Ack(Ack { inbox: 0, rooms }), &mut buf).expect("encode");
+                            send.write_all(&buf.split()).await.expect("ack");
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("member {user} stream ended after {n}"),
+                }
+            }
+            (h, n, end)
+        }));
+    }
+    let ep = endpoints[0].clone();
+    let t = target.clone();
+    let b = barrier.clone();
+    let j = joined.clone();
+    let sender = tokio::spawn(async move {
+        let (_conn, mut send, mut reader, _) = login(&ep, t.addr, (t.credential)("speaker"), "speaker-d").await;
+        join(&mut send, &mut reader, room).await;
+        j.wait().await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reader.next()).await {}
+        let permits = Arc::new(Semaphore::new(shape.window));
+        let p2 = permits.clone();
+        let total = shape.messages;
+        let acks = tokio::spawn(async move {
+            let mut n = 0;
+            while n < total {
+                match reader.next().await {
+                    Some(Frame::SendAck(_)) => {
+                        n += 1;
+                        p2.add_permits(1);
+                    }
+                    Some(Frame::SendError(e)) => panic!("send refused: {e:?}"),
+                    Some(_) => {}
+                    None => panic!("sender stream ended"),
+                }
+            }
+        });
+        b.wait().await;
+        let mut buf = BytesMut::new();
+        for i in 0..shape.messages {
+            if permits.clone().try_acquire_owned().map(|p| p.forget()).is_err() {
+                if !buf.is_empty() {
+                    send.write_all(&buf.split()).await.expect("write");
+                }
+                permits.acquire().await.expect("sem").forget();
+            }
+            let mut payload = vec![0u8; shape.payload.max(8)];
+            payload[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+            let f = Frame::Send(tether_proto::Send {
+                client_msg_id: i.to_string(),
+                to: Address::room(room),
+                content_type: "b".into(),
+                payload,
+            });
+            tether_proto::encode(&f, &mut buf).expect("encode");
+        }
+        if !buf.is_empty() {
+            send.write_all(&buf.split()).await.expect("write");
+        }
+        acks.await.expect("acks");
+    });
+    joined.wait().await;
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let (mut delivered, mut last) = (0, started);
+    for m in members {
+        let (h, n, end) = m.await.expect("member");
+        latency.add(&h).expect("merge");
+        delivered += n;
+        last = last.max(end);
+    }
+    sender.await.expect("sender");
+    for ep in endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    Report { delivered, elapsed: last - started, latency }
+}
