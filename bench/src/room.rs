@@ -68,28 +68,30 @@ pub async fn run(target: Target, shape: RoomShape) -> Report {
             let (mut n, mut acked, mut end) = (0u64, 0u64, Instant::now());
             let mut acked_at = Instant::now();
             let mut buf = BytesMut::new();
+            // Members read frames raw: a `deliver` body starts with its type and ends with the
+            // payload (the last field), whose first 8 bytes are the send time. Decoding every
+            // frame fully would cost the generator more CPU than it measures.
+            const DELIVER: &[u8] = b"\xa4type\xa7deliver";
+            let payload = shape.payload.max(8);
             while n < shape.messages {
-                match reader.next().await {
-                    Some(Frame::Deliver(d)) => {
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        let mut ts = [0u8; 8];
-                        ts.copy_from_slice(&d.payload[..8]);
-                        h.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
-                        n += 1;
-                        end = Instant::now();
-                        if d.seq - acked >= 256
-                            || acked_at.elapsed() >= Duration::from_millis(100)
-                            || n == shape.messages
-                        {
-                            acked = d.seq;
-                            acked_at = Instant::now();
-                            let rooms = Some([(room.to_string(), d.seq)].into_iter().collect());
-                            tether_proto::encode(&Frame::Ack(Ack { inbox: 0, rooms }), &mut buf).expect("encode");
-                            send.write_all(&buf.split()).await.expect("ack");
-                        }
-                    }
-                    Some(_) => {}
-                    None => panic!("member {user} stream ended after {n}"),
+                let Some(body) = reader.next_raw().await else { panic!("member {user} stream ended after {n}") };
+                if body.len() < 1 + DELIVER.len() + payload || &body[1..1 + DELIVER.len()] != DELIVER {
+                    continue;
+                }
+                let now = epoch.elapsed().as_nanos() as u64;
+                let at = body.len() - payload;
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&body[at..at + 8]);
+                h.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
+                n += 1;
+                end = Instant::now();
+                // The room's seqs start at 1 and every member gets every message: seq == n.
+                if n - acked >= 256 || acked_at.elapsed() >= Duration::from_millis(100) || n == shape.messages {
+                    acked = n;
+                    acked_at = Instant::now();
+                    let rooms = Some([(room.to_string(), n)].into_iter().collect());
+                    tether_proto::encode(&Frame::Ack(Ack { inbox: 0, rooms }), &mut buf).expect("encode");
+                    send.write_all(&buf.split()).await.expect("ack");
                 }
             }
             (h, n, end)

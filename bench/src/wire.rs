@@ -36,6 +36,26 @@ impl Reader {
         Reader { recv, buf: BytesMut::new(), decoder: Decoder::new(16 << 20) }
     }
 
+    /// Next frame body, undecoded (length prefix removed); `None` at the end of the stream.
+    /// For receivers that only need a few bytes of each frame.
+    pub async fn next_raw(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            match self.decoder.needed(&self.buf) {
+                Ok(0) => {
+                    let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                    let mut frame = self.buf.split_to(4 + len);
+                    return Some(frame.split_off(4).freeze());
+                }
+                Ok(_) => {}
+                Err(e) => panic!("bad frame from server: {e}"),
+            }
+            match self.recv.read_chunk(1 << 20, true).await {
+                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                _ => return None,
+            }
+        }
+    }
+
     /// Next frame; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {

@@ -319,6 +319,13 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
     // Carl's desktop app joins the lobby and stays connected, until its process is killed.
     let out = tether(&node, dir.path(), "carl").args(["room", "join", "lobby"]).output().expect("join");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The join command's own session must be gone first, or the listener's login would not be
+    // carl's first session (no `online` event).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.ctx.hub.sessions("carl").is_empty() {
+        assert!(Instant::now() < deadline, "the join command's session never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut carl = tether(&node, dir.path(), "carl").arg("listen").stdout(Stdio::null()).spawn().expect("listen");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
