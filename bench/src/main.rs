@@ -99,6 +99,9 @@ enum Cmd {
         /// Payload size in bytes.
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// Fixed rate of messages into the room per second (open loop); default: max rate.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
@@ -263,8 +266,11 @@ fn main() {
                     );
                 }
             }
-            Cmd::Room { server_bin, members, messages, window, payload } => {
-                println!("shape: room of {members} online members, 1 sender, {messages} messages, window={window}, payload={payload}B");
+            Cmd::Room { server_bin, members, messages, window, payload, rate } => {
+                println!(
+                    "shape: room of {members} online members, 1 sender, {messages} messages, window={window}, payload={payload}B, mode={}",
+                    rate.map(|r| format!("fixed {r:.0} msg/s")).unwrap_or_else(|| "max rate".into())
+                );
                 let dir = tempfile::tempdir().expect("dir");
                 let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
                 let node = start_node(&bin, dir.path(), "");
@@ -276,9 +282,10 @@ fn main() {
                 let pid = node.child.id();
                 let me = std::process::id();
                 let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
-                let shape = room::RoomShape { members, messages, window, payload };
-                let r = room::run(target, shape).await;
-                print_report("room", &r, idle::cpu_secs(pid) - cpu0, idle::cpu_secs(me) - gen0);
+                let shape = room::RoomShape { members, messages, window, payload, rate };
+                let (r, cpu) = room::run(target, shape, (pid, me)).await;
+                let _ = (cpu0, gen0);
+                print_report("room", &r, cpu.0, cpu.1);
                 if let Some(admin) = node.admin {
                     println!("{}", store_summary(admin).await);
                 }

@@ -22,6 +22,8 @@ pub struct RoomShape {
     pub window: usize,
     /// Payload bytes.
     pub payload: usize,
+    /// Fixed sending rate in messages/s (open loop); `None` = as fast as the window allows.
+    pub rate: Option<f64>,
 }
 
 async fn join(send: &mut quinn::SendStream, reader: &mut Reader, room: &str) {
@@ -38,7 +40,7 @@ async fn join(send: &mut quinn::SendStream, reader: &mut Reader, room: &str) {
 }
 
 /// Runs the fan-out; returns deliveries, elapsed, latency per delivery.
-pub async fn run(target: Target, shape: RoomShape) -> Report {
+pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report, (f64, f64)) {
     let room = "bench-room";
     let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(&target.cert)).collect();
     let barrier = Arc::new(Barrier::new(shape.members + 2));
@@ -124,8 +126,21 @@ pub async fn run(target: Target, shape: RoomShape) -> Report {
             }
         });
         b.wait().await;
+        let start = Instant::now();
         let mut buf = BytesMut::new();
         for i in 0..shape.messages {
+            let mut stamp = epoch.elapsed().as_nanos() as u64;
+            if let Some(rate) = shape.rate {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if due > Instant::now() {
+                    if !buf.is_empty() {
+                        send.write_all(&buf.split()).await.expect("write");
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                // From the intended send time: no coordinated omission.
+                stamp = (due - epoch).as_nanos() as u64;
+            }
             if permits.clone().try_acquire_owned().map(|p| p.forget()).is_err() {
                 if !buf.is_empty() {
                     send.write_all(&buf.split()).await.expect("write");
@@ -133,7 +148,7 @@ pub async fn run(target: Target, shape: RoomShape) -> Report {
                 permits.acquire().await.expect("sem").forget();
             }
             let mut payload = vec![0u8; shape.payload.max(8)];
-            payload[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+            payload[..8].copy_from_slice(&stamp.to_be_bytes());
             let f = Frame::Send(tether_proto::Send {
                 client_msg_id: i.to_string(),
                 to: Address::room(room),
@@ -150,6 +165,7 @@ pub async fn run(target: Target, shape: RoomShape) -> Report {
     joined.wait().await;
     barrier.wait().await;
     let started = Instant::now();
+    let cpu0 = (crate::idle::cpu_secs(pids.0), crate::idle::cpu_secs(pids.1));
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
     let (mut delivered, mut last) = (0, started);
     for m in members {
@@ -158,9 +174,10 @@ pub async fn run(target: Target, shape: RoomShape) -> Report {
         delivered += n;
         last = last.max(end);
     }
+    let cpu = (crate::idle::cpu_secs(pids.0) - cpu0.0, crate::idle::cpu_secs(pids.1) - cpu0.1);
     sender.await.expect("sender");
     for ep in endpoints {
         ep.close(0u32.into(), b"done");
     }
-    Report { delivered, elapsed: last - started, latency }
+    (Report { delivered, elapsed: last - started, latency }, cpu)
 }

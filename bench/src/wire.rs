@@ -18,7 +18,9 @@ pub fn endpoint(cert: &Path) -> quinn::Endpoint {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(300)).ok());
     cc.transport_config(Arc::new(t));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let socket = tether_server::udp_socket("127.0.0.1:0".parse().expect("addr"), 8 << 20).expect("socket");
+    let runtime = quinn::default_runtime().expect("runtime");
+    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).expect("endpoint");
     ep.set_default_client_config(cc);
     ep
 }

@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, env = "TETHER_SEND_BURST", default_value_t = 4000)]
     pub send_burst: u32,
 
+    /// Receive and send buffer asked for the QUIC UDP socket, in bytes (the kernel caps it at
+    /// net.core.rmem_max / wmem_max). Small buffers drop packets under bursts, which QUIC then
+    /// recovers from with delay.
+    #[arg(long, env = "TETHER_UDP_BUFFER", default_value_t = 8 * 1024 * 1024)]
+    pub udp_buffer: usize,
+
     /// Largest number of messages written in one store transaction.
     #[arg(long, env = "TETHER_STORE_BATCH", default_value_t = 2048)]
     pub store_batch: usize,

@@ -110,6 +110,20 @@ fn secret_file(path: &Path) -> Result<String, std::io::Error> {
     }
 }
 
+/// A UDP socket bound to `addr` with (up to) `buffer` bytes of receive and send buffer.
+pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps both at its configured maximum.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// QUIC transport settings of a session connection, tuned for many mostly idle sessions.
 pub fn transport_config(cfg: &Config) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -174,7 +188,9 @@ impl Node {
         let mut server_config = quinn::ServerConfig::with_crypto(tls::quic_server_crypto(certs, key)?);
         server_config.transport_config(Arc::new(transport_config(&cfg)));
         server_config.migration(true);
-        let endpoint = quinn::Endpoint::server(server_config, cfg.quic_addr)?;
+        let socket = udp_socket(cfg.quic_addr, cfg.udp_buffer)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| StartError::Config("no async runtime for QUIC".into()))?;
+        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)?;
         let quic_addr = endpoint.local_addr()?;
 
         let metrics = Arc::new(Metrics::new());
