@@ -195,6 +195,9 @@ pub struct SessionInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Most users whose last-seen time a node keeps in memory.
+pub const LAST_SEEN_CAP: usize = 1_000_000;
+
 /// Live sessions of this node by user, presence watchers and last-seen times.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -290,8 +293,16 @@ impl Hub {
     }
 
     /// Records that `user` was seen now (login, heartbeat, disconnect).
+    ///
+    /// Kept in memory for at most [`LAST_SEEN_CAP`] users; past that, offline users' entries
+    /// are forgotten (their presence then reports `last_seen_ms: 0`).
     pub fn touch(&self, user: &str, now_ms: u64) {
-        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), now_ms);
+        let mut seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= LAST_SEEN_CAP && !seen.contains_key(user) {
+            let online = self.users();
+            seen.retain(|u, _| online.contains_key(u));
+        }
+        seen.insert(user.to_owned(), now_ms);
     }
 
     /// The presence of `user` on this node.

@@ -68,7 +68,7 @@ async fn three_members_see_every_message_in_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_member_gets_what_it_missed_in_order() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let (mut alice, _) = Raw::login(&server, "alice", "a1", None, None).await;
     alice.join("r").await;
     let (mut bob, _) = Raw::login(&server, "bob", "b1", None, None).await;
@@ -98,6 +98,23 @@ async fn an_offline_member_gets_what_it_missed_in_order() {
         _ => None,
     });
     assert_eq!(first.await, 41);
+
+    // Membership and the log survive a restart of the node.
+    drop(bob);
+    drop(alice);
+    server.restart();
+    let (mut bob, _) =
+        Raw::login(&server, "bob", "b1", Some([("r".to_string(), 100)].into_iter().collect()), None).await;
+    let (code, p) =
+        server.admin("POST", "/v1/rooms/r/messages", Some(serde_json::json!({"text": "after restart"}))).await;
+    assert_eq!((code, &p["seq"]), (200, &serde_json::json!(101)));
+    let d = bob
+        .expect(10, |f| match f {
+            Frame::Deliver(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((d.seq, d.payload.as_slice()), (101, &b"after restart"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
