@@ -880,9 +880,13 @@ impl Session {
                 let user = self.handle.user.clone();
                 match ctx.rooms.join(&j.room, &user, now_ms()).await {
                     Ok((new, head)) => {
-                        self.rooms
-                            .entry(j.room.clone())
-                            .or_insert(RoomCursor { order: InboxOrder::after(head), acked: head });
+                        if !self.rooms.contains_key(&j.room) {
+                            self.rooms
+                                .insert(j.room.clone(), RoomCursor { order: InboxOrder::after(head), acked: head });
+                            // Stored with the next cursor write: should `room_joined` be lost
+                            // with the connection, this device resumes from the head it joined at.
+                            self.dirty.insert(Some(j.room.clone()));
+                        }
                         let (members, online) = match ctx.rooms.members(&j.room).await {
                             Ok(Some(m)) => ctx.rooms.counts(&m, &ctx.hub),
                             _ => (0, 0),
