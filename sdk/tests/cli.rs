@@ -25,11 +25,17 @@ fn jwt(user: &str) -> String {
 }
 
 async fn node(dir: &std::path::Path) -> Node {
+    node_with(dir, |_| {}).await
+}
+
+/// A node on free loopback ports in `dir`, with `tune` applied to its configuration.
+async fn node_with(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Node {
     let mut cfg = Config::for_data_dir(dir);
     cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
     cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
     cfg.jwt_secret = Some(SECRET.into());
     cfg.admin_token = Some("admin".into());
+    tune(&mut cfg);
     Node::start(cfg).await.expect("node")
 }
 
@@ -145,13 +151,7 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_and_presence_commands_print_json() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = Config::for_data_dir(dir.path());
-    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.jwt_secret = Some(SECRET.into());
-    cfg.admin_token = Some("admin".into());
-    cfg.rooms_auto_create = true;
-    let node = Node::start(cfg).await.expect("node");
+    let node = node_with(dir.path(), |c| c.rooms_auto_create = true).await;
     let d = dir.path();
 
     let joined = run_json(tether(&node, d, "bob").args(["room", "join", "lobby"]));
@@ -223,12 +223,7 @@ async fn next_matching<T>(events: &mut tether_sdk::Events, mut pick: impl FnMut(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_rooms_events_and_history() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = Config::for_data_dir(dir.path());
-    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.jwt_secret = Some(SECRET.into());
-    cfg.rooms_auto_create = true;
-    let node = Node::start(cfg).await.expect("node");
+    let node = node_with(dir.path(), |c| c.rooms_auto_create = true).await;
     let client = |user: &str| {
         let mut c = ClientConfig::new(
             node.quic_addr.to_string(),
@@ -298,13 +293,7 @@ async fn client_rooms_events_and_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_client_process_goes_offline_in_its_rooms() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = Config::for_data_dir(dir.path());
-    cfg.quic_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.admin_addr = "127.0.0.1:0".parse().expect("addr");
-    cfg.jwt_secret = Some(SECRET.into());
-    cfg.admin_token = Some("admin".into());
-    cfg.idle_timeout = Duration::from_secs(1);
-    let node = Node::start(cfg).await.expect("node");
+    let node = node_with(dir.path(), |c| c.idle_timeout = Duration::from_secs(1)).await;
 
     let mut acfg = ClientConfig::new(
         node.quic_addr.to_string(),

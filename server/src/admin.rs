@@ -94,12 +94,20 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         .into_response()
 }
 
-/// Body of `POST /v1/messages`.
+/// Body of `POST /v1/messages`: a [`PushBody`] and its recipient.
 #[derive(Debug, Deserialize)]
 pub struct PushRequest {
     /// Recipient user id.
     pub to: String,
-    /// Sender shown to the recipient (default `"system"`).
+    /// The message.
+    #[serde(flatten)]
+    pub body: PushBody,
+}
+
+/// A message pushed by the app's backend (to a user or, `POST /v1/rooms/{room}/messages`, a room).
+#[derive(Debug, Deserialize)]
+pub struct PushBody {
+    /// Sender shown to the recipients (default `"system"`).
     #[serde(default)]
     pub from: Option<String>,
     /// Payload type (default `text/plain`).
@@ -139,49 +147,20 @@ fn check_len(what: &str, v: &str) -> Result<(), ApiError> {
 
 async fn push(State(ctx): State<Arc<Ctx>>, Json(req): Json<PushRequest>) -> Result<Json<PushResponse>, ApiError> {
     check_len("to", &req.to)?;
-    let to = Address::user(req.to.clone());
-    let a = store_message(&ctx, to, req).await?;
+    let a = store_message(&ctx, Address::user(req.to), req.body).await?;
     Ok(Json(a))
-}
-
-/// Body of `POST /v1/rooms/{room}/messages`: like [`PushRequest`] without `to`.
-#[derive(Debug, Deserialize)]
-pub struct RoomPushRequest {
-    /// Sender shown to members (default `"system"`).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// Payload type (default `text/plain`).
-    #[serde(default)]
-    pub content_type: Option<String>,
-    /// UTF-8 payload.
-    #[serde(default)]
-    pub text: Option<String>,
-    /// Binary payload, base64.
-    #[serde(default)]
-    pub payload_base64: Option<String>,
-    /// Idempotency key.
-    #[serde(default)]
-    pub client_msg_id: Option<String>,
 }
 
 async fn push_room(
     State(ctx): State<Arc<Ctx>>,
     Path(room): Path<String>,
-    Json(req): Json<RoomPushRequest>,
+    Json(body): Json<PushBody>,
 ) -> Result<Json<PushResponse>, ApiError> {
-    let req = PushRequest {
-        to: room.clone(),
-        from: req.from,
-        content_type: req.content_type,
-        text: req.text,
-        payload_base64: req.payload_base64,
-        client_msg_id: req.client_msg_id,
-    };
-    Ok(Json(store_message(&ctx, Address::room(room), req).await?))
+    Ok(Json(store_message(&ctx, Address::room(room), body).await?))
 }
 
 /// Stores and delivers a message pushed by the app's backend.
-async fn store_message(ctx: &Ctx, to: Address, req: PushRequest) -> Result<PushResponse, ApiError> {
+async fn store_message(ctx: &Ctx, to: Address, req: PushBody) -> Result<PushResponse, ApiError> {
     let from = req.from.unwrap_or_else(|| "system".into());
     check_len("from", &from)?;
     let payload = match (req.text, req.payload_base64) {
