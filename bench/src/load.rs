@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use tether_proto::{Ack, Address, Credential, Frame};
-use tokio::sync::{Barrier, Semaphore};
+use tokio::sync::Barrier;
 
-use crate::wire::{endpoint, login};
+use crate::wire::{endpoint, login, send_stream, Pace};
 
 /// Where to send and how to log in.
 #[derive(Clone)]
@@ -115,70 +115,15 @@ async fn sender(
     barrier: Arc<Barrier>,
     epoch: Instant,
 ) {
-    let (_conn, mut send, mut reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
-    let permits = Arc::new(Semaphore::new(shape.window));
-    let p2 = permits.clone();
-    let total = shape.messages;
-    let acks = tokio::spawn(async move {
-        let mut n = 0;
-        while n < total {
-            match reader.next().await {
-                Some(Frame::SendAck(_)) => {
-                    n += 1;
-                    p2.add_permits(1);
-                }
-                Some(Frame::SendError(e)) => panic!("send refused: {e:?}"),
-                Some(_) => {}
-                None => panic!("sender stream ended after {n} acks"),
-            }
-        }
-    });
+    let (_conn, send, reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
     barrier.wait().await;
-    let start = Instant::now();
-    let per_sender_rate = shape.rate.map(|r| r / shape.pairs as f64);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let to = Address::user(to);
-    for i in 0..shape.messages {
-        let ts = match per_sender_rate {
-            Some(r) => {
-                let due = start + Duration::from_secs_f64(i as f64 / r);
-                if due > Instant::now() {
-                    if !buf.is_empty() {
-                        send.write_all(&buf.split()).await.expect("write");
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                // Latency counts from the intended send time (no coordinated omission).
-                (due - epoch).as_nanos() as u64
-            }
-            None => nanos_since(epoch),
-        };
-        match permits.clone().try_acquire_owned() {
-            Ok(p) => p.forget(),
-            Err(_) => {
-                if !buf.is_empty() {
-                    send.write_all(&buf.split()).await.expect("write");
-                }
-                permits.acquire().await.expect("sem").forget();
-            }
-        }
-        let mut payload = vec![0u8; shape.payload.max(8)];
-        payload[..8].copy_from_slice(&ts.to_be_bytes());
-        let f = Frame::Send(tether_proto::Send {
-            client_msg_id: i.to_string(),
-            to: to.clone(),
-            content_type: "b".into(),
-            payload,
-        });
-        tether_proto::encode(&f, &mut buf).expect("encode");
-        if buf.len() >= 32 * 1024 {
-            send.write_all(&buf.split()).await.expect("write");
-        }
-    }
-    if !buf.is_empty() {
-        send.write_all(&buf.split()).await.expect("write");
-    }
-    acks.await.expect("acks");
+    let pace = Pace {
+        messages: shape.messages,
+        window: shape.window,
+        rate: shape.rate.map(|r| r / shape.pairs as f64),
+        payload: shape.payload,
+    };
+    send_stream(send, reader, Address::user(to), pace, epoch).await;
 }
 
 async fn recipient(

@@ -9,7 +9,7 @@ use tether_proto::{Ack, Address, Frame, JoinRoom};
 use tokio::sync::{Barrier, Semaphore};
 
 use crate::load::{Report, Target};
-use crate::wire::{endpoint, login, Reader};
+use crate::wire::{endpoint, login, send_stream, Pace, Reader};
 
 /// Fan-out shape.
 #[derive(Debug, Clone, Copy)]
@@ -108,59 +108,9 @@ pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report,
         join(&mut send, &mut reader, room).await;
         j.wait().await;
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reader.next()).await {}
-        let permits = Arc::new(Semaphore::new(shape.window));
-        let p2 = permits.clone();
-        let total = shape.messages;
-        let acks = tokio::spawn(async move {
-            let mut n = 0;
-            while n < total {
-                match reader.next().await {
-                    Some(Frame::SendAck(_)) => {
-                        n += 1;
-                        p2.add_permits(1);
-                    }
-                    Some(Frame::SendError(e)) => panic!("send refused: {e:?}"),
-                    Some(_) => {}
-                    None => panic!("sender stream ended"),
-                }
-            }
-        });
         b.wait().await;
-        let start = Instant::now();
-        let mut buf = BytesMut::new();
-        for i in 0..shape.messages {
-            let mut stamp = epoch.elapsed().as_nanos() as u64;
-            if let Some(rate) = shape.rate {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if due > Instant::now() {
-                    if !buf.is_empty() {
-                        send.write_all(&buf.split()).await.expect("write");
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                // From the intended send time: no coordinated omission.
-                stamp = (due - epoch).as_nanos() as u64;
-            }
-            if permits.clone().try_acquire_owned().map(|p| p.forget()).is_err() {
-                if !buf.is_empty() {
-                    send.write_all(&buf.split()).await.expect("write");
-                }
-                permits.acquire().await.expect("sem").forget();
-            }
-            let mut payload = vec![0u8; shape.payload.max(8)];
-            payload[..8].copy_from_slice(&stamp.to_be_bytes());
-            let f = Frame::Send(tether_proto::Send {
-                client_msg_id: i.to_string(),
-                to: Address::room(room),
-                content_type: "b".into(),
-                payload,
-            });
-            tether_proto::encode(&f, &mut buf).expect("encode");
-        }
-        if !buf.is_empty() {
-            send.write_all(&buf.split()).await.expect("write");
-        }
-        acks.await.expect("acks");
+        let pace = Pace { messages: shape.messages, window: shape.window, rate: shape.rate, payload: shape.payload };
+        send_stream(send, reader, Address::room(room), pace, epoch).await;
     });
     joined.wait().await;
     barrier.wait().await;

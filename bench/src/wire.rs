@@ -103,3 +103,86 @@ pub async fn login(
         other => panic!("login failed: {other:?}"),
     }
 }
+
+/// How a sender paces its stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Messages to send.
+    pub messages: u64,
+    /// Sends in flight (unacknowledged) at most.
+    pub window: usize,
+    /// Fixed rate in messages/s (open loop); `None` = as fast as the window allows.
+    pub rate: Option<f64>,
+    /// Payload bytes (at least 8: the send time).
+    pub payload: usize,
+}
+
+/// Sends `pace.messages` messages to `to` on a logged-in stream and returns once every one is
+/// acknowledged. Each payload starts with its send time in ns since `epoch`; in fixed-rate
+/// mode the *intended* time, so a stalled sender does not hide latency (no coordinated
+/// omission).
+pub async fn send_stream(
+    mut send: quinn::SendStream,
+    mut reader: Reader,
+    to: tether_proto::Address,
+    pace: Pace,
+    epoch: std::time::Instant,
+) {
+    use std::time::Instant;
+    let permits = Arc::new(tokio::sync::Semaphore::new(pace.window));
+    let p2 = permits.clone();
+    let total = pace.messages;
+    let acks = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            match reader.next().await {
+                Some(Frame::SendAck(_)) => {
+                    n += 1;
+                    p2.add_permits(1);
+                }
+                Some(Frame::SendError(e)) => panic!("send refused: {e:?}"),
+                Some(_) => {}
+                None => panic!("sender stream ended after {n} acks"),
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    for i in 0..pace.messages {
+        let stamp = match pace.rate {
+            Some(r) => {
+                let due = start + Duration::from_secs_f64(i as f64 / r);
+                if due > Instant::now() {
+                    if !buf.is_empty() {
+                        send.write_all(&buf.split()).await.expect("write");
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                (due - epoch).as_nanos() as u64
+            }
+            None => epoch.elapsed().as_nanos() as u64,
+        };
+        if permits.clone().try_acquire_owned().map(|p| p.forget()).is_err() {
+            if !buf.is_empty() {
+                send.write_all(&buf.split()).await.expect("write");
+            }
+            permits.acquire().await.expect("sem").forget();
+        }
+        let mut payload = vec![0u8; pace.payload.max(8)];
+        payload[..8].copy_from_slice(&stamp.to_be_bytes());
+        let f = Frame::Send(tether_proto::Send {
+            client_msg_id: i.to_string(),
+            to: to.clone(),
+            content_type: "b".into(),
+            payload,
+        });
+        tether_proto::encode(&f, &mut buf).expect("encode");
+        if buf.len() >= 32 * 1024 {
+            send.write_all(&buf.split()).await.expect("write");
+        }
+    }
+    if !buf.is_empty() {
+        send.write_all(&buf.split()).await.expect("write");
+    }
+    acks.await.expect("acks");
+}
