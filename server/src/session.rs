@@ -461,10 +461,12 @@ impl Session {
         if !writer.flush().await {
             return (id, CloseCode::Normal);
         }
-        let mut last_rx = tokio::time::Instant::now();
         let lag = self.rx.lag_signal();
+        // One timer for the whole session, moved on when a frame arrives: re-creating it on
+        // every wake-up would cost a timer-wheel insert and removal per delivery.
+        let idle = tokio::time::sleep(ctx.cfg.idle_timeout);
+        tokio::pin!(idle);
         loop {
-            let idle = tokio::time::sleep_until(last_rx + ctx.cfg.idle_timeout);
             let flow = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => match cmd {
@@ -512,7 +514,7 @@ impl Session {
                     flow
                 }
                 r = reader.next() => {
-                    last_rx = tokio::time::Instant::now();
+                    idle.as_mut().reset(tokio::time::Instant::now() + ctx.cfg.idle_timeout);
                     match r {
                         Ok(d) => Box::pin(self.on_frame(d, ctx, &mut writer)).await,
                         Err(ReadError::Closed) => Flow::End(CloseCode::Normal),
@@ -525,7 +527,7 @@ impl Session {
                         }
                     }
                 }
-                _ = idle => {
+                _ = &mut idle => {
                     info!("idle timeout");
                     writer.push(&error_frame(ErrorCode::Unavailable, "idle timeout", true));
                     writer.linger().await;
