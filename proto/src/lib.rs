@@ -22,6 +22,7 @@
 mod codec;
 mod error;
 mod frame;
+pub mod metadata;
 pub mod vectors;
 
 pub use codec::{encode, encode_body, Decoded, Decoder, LEN_PREFIX};

@@ -390,20 +390,10 @@ async fn login_session(
 /// Most users one session may watch the presence of.
 pub const MAX_WATCHED: usize = 1000;
 
-/// Checks login metadata against the limits: at most 16 entries, keys 1..=64 bytes, values
-/// up to 256 bytes, `max_total` bytes of keys and values together.
+/// Checks login metadata against the shared limits, with `max_total` bytes in all.
 fn check_metadata(m: &BTreeMap<String, String>, max_total: usize) -> Result<(), LoginFailure> {
-    let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let bad = m.len() > 16 || total > max_total || m.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256);
-    if bad {
-        Err((
-            ErrorCode::InvalidField,
-            format!("metadata: at most 16 entries, keys 1..=64 bytes, values <= 256 bytes, {max_total} bytes in all"),
-            "invalid_field",
-        ))
-    } else {
-        Ok(())
-    }
+    tether_proto::metadata::check_metadata(m, max_total)
+        .map_err(|e| (ErrorCode::InvalidField, e.to_string(), "invalid_field"))
 }
 
 /// Where a session is in one room's log.

@@ -83,52 +83,14 @@ impl SessionConfig {
     }
 }
 
-/// Most entries connection metadata may have.
-pub const METADATA_MAX_ENTRIES: usize = 16;
-/// Longest metadata key, in bytes.
-pub const METADATA_MAX_KEY: usize = 64;
-/// Longest metadata value, in bytes.
-pub const METADATA_MAX_VALUE: usize = 256;
-/// Most bytes of metadata in all (keys plus values).
-pub const METADATA_MAX_TOTAL: usize = 2048;
-
-/// Why connection metadata is refused (see [`check_metadata`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MetadataError {
-    /// More than [`METADATA_MAX_ENTRIES`] entries.
-    #[error("{0} metadata entries; at most {METADATA_MAX_ENTRIES} are allowed")]
-    TooManyEntries(usize),
-    /// A key is empty or longer than [`METADATA_MAX_KEY`] bytes.
-    #[error("metadata key {0:?} must be 1..={METADATA_MAX_KEY} bytes")]
-    BadKey(String),
-    /// A value is longer than [`METADATA_MAX_VALUE`] bytes.
-    #[error("metadata value of {0:?} is longer than {METADATA_MAX_VALUE} bytes")]
-    ValueTooLong(String),
-    /// Keys and values together exceed [`METADATA_MAX_TOTAL`] bytes.
-    #[error("metadata is {0} bytes; at most {METADATA_MAX_TOTAL} are allowed")]
-    TooLarge(usize),
-}
+pub use tether_proto::metadata::{
+    MetadataError, METADATA_MAX_ENTRIES, METADATA_MAX_KEY, METADATA_MAX_TOTAL, METADATA_MAX_VALUE,
+};
 
 /// Checks connection metadata against the limits the server enforces at login, so that an app
 /// learns about a bad value before it connects rather than from a refused login.
 pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), MetadataError> {
-    if metadata.len() > METADATA_MAX_ENTRIES {
-        return Err(MetadataError::TooManyEntries(metadata.len()));
-    }
-    let mut total = 0usize;
-    for (k, v) in metadata {
-        if k.is_empty() || k.len() > METADATA_MAX_KEY {
-            return Err(MetadataError::BadKey(k.clone()));
-        }
-        if v.len() > METADATA_MAX_VALUE {
-            return Err(MetadataError::ValueTooLong(k.clone()));
-        }
-        total += k.len() + v.len();
-    }
-    if total > METADATA_MAX_TOTAL {
-        return Err(MetadataError::TooLarge(total));
-    }
-    Ok(())
+    tether_proto::metadata::check_metadata(metadata, METADATA_MAX_TOTAL)
 }
 
 /// A message waiting in the outbox until the server acknowledges it.

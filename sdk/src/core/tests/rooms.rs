@@ -622,7 +622,10 @@ fn metadata_limits() {
     assert_eq!(check_metadata(&m(vec![("k".repeat(64), "v".repeat(256))])), Ok(()));
     assert!(matches!(check_metadata(&m(vec![("k".into(), "v".repeat(257))])), Err(MetadataError::ValueTooLong(_))));
     let big = m((0..16).map(|i| (format!("k{i:02}"), "v".repeat(127))).collect());
-    assert_eq!(check_metadata(&big), Err(MetadataError::TooLarge(16 * 130)));
+    assert_eq!(
+        check_metadata(&big),
+        Err(MetadataError::TooLarge { size: 16 * 130, max: crate::core::METADATA_MAX_TOTAL })
+    );
 }
 
 #[test]
