@@ -162,6 +162,18 @@ fn start_node(bin: &Path, dir: &Path, extra: &str) -> Proc {
     Proc { child, addr, admin }
 }
 
+/// A fresh node in `dir` and the load target for it (JWT logins, its dev certificate pinned).
+fn node_target(server_bin: Option<PathBuf>, dir: &Path, extra: &str) -> (Proc, Target) {
+    let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+    let node = start_node(&bin, dir, extra);
+    let target = Target {
+        addr: node.addr,
+        cert: dir.join("dev-cert.pem"),
+        credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
+    };
+    (node, target)
+}
+
 fn start_relay(dir: &Path) -> Proc {
     let mut child = Command::new(std::env::current_exe().expect("exe"))
         .args(["relay-server", "--addr", "127.0.0.1:0", "--data-dir", &dir.display().to_string()])
@@ -230,13 +242,7 @@ fn main() {
                     rate.map(|r| format!("fixed {r:.0} msg/s")).unwrap_or_else(|| "max rate".into())
                 );
                 let dir = tempfile::tempdir().expect("dir");
-                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
-                let node = start_node(&bin, dir.path(), &server_args);
-                let target = Target {
-                    addr: node.addr,
-                    cert: dir.path().join("dev-cert.pem"),
-                    credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
-                };
+                let (node, target) = node_target(server_bin, dir.path(), &server_args);
                 let pid = node.child.id();
                 let me = std::process::id();
                 let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
@@ -272,19 +278,9 @@ fn main() {
                     rate.map(|r| format!("fixed {r:.0} msg/s")).unwrap_or_else(|| "max rate".into())
                 );
                 let dir = tempfile::tempdir().expect("dir");
-                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
-                let node = start_node(&bin, dir.path(), "");
-                let target = Target {
-                    addr: node.addr,
-                    cert: dir.path().join("dev-cert.pem"),
-                    credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
-                };
-                let pid = node.child.id();
-                let me = std::process::id();
-                let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
+                let (node, target) = node_target(server_bin, dir.path(), "");
                 let shape = room::RoomShape { members, messages, window, payload, rate };
-                let (r, cpu) = room::run(target, shape, (pid, me)).await;
-                let _ = (cpu0, gen0);
+                let (r, cpu) = room::run(target, shape, (node.child.id(), std::process::id())).await;
                 print_report("room", &r, cpu.0, cpu.1);
                 if let Some(admin) = node.admin {
                     println!("{}", store_summary(admin).await);

@@ -164,24 +164,32 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
     ctx.hub.touch(&user, now_ms());
     ctx.metrics.sessions.dec();
     if last {
-        for room in session.rooms.keys() {
-            ctx.rooms.announce(&ctx.hub, room, RoomEventKind::Offline, &user, None).await;
-        }
+        announce_in_rooms(ctx, session.rooms.keys(), RoomEventKind::Offline, &user).await;
     }
     ctx.hub.notify_presence(&user);
-    ctx.webhooks.emit(
-        "session.disconnected",
-        json!({
-            "user": user,
-            "device_type": session.handle.device_type,
-            "device_id": session.handle.device_id,
-            "session_id": sid,
-            "metadata": session.handle.metadata,
-            "reason": reason.reason(),
-            "last_session": last,
-        }),
-    );
+    let mut event = session_event(&session.handle);
+    event["reason"] = json!(reason.reason());
+    event["last_session"] = json!(last);
+    ctx.webhooks.emit("session.disconnected", event);
     reason
+}
+
+/// Tells each of `rooms` that `user` came online or went offline.
+async fn announce_in_rooms(ctx: &Ctx, rooms: impl Iterator<Item = &String>, kind: RoomEventKind, user: &str) {
+    for room in rooms {
+        ctx.rooms.announce(&ctx.hub, room, kind, user, None).await;
+    }
+}
+
+/// The fields every session webhook event carries.
+fn session_event(h: &SessionHandle) -> serde_json::Value {
+    json!({
+        "user": h.user,
+        "device_type": h.device_type,
+        "device_id": h.device_id,
+        "session_id": h.id,
+        "metadata": h.metadata,
+    })
 }
 
 /// Accepts the stream and waits for a valid login within the login timeout.
@@ -342,22 +350,12 @@ async fn login_session(
     };
     ctx.hub.touch(&user, now_ms());
     if first {
-        for room in rooms.keys() {
-            ctx.rooms.announce(&ctx.hub, room, RoomEventKind::Online, &user, None).await;
-        }
+        announce_in_rooms(ctx, rooms.keys(), RoomEventKind::Online, &user).await;
     }
     ctx.hub.notify_presence(&user);
-    ctx.webhooks.emit(
-        "session.connected",
-        json!({
-            "user": user,
-            "device_type": handle.device_type,
-            "device_id": handle.device_id,
-            "session_id": handle.id,
-            "metadata": handle.metadata,
-            "first_session": first,
-        }),
-    );
+    let mut event = session_event(&handle);
+    event["first_session"] = json!(first);
+    ctx.webhooks.emit("session.connected", event);
     let resume_expires = now_ms() + ctx.cfg.resume_ttl.as_millis() as u64;
     let ok = LoginOk {
         version,
