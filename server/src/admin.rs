@@ -23,6 +23,7 @@ use crate::ids::now_ms;
 use crate::pipeline::{Job, Origin};
 use crate::rooms::RoomError;
 use crate::session::MAX_ID_LEN;
+use crate::store::faults::FaultStep;
 use crate::store::NewMessage;
 use crate::Ctx;
 use tether_proto::RoomEventKind;
@@ -59,8 +60,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/rooms/{room}/members", post(add_member).get(list_members))
         .route("/v1/rooms/{room}/members/{user}", axum::routing::delete(remove_member))
         .route("/v1/rooms/{room}/messages", post(push_room).get(room_history))
-        .route("/v1/presence", post(presence))
-        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_admin));
+        .route("/v1/presence", post(presence));
+    let v1 = if ctx.cfg.fault_injection { v1.route("/v1/faults", post(inject_fault).delete(clear_faults)) } else { v1 };
+    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -83,7 +85,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    match ctx.store.ping().await {
+    match ctx.store.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
     }
@@ -357,6 +359,45 @@ async fn room_history(
         "truncated": q.after + 1 < first_seq,
         "next_after": next_after,
     })))
+}
+
+/// Body of `POST /v1/faults` (nodes started with `--fault-injection` only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// The store step to fail.
+    #[serde(default)]
+    pub step: Option<FaultStep>,
+    /// How many times (default 1).
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Limit the database to this many pages (a real "database or disk is full"); 0 lifts it.
+    #[serde(default)]
+    pub max_pages: Option<u64>,
+}
+
+async fn inject_fault(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<FaultRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.step.is_none() && req.max_pages.is_none() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "give step or max_pages"));
+    }
+    if let Some(step) = req.step {
+        ctx.faults.fail(step, req.times.unwrap_or(1));
+    }
+    if let Some(pages) = req.max_pages {
+        ctx.faults.set_max_pages(pages);
+    }
+    tracing::warn!(?req, "store fault injected");
+    let pending: serde_json::Map<String, serde_json::Value> =
+        FaultStep::ALL.iter().map(|s| (s.name().to_owned(), ctx.faults.pending(*s).into())).collect();
+    Ok(Json(serde_json::json!({ "pending": pending, "max_pages": ctx.faults.max_pages() })))
+}
+
+async fn clear_faults(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    ctx.faults.clear();
+    Json(serde_json::json!({ "cleared": true }))
 }
 
 /// Body of `POST /v1/presence`.

@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "TETHER_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..1024))]
     pub node_id: u16,
 
+    /// Testing only: serve `/v1/faults` on the admin API, which makes store steps fail on
+    /// demand (see docs/operations.md). Never on in production.
+    #[arg(long, env = "TETHER_FAULT_INJECTION", default_value_t = false)]
+    pub fault_injection: bool,
+
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,

@@ -98,10 +98,15 @@ impl SessionTx {
         self.queue_live(SessionCmd::RoomLive(d));
     }
 
+    /// Makes the session read its inbox and rooms from the store, as if it had lagged.
+    pub fn resync(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     fn queue_live(&self, cmd: SessionCmd) {
         if self.queued.load(Ordering::Relaxed) >= self.limit {
-            self.lagged.store(true, Ordering::Release);
-            self.wake.notify_one();
+            self.resync();
             return;
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -402,6 +407,15 @@ impl Hub {
                 metadata: s.metadata.clone(),
             })
             .collect()
+    }
+
+    /// Tells every session to read what it may have missed from the store: after a write
+    /// whose outcome is unknown (it may have committed without anyone being told), live
+    /// delivery cannot be trusted to have carried everything.
+    pub fn resync_all(&self) {
+        for s in self.users().values().flatten() {
+            s.tx.resync();
+        }
     }
 
     /// Number of live sessions.

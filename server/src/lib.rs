@@ -32,7 +32,8 @@ use crate::hub::Hub;
 use crate::ids::MsgIdGen;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::store::sqlite::SqliteStore;
+use crate::store::faults::Faults;
+use crate::store::sqlite::{SqliteStore, StoreHooks};
 use crate::store::Store;
 
 /// Everything a session or the admin API needs, shared.
@@ -59,6 +60,8 @@ pub struct Ctx {
     pub next_session: AtomicU64,
     /// The admin bearer token in force.
     pub admin_token: String,
+    /// Store fault injection (driven through `/v1/faults` only with `--fault-injection`).
+    pub faults: Arc<Faults>,
 }
 
 /// Why a node could not start.
@@ -152,7 +155,13 @@ impl Node {
                 "database `{url}`: this build supports sqlite:// URLs (PostgreSQL and MySQL are planned)"
             )));
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, cfg.store_sync).await?);
+        let metrics = Arc::new(Metrics::new());
+        let faults = Arc::new(Faults::new());
+        if cfg.fault_injection {
+            tracing::warn!("fault injection is on: /v1/faults can make the store fail (tests only)");
+        }
+        let hooks = StoreHooks { faults: faults.clone(), metrics: metrics.clone() };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(&url, cfg.store_sync, hooks).await?);
         let admin_token = match &cfg.admin_token {
             Some(t) => t.clone(),
             None => {
@@ -193,7 +202,6 @@ impl Node {
         let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)?;
         let quic_addr = endpoint.local_addr()?;
 
-        let metrics = Arc::new(Metrics::new());
         let node_name = format!("node-{}", cfg.node_id);
         let hub = Arc::new(Hub::new(node_name.clone()));
         let rooms = Arc::new(rooms::Rooms::new(store.clone(), cfg.rooms_auto_create));
@@ -232,6 +240,7 @@ impl Node {
             metrics,
             next_session: AtomicU64::new(1),
             admin_token,
+            faults,
         });
 
         let listener = tokio::net::TcpListener::bind(ctx.cfg.admin_addr).await?;

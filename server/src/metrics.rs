@@ -58,6 +58,10 @@ pub struct Metrics {
     pub store_latency: Family<OpLabel, Histogram>,
     /// Messages per store batch.
     pub store_batch: Histogram,
+    /// Store operations that failed, by operation (`append`, `checkpoint`, `consume_ticket`...).
+    pub store_errors: Family<OpLabel, Counter>,
+    /// 1 while the store's writer commits, 0 from a failed write until one succeeds again.
+    pub store_writer_ready: Gauge,
     /// Frames refused as undecodable or oversized.
     pub bad_frames: Counter,
     /// Webhook deliveries by result (`ok`, `retry`, `dropped`).
@@ -90,6 +94,8 @@ impl Metrics {
             send_errors: Family::default(),
             store_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            store_errors: Family::default(),
+            store_writer_ready: Gauge::default(),
             bad_frames: Counter::default(),
             webhooks: Family::default(),
             room_events: Counter::default(),
@@ -108,6 +114,8 @@ impl Metrics {
         registry.register("send_errors", "Sends refused by code", m.send_errors.clone());
         registry.register("store_latency_seconds", "Store operation latency", m.store_latency.clone());
         registry.register("store_batch_messages", "Messages per store batch", m.store_batch.clone());
+        registry.register("store_errors", "Store operations that failed, by operation", m.store_errors.clone());
+        registry.register("store_writer_ready", "1 while the store writer commits", m.store_writer_ready.clone());
         registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
         registry.register("webhooks", "Webhook deliveries by result", m.webhooks.clone());
         registry.register("room_events", "Room events sent", m.room_events.clone());
@@ -127,6 +135,11 @@ impl Metrics {
     /// Records a store operation's latency.
     pub fn store_op(&self, op: &str, secs: f64) {
         self.store_latency.get_or_create(&OpLabel { op: op.to_owned() }).observe(secs);
+    }
+
+    /// Counts a failed store operation.
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.get_or_create(&OpLabel { op: op.to_owned() }).inc();
     }
 
     /// Renders the text exposition format.

@@ -110,7 +110,13 @@ async fn run(
                     dispatch(&hub, &rooms, &metrics, a, origin, client_msg_id).await;
                 }
             }
-            Err(e) => fail(&metrics, e, origins, client_ids),
+            Err(e) => {
+                fail(&metrics, e, origins, client_ids);
+                // The batch may have committed although the store could not say so (a failed
+                // fsync): nobody was told, and its recipients got nothing live. The senders
+                // retry and get the original ack; the recipients read their inboxes again.
+                hub.resync_all();
+            }
         }
     }
 }

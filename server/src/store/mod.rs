@@ -5,6 +5,7 @@
 //! above the trait, in [`crate::pipeline`]: a backend gets whole batches and commits each in one
 //! transaction.
 
+pub mod faults;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -28,6 +29,13 @@ pub enum StoreError {
     /// The store is shut down.
     #[error("store closed")]
     Closed,
+    /// A fault injected by a test ([`faults`]).
+    #[error("{0}")]
+    Injected(#[from] faults::InjectedFault),
+    /// SQLite was still (or already) inside a transaction where it must not be: the write is
+    /// not known to be durable.
+    #[error("not committed: {0}")]
+    NotCommitted(String),
 }
 
 /// A message to append, as accepted from a session or the admin API: it has exactly the
@@ -167,8 +175,17 @@ pub trait Store: Send + Sync + 'static {
     /// Consumes a ticket atomically: at most one caller ever gets `Valid`.
     async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError>;
 
-    /// Cheap round trip for readiness checks.
+    /// Cheap round trip for liveness checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Readiness: `Ok` when the store can be read and its writer commits. After a failed write
+    /// this proves the writer commits again (with a small write of its own) before it answers
+    /// `Ok`, so a node is never reported ready while its writes fail.
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Sets a device's stored cursor (inbox when `room` is `None`) to exactly `seq`, also
+    /// backwards: used to repair a cursor found above the head at login.
+    async fn set_cursor(&self, user: &str, device_id: &str, room: Option<&str>, seq: u64) -> Result<(), StoreError>;
 
     /// Counts stored messages from `sender` (used by admin and tests).
     async fn count_from(&self, sender: &str) -> Result<u64, StoreError>;

@@ -6,21 +6,49 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tether_proto::{Address, AddressKind};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
+use super::faults::{FaultStep, Faults};
 use super::*;
 use crate::config::StoreSync;
+use crate::metrics::Metrics;
 
 /// The SQLite store.
 pub struct SqliteStore {
     /// The one writer connection (held directly, not through a pool: a pool's acquire and
-    /// release cost up to milliseconds per batch under load) and the inbox heads it allocated.
-    writer: Mutex<Option<Writer>>,
+    /// release cost up to milliseconds per batch under load) and the heads it allocated.
+    writer: Mutex<Slot>,
+    /// How to open a writer again after one was discarded.
+    opts: SqliteConnectOptions,
     readers: SqlitePool,
+    hooks: StoreHooks,
+    /// False from a failed write until a write succeeds again.
+    writer_ok: AtomicBool,
+}
+
+/// What the store reports to and takes faults from.
+#[derive(Clone, Default)]
+pub struct StoreHooks {
+    /// Injected faults (none unless a test or `--fault-injection` asks).
+    pub faults: Arc<Faults>,
+    /// Where store errors and writer readiness are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The writer's state.
+enum Slot {
+    /// A connection known to be in autocommit mode between operations.
+    Open(Writer),
+    /// The last connection was discarded after a failure; the next operation opens a new one.
+    Lost,
+    /// [`SqliteStore::close`] was called.
+    Closed,
 }
 
 struct Writer {
@@ -29,6 +57,8 @@ struct Writer {
     heads: HashMap<String, u64>,
     /// Room log heads known to the writer.
     room_heads: HashMap<String, u64>,
+    /// The `max_page_count` fault last applied (0 = none).
+    max_pages: u64,
 }
 
 /// Columns of a message row, in the order [`message_from_row`] reads them.
@@ -73,9 +103,113 @@ fn message_from_row(row: &SqliteRow, at: usize) -> Result<StoredMessage, StoreEr
     })
 }
 
+/// Whether SQLite itself (not sqlx's bookkeeping) is outside any transaction on `conn`.
+async fn in_autocommit(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle();
+    // SAFETY: `db` is the live handle of this connection, held locked by `handle` for the
+    // duration of the call; sqlite3_get_autocommit only reads a flag of it.
+    Ok(unsafe { libsqlite3_sys::sqlite3_get_autocommit(db.as_ptr()) } != 0)
+}
+
+/// Bytes the readiness probe writes: as much as the largest message (the default frame limit),
+/// so a writer that can commit the probe can commit a message.
+const PROBE_BYTES: i64 = tether_proto::DEFAULT_MAX_FRAME as i64;
+
+/// Exclusive use of the writer for one operation.
+///
+/// Unless [`WriterGuard::succeeded`] is called, dropping the guard (an error returned with
+/// `?`, a panic, a cancelled future) discards the connection: closing it rolls back whatever
+/// transaction it had open, the heads it cached are forgotten, and the next operation opens
+/// a fresh connection. So nothing a failure leaves behind (a transaction SQLite rolled back on
+/// its own, one still open, sqlx's idea of the nesting depth) can turn a later "commit" into
+/// something that is not one. Transactions are plain `BEGIN IMMEDIATE` / `COMMIT`, never
+/// savepoints, and each commit is checked against SQLite's own autocommit flag.
+struct WriterGuard<'a> {
+    slot: MutexGuard<'a, Slot>,
+    store: &'a SqliteStore,
+    op: &'static str,
+    ok: bool,
+}
+
+impl WriterGuard<'_> {
+    fn w(&mut self) -> &mut Writer {
+        match &mut *self.slot {
+            Slot::Open(w) => w,
+            // A guard is only made over an open writer.
+            Slot::Lost | Slot::Closed => unreachable!("writer guard without a writer"),
+        }
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.w().conn
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.store.hooks.faults
+    }
+
+    /// Starts a write transaction on a connection that must be in autocommit mode.
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        if !in_autocommit(self.conn()).await? {
+            return Err(StoreError::NotCommitted("writer was inside a transaction before BEGIN".into()));
+        }
+        sqlx::query("BEGIN IMMEDIATE").execute(self.conn()).await?;
+        self.faults().check(FaultStep::Begin)?;
+        Ok(())
+    }
+
+    /// Commits, and succeeds only when SQLite is back in autocommit mode afterwards.
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        self.faults().check(FaultStep::Commit)?;
+        sqlx::query("COMMIT").execute(self.conn()).await?;
+        if !in_autocommit(self.conn()).await? {
+            return Err(StoreError::NotCommitted("still inside a transaction after COMMIT".into()));
+        }
+        self.faults().check(FaultStep::Fsync)?;
+        Ok(())
+    }
+
+    /// Rolls back, and succeeds only when SQLite is back in autocommit mode afterwards.
+    async fn rollback(&mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK").execute(self.conn()).await?;
+        if !in_autocommit(self.conn()).await? {
+            return Err(StoreError::NotCommitted("still inside a transaction after ROLLBACK".into()));
+        }
+        Ok(())
+    }
+
+    /// Marks the operation as done: the connection is kept for the next one.
+    fn succeeded(mut self) {
+        self.ok = true;
+        if !self.store.writer_ok.swap(true, Ordering::SeqCst) {
+            tracing::info!(op = self.op, "store writer commits again");
+        }
+        self.store.hooks.metrics.store_writer_ready.set(1);
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if self.ok {
+            return;
+        }
+        if matches!(*self.slot, Slot::Open(_)) {
+            // Dropping the connection closes it; SQLite rolls back an open transaction.
+            *self.slot = Slot::Lost;
+        }
+        self.store.writer_failed(self.op);
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies migrations.
     pub async fn open(url: &str, sync: StoreSync) -> Result<Self, StoreError> {
+        Self::open_with(url, sync, StoreHooks::default()).await
+    }
+
+    /// [`SqliteStore::open`] with fault injection and metrics.
+    pub async fn open_with(url: &str, sync: StoreSync, hooks: StoreHooks) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -99,9 +233,10 @@ impl SqliteStore {
             .max_connections(4)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         let checkpointer = readers.clone();
+        let (faults, metrics) = (hooks.faults.clone(), hooks.metrics.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -109,23 +244,84 @@ impl SqliteStore {
                 if checkpointer.is_closed() {
                     return;
                 }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpointer).await {
-                    tracing::debug!(error = %e, "background checkpoint failed");
+                let res = match faults.check(FaultStep::Checkpoint) {
+                    Err(e) => Err(StoreError::from(e)),
+                    Ok(()) => sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&checkpointer)
+                        .await
+                        .map(|_| ())
+                        .map_err(StoreError::from),
+                };
+                if let Err(e) = res {
+                    metrics.store_error("checkpoint");
+                    tracing::warn!(error = %e, "background checkpoint failed");
                 }
             }
         });
+        hooks.metrics.store_writer_ready.set(1);
         Ok(SqliteStore {
-            writer: Mutex::new(Some(Writer { conn, heads: HashMap::new(), room_heads: HashMap::new() })),
+            writer: Mutex::new(Slot::Open(Writer {
+                conn,
+                heads: HashMap::new(),
+                room_heads: HashMap::new(),
+                max_pages: 0,
+            })),
+            opts,
             readers,
+            hooks,
+            writer_ok: AtomicBool::new(true),
         })
     }
 
     /// Closes the writer and the readers.
     pub async fn close(&self) {
-        if let Some(w) = self.writer.lock().await.take() {
+        let mut slot = self.writer.lock().await;
+        if let Slot::Open(w) = std::mem::replace(&mut *slot, Slot::Closed) {
             let _ = w.conn.close().await;
         }
         self.readers.close().await;
+    }
+
+    /// Takes the writer for `op`, opening a new connection if the last one was discarded.
+    async fn writer(&self, op: &'static str) -> Result<WriterGuard<'_>, StoreError> {
+        let mut slot = self.writer.lock().await;
+        match &*slot {
+            Slot::Closed => return Err(StoreError::Closed),
+            Slot::Open(_) => {}
+            Slot::Lost => match self.opts.connect().await {
+                Ok(conn) => {
+                    tracing::info!("store writer reopened");
+                    *slot =
+                        Slot::Open(Writer { conn, heads: HashMap::new(), room_heads: HashMap::new(), max_pages: 0 });
+                }
+                Err(e) => {
+                    self.writer_failed(op);
+                    return Err(e.into());
+                }
+            },
+        }
+        let mut guard = WriterGuard { slot, store: self, op, ok: false };
+        let want = self.hooks.faults.max_pages();
+        if guard.w().max_pages != want {
+            // 0 restores SQLite's default limit (about 2^32 pages).
+            let pages = if want == 0 { 4_294_967_294 } else { want };
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).execute(guard.conn()).await?;
+            guard.w().max_pages = want;
+        }
+        Ok(guard)
+    }
+
+    fn writer_failed(&self, op: &'static str) {
+        self.hooks.metrics.store_error(op);
+        self.hooks.metrics.store_writer_ready.set(0);
+        if self.writer_ok.swap(false, Ordering::SeqCst) {
+            tracing::warn!(op, "store write failed: the writer is discarded and reopened on next use");
+        }
+    }
+
+    /// Whether the last write succeeded.
+    pub fn writer_ok(&self) -> bool {
+        self.writer_ok.load(Ordering::SeqCst)
     }
 }
 
@@ -382,30 +578,34 @@ impl Store for SqliteStore {
         batch: Vec<NewMessage>,
         cursors: Vec<CursorUpdate>,
     ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let Writer { conn, heads, room_heads } = guard.as_mut().ok_or(StoreError::Closed)?;
-        let mut tx = conn.begin().await?;
+        let mut g = self.writer("append").await?;
+        g.begin().await?;
 
         // Optimistic path: retries are rare, so plan as if nothing of the batch were stored and
         // let the unique indexes tell. If any row was a duplicate, roll the transaction back and
         // plan again knowing which ones (seqs must stay gapless). A whole-transaction rollback
         // rather than a savepoint: with a savepoint open SQLite copies every page it touches
         // to a sub-journal first, which cost a quarter of the writer's time.
-        let mut plan = Self::plan(&mut tx, heads, room_heads, &batch, HashMap::new()).await?;
-        if !Self::insert_plan(&mut tx, &plan).await? {
-            tx.rollback().await?;
-            tx = conn.begin().await?;
-            let existing = Self::lookup_existing(&mut tx, &batch).await?;
-            plan = Self::plan(&mut tx, heads, room_heads, &batch, existing).await?;
-            if !Self::insert_plan(&mut tx, &plan).await? {
+        let mut plan = {
+            let Writer { conn, heads, room_heads, .. } = g.w();
+            Self::plan(conn, heads, room_heads, &batch, HashMap::new()).await?
+        };
+        if !Self::insert_plan(g.conn(), &plan).await? {
+            g.rollback().await?;
+            g.begin().await?;
+            let Writer { conn, heads, room_heads, .. } = g.w();
+            let existing = Self::lookup_existing(conn, &batch).await?;
+            plan = Self::plan(conn, heads, room_heads, &batch, existing).await?;
+            if !Self::insert_plan(conn, &plan).await? {
                 return Err(StoreError::Corrupt("duplicate appeared during an append".into()));
             }
         }
+        g.faults().check(FaultStep::Insert)?;
         for (room, head) in &plan.new_room_heads {
             sqlx::query("UPDATE rooms SET head = ? WHERE room = ?")
                 .bind(to_i64(*head))
                 .bind(room)
-                .execute(&mut *tx)
+                .execute(g.conn())
                 .await?;
         }
 
@@ -428,7 +628,7 @@ impl Store for SqliteStore {
             q.push(
                 " ON CONFLICT (user, device_id) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms",
             );
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(g.conn()).await?;
         }
         for chunk in chunks(&rooms) {
             let mut q: QueryBuilder<Sqlite> =
@@ -441,17 +641,20 @@ impl Store for SqliteStore {
                     .push_bind(to_i64(c.at_ms));
             });
             q.push(" ON CONFLICT (user, device_id, room) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms");
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(g.conn()).await?;
         }
-        tx.commit().await?;
-        if heads.len() > 1_000_000 {
-            heads.clear();
+        g.commit().await?;
+        // Heads move only after a verified commit.
+        let w = g.w();
+        if w.heads.len() > 1_000_000 {
+            w.heads.clear();
         }
-        heads.extend(plan.new_heads);
-        if room_heads.len() > 1_000_000 {
-            room_heads.clear();
+        w.heads.extend(plan.new_heads);
+        if w.room_heads.len() > 1_000_000 {
+            w.room_heads.clear();
         }
-        room_heads.extend(plan.new_room_heads);
+        w.room_heads.extend(plan.new_room_heads);
+        g.succeeded();
         Ok(plan.results)
     }
 
@@ -500,20 +703,41 @@ impl Store for SqliteStore {
     }
 
     async fn create_ticket(&self, hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
+        let mut g = self.writer("create_ticket").await?;
+        g.begin().await?;
+        // Expired tickets go with each new one, so unused tickets cannot pile up.
+        sqlx::query("DELETE FROM tickets WHERE expires_ms < ?")
+            .bind(to_i64(crate::ids::now_ms()))
+            .execute(g.conn())
+            .await?;
         sqlx::query("INSERT INTO tickets (hash, user, expires_ms) VALUES (?, ?, ?)")
             .bind(hash)
             .bind(user)
             .bind(to_i64(expires_ms))
-            .execute(&self.readers)
+            .execute(g.conn())
             .await?;
+        g.commit().await?;
+        g.succeeded();
         Ok(())
     }
 
     async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError> {
+        // A ticket nobody issued costs one read, not a write.
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM tickets WHERE hash = ?").bind(hash).fetch_optional(&self.readers).await?;
+        if known.is_none() {
+            return Ok(TicketUse::Invalid);
+        }
+        // The login may only go ahead once the ticket's removal is committed: a ticket must
+        // never log in twice, also not across a failed commit.
+        let mut g = self.writer("consume_ticket").await?;
+        g.begin().await?;
         let row = sqlx::query("DELETE FROM tickets WHERE hash = ? RETURNING user, expires_ms")
             .bind(hash)
-            .fetch_optional(&self.readers)
+            .fetch_optional(g.conn())
             .await?;
+        g.commit().await?;
+        g.succeeded();
         let Some(row) = row else {
             return Ok(TicketUse::Invalid);
         };
@@ -531,6 +755,55 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.ping().await?;
+        if self.writer_ok() {
+            return Ok(());
+        }
+        let mut g = self.writer("probe").await?;
+        g.begin().await?;
+        sqlx::query("INSERT OR REPLACE INTO writer_probe (id, at_ms, pad) VALUES (1, ?, zeroblob(?))")
+            .bind(to_i64(crate::ids::now_ms()))
+            .bind(PROBE_BYTES)
+            .execute(g.conn())
+            .await?;
+        g.commit().await?;
+        g.succeeded();
+        Ok(())
+    }
+
+    async fn set_cursor(&self, user: &str, device_id: &str, room: Option<&str>, seq: u64) -> Result<(), StoreError> {
+        let mut g = self.writer("set_cursor").await?;
+        g.begin().await?;
+        let now = to_i64(crate::ids::now_ms());
+        match room {
+            None => sqlx::query(
+                "INSERT INTO device_cursors (user, device_id, seq, updated_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (user, device_id) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+            )
+            .bind(user)
+            .bind(device_id)
+            .bind(to_i64(seq))
+            .bind(now)
+            .execute(g.conn())
+            .await?,
+            Some(room) => sqlx::query(
+                "INSERT INTO room_cursors (user, device_id, room, seq, updated_ms) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (user, device_id, room) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+            )
+            .bind(user)
+            .bind(device_id)
+            .bind(room)
+            .bind(to_i64(seq))
+            .bind(now)
+            .execute(g.conn())
+            .await?,
+        };
+        g.commit().await?;
+        g.succeeded();
+        Ok(())
+    }
+
     async fn count_from(&self, sender: &str) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE sender = ?")
             .bind(sender)
@@ -540,31 +813,33 @@ impl Store for SqliteStore {
     }
 
     async fn create_room(&self, room: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let w = guard.as_mut().ok_or(StoreError::Closed)?;
+        let mut g = self.writer("create_room").await?;
+        g.begin().await?;
         let r = sqlx::query("INSERT OR IGNORE INTO rooms (room, created_ms, head) VALUES (?, ?, 0)")
             .bind(room)
             .bind(to_i64(now_ms))
-            .execute(&mut w.conn)
+            .execute(g.conn())
             .await?;
+        g.commit().await?;
+        g.succeeded();
         Ok(r.rows_affected() == 1)
     }
 
     async fn delete_room(&self, room: &str) -> Result<bool, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let w = guard.as_mut().ok_or(StoreError::Closed)?;
-        let mut tx = w.conn.begin().await?;
+        let mut g = self.writer("delete_room").await?;
+        g.begin().await?;
         let existed =
-            sqlx::query("DELETE FROM rooms WHERE room = ?").bind(room).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("DELETE FROM rooms WHERE room = ?").bind(room).execute(g.conn()).await?.rows_affected();
         for sql in [
             "DELETE FROM room_members WHERE room = ?",
             "DELETE FROM room_log WHERE room = ?",
             "DELETE FROM room_cursors WHERE room = ?",
         ] {
-            sqlx::query(sql).bind(room).execute(&mut *tx).await?;
+            sqlx::query(sql).bind(room).execute(g.conn()).await?;
         }
-        tx.commit().await?;
-        w.room_heads.remove(room);
+        g.commit().await?;
+        g.w().room_heads.remove(room);
+        g.succeeded();
         Ok(existed == 1)
     }
 
@@ -577,33 +852,35 @@ impl Store for SqliteStore {
     }
 
     async fn add_member(&self, room: &str, user: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let w = guard.as_mut().ok_or(StoreError::Closed)?;
+        let mut g = self.writer("add_member").await?;
+        g.begin().await?;
         let r = sqlx::query("INSERT OR IGNORE INTO room_members (room, user, joined_ms) VALUES (?, ?, ?)")
             .bind(room)
             .bind(user)
             .bind(to_i64(now_ms))
-            .execute(&mut w.conn)
+            .execute(g.conn())
             .await?;
+        g.commit().await?;
+        g.succeeded();
         Ok(r.rows_affected() == 1)
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let w = guard.as_mut().ok_or(StoreError::Closed)?;
-        let mut tx = w.conn.begin().await?;
+        let mut g = self.writer("remove_member").await?;
+        g.begin().await?;
         let r = sqlx::query("DELETE FROM room_members WHERE room = ? AND user = ?")
             .bind(room)
             .bind(user)
-            .execute(&mut *tx)
+            .execute(g.conn())
             .await?;
         // A later rejoin starts at the head, not where this membership left off.
         sqlx::query("DELETE FROM room_cursors WHERE room = ? AND user = ?")
             .bind(room)
             .bind(user)
-            .execute(&mut *tx)
+            .execute(g.conn())
             .await?;
-        tx.commit().await?;
+        g.commit().await?;
+        g.succeeded();
         Ok(r.rows_affected() == 1)
     }
 
@@ -662,17 +939,18 @@ impl Store for SqliteStore {
     }
 
     async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let w = guard.as_mut().ok_or(StoreError::Closed)?;
-        let by_age =
-            sqlx::query("DELETE FROM room_log WHERE ts < ?").bind(to_i64(min_ts_ms)).execute(&mut w.conn).await?;
+        let mut g = self.writer("prune_rooms").await?;
+        g.begin().await?;
+        let by_age = sqlx::query("DELETE FROM room_log WHERE ts < ?").bind(to_i64(min_ts_ms)).execute(g.conn()).await?;
         let by_count = sqlx::query(
             "DELETE FROM room_log WHERE (room, seq) IN \
              (SELECT l.room, l.seq FROM room_log l JOIN rooms r ON r.room = l.room WHERE l.seq + ? <= r.head)",
         )
         .bind(to_i64(max_count))
-        .execute(&mut w.conn)
+        .execute(g.conn())
         .await?;
+        g.commit().await?;
+        g.succeeded();
         Ok(by_age.rows_affected() + by_count.rows_affected())
     }
 }
@@ -732,6 +1010,175 @@ mod tests {
         assert_eq!(inbox[3].msg.msg_id, 10);
         assert_eq!(s.fetch_inbox("b", 1, Some(2), 100).await.unwrap().len(), 1);
         assert_eq!(s.inbox_head("a").await.unwrap(), 4);
+    }
+
+    fn big(id: u64, from: &str, cid: &str, to: &str) -> NewMessage {
+        NewMessage { payload: vec![b'x'; 1500], ..msg(id, from, cid, to) }
+    }
+
+    /// Drives a store through a full database the way clients do: each batch carries new
+    /// messages, retries of refused ones (same client id) and one retry of an acknowledged one
+    /// (an ack lost on the way). Returns every (client id, msg id) that was acknowledged and
+    /// how many appends failed.
+    async fn run_until_full_and_back(s: &SqliteStore, faults: &Faults, limit: u64) -> (Vec<(String, u64)>, usize) {
+        let mut acked: Vec<(String, u64)> = Vec::new();
+        let mut refused: Vec<NewMessage> = Vec::new();
+        let mut failures = 0;
+        let mut next = 0u64;
+        for round in 0..400u64 {
+            if round == 10 {
+                faults.set_max_pages(limit);
+            }
+            if round == 200 {
+                faults.set_max_pages(0);
+            }
+            let mut batch: Vec<NewMessage> = std::mem::take(&mut refused);
+            if round < 300 {
+                for _ in 0..4 {
+                    next += 1;
+                    batch.push(big(next, "a", &format!("c{next}"), "b"));
+                }
+            }
+            if let Some((cid, _)) = acked.last() {
+                batch.push(big(next + 1_000_000, "a", cid, "b"));
+            }
+            match s.append(batch.clone(), vec![]).await {
+                Ok(results) => {
+                    for r in &results {
+                        let a = ok(r);
+                        acked.push((a.msg.client_msg_id.clone(), a.msg.msg_id));
+                    }
+                }
+                Err(_) => {
+                    failures += 1;
+                    refused = batch.into_iter().filter(|m| m.msg_id < 1_000_000).collect();
+                }
+            }
+        }
+        assert!(refused.is_empty(), "every refused message got in once space was back");
+        (acked, failures)
+    }
+
+    #[tokio::test]
+    async fn a_full_database_never_acknowledges_what_it_did_not_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let hooks = StoreHooks::default();
+        let s = SqliteStore::open_with(&url, StoreSync::Full, hooks.clone()).await.unwrap();
+        s.append(vec![msg(0, "a", "warmup", "b")], vec![]).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&s.readers).await.unwrap();
+        let (acked, failures) = run_until_full_and_back(&s, &hooks.faults, pages as u64 + 40).await;
+        assert!(failures >= 10, "the page limit made appends fail ({failures})");
+        assert!(s.writer_ok(), "the writer recovered without a restart");
+        assert_eq!(hooks.metrics.store_writer_ready.get(), 1);
+        assert!(hooks.metrics.render().contains("tether_store_errors_total{op=\"append\"}"));
+        s.close().await;
+
+        // Everything acknowledged is on disk, once, with gapless seqs.
+        let s = SqliteStore::open(&url, StoreSync::Full).await.unwrap();
+        let inbox = s.fetch_inbox("b", 0, None, 100_000).await.unwrap();
+        let stored: HashMap<String, u64> = inbox.iter().map(|e| (e.msg.client_msg_id.clone(), e.msg.msg_id)).collect();
+        assert_eq!(stored.len(), inbox.len(), "no client id stored twice");
+        for (cid, id) in &acked {
+            assert_eq!(stored.get(cid), Some(id), "acknowledged {cid} is stored with the acknowledged id");
+        }
+        let seqs: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=inbox.len() as u64).collect::<Vec<_>>());
+        assert_eq!(inbox.len(), 1 + 300 * 4, "every message got in exactly once");
+    }
+
+    #[tokio::test]
+    async fn each_failed_step_leaves_nothing_acknowledged_unstored() {
+        for step in [FaultStep::Begin, FaultStep::Insert, FaultStep::Commit, FaultStep::Fsync] {
+            let (_d, s) = open_temp().await;
+            s.append(vec![msg(1, "a", "c1", "b")], vec![]).await.unwrap();
+            s.hooks.faults.fail(step, 1);
+            let failed = s.append(vec![msg(2, "a", "c2", "b"), msg(3, "a", "c3", "b")], vec![]).await;
+            assert!(failed.is_err(), "{step:?}: the failed step is reported");
+            assert!(!s.writer_ok());
+            // The retry (same client ids) lands once, whatever the failed attempt left behind.
+            let r =
+                s.append(vec![msg(4, "a", "c2", "b"), msg(5, "a", "c3", "b"), msg(6, "a", "c4", "b")], vec![]).await;
+            let r = r.unwrap_or_else(|e| panic!("{step:?}: retry failed: {e}"));
+            assert!(s.writer_ok());
+            let seqs: Vec<u64> = r.iter().map(|r| ok(r).sender_seq).collect();
+            assert_eq!(seqs, vec![2, 3, 4], "{step:?}");
+            // After a commit whose outcome was unknown, the retries are the stored originals.
+            let dup = step == FaultStep::Fsync;
+            assert_eq!(ok(&r[0]).duplicate, dup, "{step:?}");
+            assert_eq!(ok(&r[0]).msg.msg_id, if dup { 2 } else { 4 }, "{step:?}");
+            let inbox = s.fetch_inbox("b", 0, None, 100).await.unwrap();
+            assert_eq!(inbox.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "{step:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_writer_and_recovers_on_its_own() {
+        let (_d, s) = open_temp().await;
+        assert!(s.ready().await.is_ok());
+        s.hooks.faults.fail(FaultStep::Commit, 2);
+        assert!(s.append(vec![msg(1, "a", "c1", "b")], vec![]).await.is_err());
+        // The probe write hits the second pending fault: still not ready.
+        assert!(s.ready().await.is_err());
+        assert_eq!(s.hooks.metrics.store_writer_ready.get(), 0);
+        // The fault is gone: the probe commits and the node is ready again, with no restart.
+        assert!(s.ready().await.is_ok());
+        assert_eq!(s.hooks.metrics.store_writer_ready.get(), 1);
+        assert!(s.append(vec![msg(2, "a", "c1", "b")], vec![]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn every_writer_operation_recovers_from_a_failed_commit() {
+        let (_d, s) = open_temp().await;
+        s.hooks.faults.fail(FaultStep::Commit, 1);
+        assert!(s.create_room("r", 1).await.is_err());
+        assert_eq!(s.room_head("r").await.unwrap(), None, "a failed create left no room");
+        assert!(s.create_room("r", 1).await.unwrap());
+        s.hooks.faults.fail(FaultStep::Commit, 1);
+        assert!(s.add_member("r", "a", 1).await.is_err());
+        assert!(s.members("r").await.unwrap().is_empty());
+        assert!(s.add_member("r", "a", 1).await.unwrap());
+        s.hooks.faults.fail(FaultStep::Begin, 1);
+        assert!(s.remove_member("r", "a").await.is_err());
+        assert_eq!(s.members("r").await.unwrap(), vec!["a".to_string()]);
+        // Tickets: a failed consume does not log in, and the ticket still works afterwards.
+        s.create_ticket("h", "alice", u64::MAX / 2).await.unwrap();
+        s.hooks.faults.fail(FaultStep::Commit, 1);
+        assert!(s.consume_ticket("h", 1).await.is_err());
+        assert_eq!(s.consume_ticket("h", 1).await.unwrap(), TicketUse::Valid("alice".into()));
+        assert_eq!(s.consume_ticket("h", 1).await.unwrap(), TicketUse::Invalid);
+        // A ticket consumed in a commit whose outcome was unknown is not handed out again.
+        s.create_ticket("h2", "bob", u64::MAX / 2).await.unwrap();
+        s.hooks.faults.fail(FaultStep::Fsync, 1);
+        assert!(s.consume_ticket("h2", 1).await.is_err());
+        assert_eq!(s.consume_ticket("h2", 1).await.unwrap(), TicketUse::Invalid);
+        assert!(s.ready().await.is_ok());
+        assert!(s.writer_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_write_does_not_leave_its_transaction_behind() {
+        let (_d, s) = open_temp().await;
+        // Poll an append once and drop it, possibly in the middle of its transaction.
+        let fut = s.append(vec![msg(1, "a", "c1", "b")], vec![]);
+        let _ = futures_poll_once(fut).await;
+        let r = s.append(vec![msg(2, "a", "c2", "b")], vec![]).await.unwrap();
+        s.close().await;
+        let s2 = SqliteStore::open(&format!("sqlite://{}", _d.path().join("t.db").display()), StoreSync::Full)
+            .await
+            .unwrap();
+        let inbox = s2.fetch_inbox("b", 0, None, 10).await.unwrap();
+        assert!(inbox.iter().any(|e| e.msg.client_msg_id == "c2" && e.seq == ok(&r[0]).sender_seq));
+    }
+
+    /// Polls `fut` once, then drops it.
+    async fn futures_poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+        let mut fut = Box::pin(fut);
+        std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await
     }
 
     #[test]
@@ -825,11 +1272,16 @@ mod tests {
     #[tokio::test]
     async fn tickets_are_single_use_and_expire() {
         let (_d, s) = open_temp().await;
-        s.create_ticket("h1", "alice", 2000).await.unwrap();
-        s.create_ticket("h2", "bob", 2000).await.unwrap();
-        assert_eq!(s.consume_ticket("h1", 1000).await.unwrap(), TicketUse::Valid("alice".into()));
-        assert_eq!(s.consume_ticket("h1", 1000).await.unwrap(), TicketUse::Invalid);
-        assert_eq!(s.consume_ticket("h2", 3000).await.unwrap(), TicketUse::Expired);
-        assert_eq!(s.consume_ticket("nope", 0).await.unwrap(), TicketUse::Invalid);
+        let now = crate::ids::now_ms();
+        s.create_ticket("h1", "alice", now + 60_000).await.unwrap();
+        s.create_ticket("h2", "bob", now + 60_000).await.unwrap();
+        assert_eq!(s.consume_ticket("h1", now).await.unwrap(), TicketUse::Valid("alice".into()));
+        assert_eq!(s.consume_ticket("h1", now).await.unwrap(), TicketUse::Invalid);
+        assert_eq!(s.consume_ticket("h2", now + 120_000).await.unwrap(), TicketUse::Expired);
+        assert_eq!(s.consume_ticket("nope", now).await.unwrap(), TicketUse::Invalid);
+        // Creating a ticket sweeps the expired ones.
+        s.create_ticket("old", "carol", now - 1).await.unwrap();
+        s.create_ticket("h3", "dave", now + 60_000).await.unwrap();
+        assert_eq!(s.consume_ticket("old", now - 10).await.unwrap(), TicketUse::Invalid);
     }
 }

@@ -23,6 +23,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// A running `tether-server` process.
 pub struct Server {
     pub dir: tempfile::TempDir,
+    /// The node's data dir (`dir` itself unless the test chose another).
+    pub data: PathBuf,
     pub quic: SocketAddr,
     pub admin: SocketAddr,
     pub extra: Vec<String>,
@@ -33,9 +35,15 @@ impl Server {
     /// Starts a server in a fresh temp dir with `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_path_buf();
+        Server::start_in(dir, data, extra)
+    }
+
+    /// Starts a server with its data in `data` (logs stay in `dir`).
+    pub fn start_in(dir: tempfile::TempDir, data: PathBuf, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, quic, admin) = spawn(dir.path(), "127.0.0.1:0", &extra);
-        Server { dir, quic, admin, extra, child: Some(child) }
+        let (child, quic, admin) = spawn(dir.path(), &data, "127.0.0.1:0", &extra);
+        Server { dir, data, quic, admin, extra, child: Some(child) }
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -49,18 +57,18 @@ impl Server {
     /// Starts the server again on the same data dir and QUIC port.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, quic, admin) = spawn(self.dir.path(), &self.quic.to_string(), &self.extra);
+        let (child, quic, admin) = spawn(self.dir.path(), &self.data, &self.quic.to_string(), &self.extra);
         assert_eq!(quic, self.quic);
         self.admin = admin;
         self.child = Some(child);
     }
 
     pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("dev-cert.pem")
+        self.data.join("dev-cert.pem")
     }
 
     pub fn db_url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("tether.db").display())
+        format!("sqlite://{}", self.data.join("tether.db").display())
     }
 
     /// SDK client config for this server with fast timers.
@@ -105,13 +113,15 @@ impl Drop for Server {
     }
 }
 
-fn spawn(dir: &Path, quic: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+fn spawn(dir: &Path, data: &Path, quic: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
-        .args(["--data-dir", &dir.display().to_string(), "--quic-addr", quic, "--admin-addr", "127.0.0.1:0"])
+        .args(["--data-dir", &data.display().to_string(), "--quic-addr", quic, "--admin-addr", "127.0.0.1:0"])
         .args(["--jwt-secret", JWT_SECRET, "--admin-token", ADMIN_TOKEN, "--log", "info,tether_server=debug"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).expect("log file")))
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file"),
+        ))
         .spawn()
         .expect("spawn tether-server");
     let stdout = child.stdout.take().expect("stdout");
