@@ -356,7 +356,7 @@ async fn room_history(
         "room": room,
         "messages": messages,
         "first_seq": first_seq,
-        "truncated": q.after + 1 < first_seq,
+        "truncated": q.after.saturating_add(1) < first_seq,
         "next_after": next_after,
     })))
 }

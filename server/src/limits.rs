@@ -58,7 +58,7 @@ pub struct InboxOrder {
 impl InboxOrder {
     /// Starts after `cursor` (the device has everything up to it).
     pub fn after(cursor: u64) -> Self {
-        InboxOrder { next: cursor + 1 }
+        InboxOrder { next: cursor.saturating_add(1) }
     }
 
     /// The seq the device needs next.
@@ -80,7 +80,7 @@ impl InboxOrder {
     /// Records that entry `seq` was written (or is known to the device).
     pub fn sent(&mut self, seq: u64) {
         if seq >= self.next {
-            self.next = seq + 1;
+            self.next = seq.saturating_add(1);
         }
     }
 }

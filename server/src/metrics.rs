@@ -46,6 +46,10 @@ pub struct Metrics {
     pub messages_out: Counter,
     /// `ack` frames received.
     pub acks: Counter,
+    /// Acks beyond what the session had delivered, clamped to it.
+    pub acks_clamped: Counter,
+    /// Stored cursors found above the head at login and repaired.
+    pub cursors_repaired: Counter,
     /// Retried sends answered from the store (duplicates).
     pub retries: Counter,
     /// Times a session read missed messages from the store (resume, sync, lag).
@@ -88,6 +92,8 @@ impl Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
             acks: Counter::default(),
+            acks_clamped: Counter::default(),
+            cursors_repaired: Counter::default(),
             retries: Counter::default(),
             sync_gaps: Counter::default(),
             sync_messages: Counter::default(),
@@ -108,6 +114,12 @@ impl Metrics {
         registry.register("messages_in", "Messages accepted and stored", m.messages_in.clone());
         registry.register("messages_out", "Deliver frames written", m.messages_out.clone());
         registry.register("acks", "Ack frames received", m.acks.clone());
+        registry.register("acks_clamped", "Acks beyond what was delivered, clamped", m.acks_clamped.clone());
+        registry.register(
+            "cursors_repaired",
+            "Stored cursors above the head repaired at login",
+            m.cursors_repaired.clone(),
+        );
         registry.register("send_retries", "Retried sends answered with the original ack", m.retries.clone());
         registry.register("sync_gaps", "Gaps closed from the store", m.sync_gaps.clone());
         registry.register("sync_messages", "Messages sent from the store to close gaps", m.sync_messages.clone());

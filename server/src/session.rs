@@ -131,11 +131,24 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         }
     };
     ctx.metrics.connections.inc();
+    // Runs however this task ends (a panic included): the gauge and the connection are let go.
+    let _open = OnDrop(|| {
+        ctx.metrics.connections.dec();
+        close(&conn, CloseCode::ServerShutdown);
+    });
     let span = tracing::info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
     let reason = run(&conn, &ctx).instrument(span).await;
     ctx.metrics.closed(reason.reason());
     close(&conn, reason);
-    ctx.metrics.connections.dec();
+}
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 fn bad_frame(e: &DecodeError) -> (ErrorCode, CloseCode) {
@@ -149,29 +162,68 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
     // The handshake-to-login phase runs in its own allocation, freed once the session is
     // established: its futures are larger than the session loop's, and an idle session should
     // not carry them.
-    let (reader, writer, mut session, device_id) = match Box::pin(establish(conn, ctx)).await {
+    let (reader, writer, session, device_id) = match Box::pin(establish(conn, ctx)).await {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let user = session.handle.user.clone();
     ctx.metrics.login("ok");
     ctx.metrics.sessions.inc();
-    let span = tracing::info_span!("session", user = %user, device = %device_id, sid = session.handle.id);
-    let (sid, reason) = session.run(reader, writer, ctx).instrument(span).await;
-    session.save_cursors(ctx).await;
-    let last = ctx.hub.unregister(&user, sid);
+    let span =
+        tracing::info_span!("session", user = %session.handle.user, device = %device_id, sid = session.handle.id);
+    // From here the session is registered: whatever ends it (a close, a panic, the task being
+    // dropped), the guard unregisters it and announces it offline.
+    let mut guard = SessionGuard { session: Some(session), ctx: ctx.clone() };
+    let reason = match guard.session.as_mut() {
+        Some(s) => s.run(reader, writer, ctx).instrument(span).await,
+        None => CloseCode::ServerShutdown,
+    };
+    if let Some(mut session) = guard.session.take() {
+        let linger = session.linger.take();
+        end_session(ctx.clone(), session, reason).await;
+        if let Some(mut writer) = linger {
+            writer.linger().await;
+        }
+    }
+    reason
+}
+
+/// Ends a registered session on every path out of [`run`].
+struct SessionGuard {
+    session: Option<Session>,
+    ctx: Arc<Ctx>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        // Only reached when the normal path did not run: the session task panicked or was
+        // dropped. Unregister now, announce from a task of its own.
+        if let Some(session) = self.session.take() {
+            warn!(user = %session.handle.user, sid = session.handle.id, "session ended abnormally; cleaning up");
+            self.ctx.hub.unregister(&session.handle.user, session.handle.id);
+            tokio::spawn(end_session(self.ctx.clone(), session, CloseCode::ServerShutdown));
+        }
+    }
+}
+
+/// Everything that follows the end of a logged-in session: its cursors stored, the hub told,
+/// and the user announced offline in rooms, to presence watchers and to the webhook.
+async fn end_session(ctx: Arc<Ctx>, mut session: Session, reason: CloseCode) {
+    let user = session.handle.user.clone();
+    let sid = session.handle.id;
+    session.save_cursors(&ctx).await;
+    ctx.hub.unregister(&user, sid);
+    let last = !ctx.hub.is_online(&user);
     ctx.hub.unwatch(sid, session.watching.iter());
     ctx.hub.touch(&user, now_ms());
     ctx.metrics.sessions.dec();
     if last {
-        announce_in_rooms(ctx, session.rooms.keys(), RoomEventKind::Offline, &user).await;
+        announce_in_rooms(&ctx, session.rooms.keys(), RoomEventKind::Offline, &user).await;
     }
     ctx.hub.notify_presence(&user);
     let mut event = session_event(&session.handle);
     event["reason"] = json!(reason.reason());
     event["last_session"] = json!(last);
     ctx.webhooks.emit("session.disconnected", event);
-    reason
 }
 
 /// Tells each of `rooms` that `user` came online or went offline.
@@ -304,9 +356,10 @@ async fn login_session(
     let metadata = login.metadata.clone().unwrap_or_default();
     check_metadata(&metadata, ctx.cfg.max_metadata)?;
     let unavailable = |e: crate::store::StoreError| (ErrorCode::Unavailable, e.to_string(), "store_error");
-    let cursor = match login.inbox_cursor {
-        Some(c) => c,
-        None => ctx.store.device_cursor(&user, &login.device_id).await.map_err(unavailable)?.unwrap_or(0),
+    // The device's own cursor, or the one stored for it (which may need repair below).
+    let (cursor, stored) = match login.inbox_cursor {
+        Some(c) => (c, false),
+        None => (ctx.store.device_cursor(&user, &login.device_id).await.map_err(unavailable)?.unwrap_or(0), true),
     };
 
     let (tx, rx) = session_channel(ctx.cfg.session_queue);
@@ -325,13 +378,37 @@ async fn login_session(
     let first = ctx.hub.register(handle.clone());
     let heads = async {
         let head = ctx.store.inbox_head(&user).await?;
+        // A stored cursor above the head (written before acks were clamped, or a store
+        // restored from an older backup) would hide every message up to it: repair it.
+        if stored && cursor > head {
+            warn!(user = %user, device = %login.device_id, cursor, head, "stored inbox cursor above the head; repaired");
+            ctx.metrics.cursors_repaired.inc();
+            ctx.store.set_cursor(&user, &login.device_id, None, head).await?;
+        }
         let mut rooms = HashMap::new();
         let mut room_backlog = Vec::new();
+        // Rooms where this device starts at the head with nothing stored: the start is stored
+        // with the next cursor write, so what arrives meanwhile is not skipped next time.
+        let mut unstored = HashSet::new();
         for room in ctx.store.rooms_of(&user).await? {
             let room_head = ctx.store.room_head(&room).await?.unwrap_or(0);
             let cursor = match login.room_cursors.as_ref().and_then(|c| c.get(&room)) {
                 Some(c) => *c,
-                None => ctx.store.room_cursor(&user, &login.device_id, &room).await?.unwrap_or(room_head),
+                None => {
+                    let c = match ctx.store.room_cursor(&user, &login.device_id, &room).await? {
+                        Some(c) => c,
+                        None => {
+                            unstored.insert(Some(room.clone()));
+                            room_head
+                        }
+                    };
+                    if c > room_head {
+                        warn!(user = %user, room = %room, cursor = c, room_head, "stored room cursor above the head; repaired");
+                        ctx.metrics.cursors_repaired.inc();
+                        ctx.store.set_cursor(&user, &login.device_id, Some(&room), room_head).await?;
+                    }
+                    c
+                }
             };
             let cursor = cursor.min(room_head);
             if cursor < room_head {
@@ -339,9 +416,9 @@ async fn login_session(
             }
             rooms.insert(room, RoomCursor { order: InboxOrder::after(cursor), acked: cursor });
         }
-        Ok::<_, crate::store::StoreError>((head, rooms, room_backlog))
+        Ok::<_, crate::store::StoreError>((head, rooms, room_backlog, unstored))
     };
-    let (head, rooms, room_backlog) = match heads.await {
+    let (head, rooms, room_backlog, unstored) = match heads.await {
         Ok(v) => v,
         Err(e) => {
             ctx.hub.unregister(&user, handle.id);
@@ -374,12 +451,13 @@ async fn login_session(
         rx,
         order: InboxOrder::after(cursor.min(head)),
         backlog_until: head,
-        acked: cursor,
+        acked: cursor.min(head),
         bucket: TokenBucket::new(ctx.cfg.send_rate, ctx.cfg.send_burst, Instant::now()),
         rooms,
         room_backlog,
         watching: HashSet::new(),
-        dirty: HashSet::new(),
+        dirty: unstored,
+        linger: None,
         cursors_written: Instant::now(),
     };
     Ok((session, ok))
@@ -418,36 +496,36 @@ struct Session {
     dirty: HashSet<Option<String>>,
     /// When cursors were last written.
     cursors_written: Instant,
+    /// A writer whose last frames wait for the peer after the session has ended.
+    linger: Option<FrameWriter>,
 }
 
 /// Stored cursors are written at most this often per session (and when it ends).
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
-/// What ended a session: (session id, close code).
-type Ended = (u64, CloseCode);
-
 enum Flow {
     Continue,
     End(CloseCode),
+    /// End now, and let the last frames linger only after the session is announced gone.
+    EndThenLinger(CloseCode),
 }
 
 impl Session {
-    async fn run(&mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> Ended {
-        let id = self.handle.id;
+    async fn run(&mut self, mut reader: FrameReader, mut writer: FrameWriter, ctx: &Arc<Ctx>) -> CloseCode {
         let backlog = self.order.next() - 1;
         if backlog < self.backlog_until {
             let until = self.backlog_until;
             if let Err(code) = self.fill(ctx, &mut writer, backlog, Some(until)).await {
-                return (id, code);
+                return code;
             }
         }
         for (room, cursor, head) in std::mem::take(&mut self.room_backlog) {
             if let Err(code) = self.fill_room(ctx, &mut writer, &room, cursor, Some(head)).await {
-                return (id, code);
+                return code;
             }
         }
         if !writer.flush().await {
-            return (id, CloseCode::Normal);
+            return CloseCode::Normal;
         }
         let lag = self.rx.lag_signal();
         // One timer for the whole session, moved on when a frame arrives: re-creating it on
@@ -516,17 +594,23 @@ impl Session {
                     }
                 }
                 _ = &mut idle => {
+                    // The peer has most likely vanished: no lingering for its acknowledgement,
+                    // so it is announced offline when the idle timer fires, not later.
                     info!("idle timeout");
                     writer.push(&error_frame(ErrorCode::Unavailable, "idle timeout", true));
-                    writer.linger().await;
-                    Flow::End(CloseCode::IdleTimeout)
+                    Flow::EndThenLinger(CloseCode::IdleTimeout)
                 }
             };
-            if let Flow::End(code) = flow {
-                return (id, code);
+            match flow {
+                Flow::Continue => {}
+                Flow::End(code) => return code,
+                Flow::EndThenLinger(code) => {
+                    self.linger = Some(writer);
+                    return code;
+                }
             }
             if !writer.flush().await {
-                return (id, CloseCode::Normal);
+                return CloseCode::Normal;
             }
         }
     }
@@ -630,7 +714,7 @@ impl Session {
                     }
                 };
                 ctx.metrics.store_op("fetch_room", started.elapsed().as_secs_f64());
-                if first_page && first_seq > after + 1 {
+                if first_page && first_seq > after.saturating_add(1) {
                     writer.push(&Frame::HistoryTruncated(HistoryTruncated { room: room.to_owned(), after, first_seq }));
                     self.room_order(room, first_seq).sent(first_seq - 1);
                 }
@@ -814,14 +898,24 @@ impl Session {
             }
             Frame::Ack(a) => {
                 ctx.metrics.acks.inc();
-                if a.inbox > self.acked {
-                    self.acked = a.inbox;
+                // A device can only acknowledge what it was given (in this session or before
+                // it): an ack beyond that is clamped, so it can never hide later messages.
+                let inbox = a.inbox.min(self.order.next() - 1);
+                if a.inbox > inbox {
+                    ctx.metrics.acks_clamped.inc();
+                }
+                if inbox > self.acked {
+                    self.acked = inbox;
                     self.dirty.insert(None);
                 }
                 for (room, seq) in a.rooms.into_iter().flatten() {
                     if let Some(r) = self.rooms.get_mut(&room) {
-                        if seq > r.acked {
-                            r.acked = seq;
+                        let seq_ok = seq.min(r.order.next() - 1);
+                        if seq > seq_ok {
+                            ctx.metrics.acks_clamped.inc();
+                        }
+                        if seq_ok > r.acked {
+                            r.acked = seq_ok;
                             self.dirty.insert(Some(room));
                         }
                     }

@@ -1,0 +1,156 @@
+//! Findings of the outside fault test, each over real QUIC against the server process: acks
+//! beyond what was delivered, stored cursors above the head, integers near `u64::MAX`, and how
+//! soon a vanished client is announced offline.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tether_proto::{Ack, Frame, Ping, SubscribePresence, Sync};
+use tether_server::store::sqlite::SqliteStore;
+use tether_server::store::{CursorUpdate, Store};
+
+async fn push(server: &Server, to: &str, text: &str) {
+    let (status, body) =
+        server.admin("POST", "/v1/messages", Some(serde_json::json!({ "to": to, "text": text }))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn push_room(server: &Server, room: &str, text: &str) {
+    let path = format!("/v1/rooms/{room}/messages");
+    let (status, body) = server.admin("POST", &path, Some(serde_json::json!({ "text": text }))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Reads `n` deliveries; returns their payloads.
+async fn delivers(raw: &mut Raw, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = raw
+            .expect_pinging(10, |f| match f {
+                Frame::Deliver(d) => Some(d.clone()),
+                _ => None,
+            })
+            .await;
+        out.push(String::from_utf8_lossy(&d.payload).into_owned());
+    }
+    out
+}
+
+/// Closes a raw session and waits until the server has ended it (its cursors are stored then).
+async fn leave(server: &Server, raw: Raw, user: &str) {
+    raw.conn.close(0u32.into(), b"bye");
+    drop(raw);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, s) = server.admin("GET", &format!("/v1/users/{user}/sessions"), None).await;
+        if s["online"] == false {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{user}'s session ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cursor write at session end goes through the write pipeline: give it a batch.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_beyond_what_was_delivered_hides_no_later_message() {
+    let server = Server::start(&[]);
+    for (round, bad) in [1_000_000_000u64, u64::MAX].into_iter().enumerate() {
+        let device = format!("bob-{round}");
+        let (mut bob, _) = Raw::login(&server, "bob", &device, None, None).await;
+        bob.join("r").await;
+        let mut rooms = BTreeMap::new();
+        rooms.insert("r".to_string(), bad);
+        bob.write(&Frame::Ack(Ack { inbox: bad, rooms: Some(rooms) })).await;
+        // Frames are handled in order: once the pong is back, the ack was.
+        bob.write(&Frame::Ping(Ping { nonce: 7 })).await;
+        bob.expect(10, |f| matches!(f, Frame::Pong(_)).then_some(())).await;
+        leave(&server, bob, "bob").await;
+
+        // Messages that arrive while the device is away...
+        push(&server, "bob", &format!("inbox {round}")).await;
+        push_room(&server, "r", &format!("room {round}")).await;
+        // ...all reach it at its next login without a cursor of its own.
+        let (mut bob, ok) = Raw::login(&server, "bob", &device, None, None).await;
+        assert_eq!(ok.inbox_head, round as u64 + 1);
+        let got = delivers(&mut bob, 2).await;
+        assert!(got.contains(&format!("inbox {round}")), "{got:?}");
+        assert!(got.contains(&format!("room {round}")), "{got:?}");
+        leave(&server, bob, "bob").await;
+    }
+    assert!(server.metric("tether_acks_clamped_total").await >= 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_cursor_above_the_head_is_repaired_at_login() {
+    let server = Server::start(&[]);
+    push(&server, "bob", "before").await;
+    // A cursor far above the head, as an older node could store it.
+    let store = SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full).await.expect("open db");
+    let cu = CursorUpdate { user: "bob".into(), device_id: "bob-phone".into(), room: None, seq: 1 << 40, at_ms: 1 };
+    store.append(vec![], vec![cu]).await.expect("plant cursor");
+    let (bob, ok) = Raw::login(&server, "bob", "bob-phone", None, None).await;
+    assert_eq!(ok.inbox_head, 1);
+    assert_eq!(server.metric("tether_cursors_repaired_total").await, 1.0);
+    assert_eq!(store.device_cursor("bob", "bob-phone").await.expect("cursor"), Some(1), "repaired to the head");
+    leave(&server, bob, "bob").await;
+    push(&server, "bob", "after").await;
+    let (mut bob, _) = Raw::login(&server, "bob", "bob-phone", None, None).await;
+    assert_eq!(delivers(&mut bob, 1).await, vec!["after".to_string()]);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_near_u64_max_are_answered_and_the_session_lives_on() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = Raw::login(&server, "alice", "alice-raw", None, None).await;
+    alice.join("r").await;
+    alice.send_room("r", "c1", "hello").await;
+    alice.expect(10, |f| matches!(f, Frame::SendAck(_)).then_some(())).await;
+    for (room, after, until) in [
+        (Some("r"), u64::MAX, None),
+        (Some("r"), u64::MAX - 1, Some(u64::MAX)),
+        (None, u64::MAX, None),
+        (None, u64::MAX - 1, Some(u64::MAX)),
+        (Some("r"), 0, Some(u64::MAX)),
+    ] {
+        alice.write(&Frame::Sync(Sync { after, until, room: room.map(String::from) })).await;
+        alice.write(&Frame::Ping(Ping { nonce: after })).await;
+        let nonce = alice
+            .expect(10, |f| match f {
+                Frame::Pong(p) => Some(p.nonce),
+                _ => None,
+            })
+            .await;
+        assert_eq!(nonce, after, "the session answers after sync{{after: {after}}}");
+    }
+    let (status, body) = server.admin("GET", "/v1/rooms/r/messages?after=18446744073709551615", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(0));
+    assert_eq!(body["truncated"], false);
+    let (status, _) = server.admin("GET", "/v1/rooms/r/messages?after=18446744073709551616", None).await;
+    assert_eq!(status, 400, "an after beyond u64 is a bad request");
+    let (_, s) = server.admin("GET", "/v1/users/alice/sessions", None).await;
+    assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_is_announced_offline_when_the_idle_timer_fires() {
+    let server = Server::start(&["--idle-timeout", "1s"]);
+    let (mut bob, _) = Raw::login(&server, "bob", "bob-raw", None, None).await;
+    bob.write(&Frame::SubscribePresence(SubscribePresence { users: vec!["alice".into()] })).await;
+    let (mut alice, _) = Raw::login(&server, "alice", "alice-raw", None, None).await;
+    bob.expect_pinging(10, |f| matches!(f, Frame::Presence(p) if p.user == "alice" && p.online).then_some(())).await;
+    // Alice's last frame; then she goes silent without closing (the phone left the network).
+    alice.write(&Frame::Ping(Ping { nonce: 1 })).await;
+    let last_frame = Instant::now();
+    bob.expect_pinging(10, |f| matches!(f, Frame::Presence(p) if p.user == "alice" && !p.online).then_some(())).await;
+    let after = last_frame.elapsed();
+    // The idle timeout is 1 s; lingering for the vanished peer's acknowledgement added 2 s.
+    assert!(after < Duration::from_millis(2500), "offline {after:?} after the last frame");
+    drop(alice);
+}
