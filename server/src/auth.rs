@@ -65,12 +65,46 @@ struct Claims {
     sub: String,
 }
 
+/// What a JWT must satisfy besides its signature and `exp`.
+#[derive(Debug, Clone, Default)]
+pub struct JwtRules {
+    /// Clock skew allowed for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Accepted audiences: when non-empty, `aud` is required and must name one of them; when
+    /// empty, `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Required issuer: when set, `iss` is required and must equal it.
+    pub issuer: Option<String>,
+}
+
 /// Checks JWTs and signs/verifies resume tokens.
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
     public: Option<(DecodingKey, Vec<Algorithm>)>,
-    leeway_secs: u64,
+    rules: JwtRules,
     resume_key: Vec<u8>,
+}
+
+/// A JWT library error as a message for the client: names the problem, not the library.
+fn jwt_refusal(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    let msg = match kind {
+        K::InvalidSignature => return AuthError::BadSignature,
+        K::ExpiredSignature => return AuthError::TokenExpired,
+        K::ImmatureSignature => "token not valid yet (nbf is in the future)".to_owned(),
+        K::InvalidAudience => "audience (aud) not accepted".to_owned(),
+        K::InvalidIssuer => "issuer (iss) not accepted".to_owned(),
+        K::InvalidSubject => "subject (sub) not accepted".to_owned(),
+        K::MissingRequiredClaim(c) => format!("required claim `{c}` missing"),
+        K::InvalidClaimFormat(c) => format!("claim `{c}` has the wrong type"),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            "algorithm not accepted".to_owned()
+        }
+        K::Json(_) => "malformed claims".to_owned(),
+        K::Base64(_) | K::Utf8(_) | K::InvalidToken => "malformed token".to_owned(),
+        _ => "token not accepted".to_owned(),
+    };
+    AuthError::InvalidToken(msg)
 }
 
 /// Failure to set up the authenticator from configuration.
@@ -84,7 +118,7 @@ impl Authenticator {
     pub fn new(
         hs256_secret: Option<&str>,
         public_key_pem: Option<&[u8]>,
-        leeway_secs: u64,
+        rules: JwtRules,
         resume_key: Vec<u8>,
     ) -> Result<Self, KeyError> {
         let public = match public_key_pem {
@@ -102,14 +136,19 @@ impl Authenticator {
         Ok(Authenticator {
             hs256: hs256_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
             public,
-            leeway_secs,
+            rules,
             resume_key,
         })
     }
 
     /// Verifies a JWT and returns its `sub`.
     pub fn verify_jwt(&self, token: &str) -> Result<String, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        // A header the library cannot parse (`alg: none` among them) is refused without the
+        // library's own wording (it would list its algorithms to the client).
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Json(_) => AuthError::InvalidToken("algorithm not accepted".into()),
+            kind => jwt_refusal(kind),
+        })?;
         let (key, algs) = match header.alg {
             Algorithm::HS256 => match &self.hs256 {
                 Some(k) => (k, vec![Algorithm::HS256]),
@@ -122,18 +161,25 @@ impl Authenticator {
         };
         let mut v = Validation::new(header.alg);
         v.algorithms = algs;
-        v.leeway = self.leeway_secs;
+        v.leeway = self.rules.leeway_secs;
         v.validate_exp = true;
-        v.set_required_spec_claims(&["exp", "sub"]);
-        use jsonwebtoken::errors::ErrorKind;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if self.rules.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.rules.audience);
+            required.push("aud");
+        }
+        if let Some(iss) = &self.rules.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         match jsonwebtoken::decode::<Claims>(token, key, &v) {
             Ok(data) if !data.claims.sub.is_empty() => Ok(data.claims.sub),
             Ok(_) => Err(AuthError::InvalidToken("empty sub".into())),
-            Err(e) => Err(match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::ExpiredSignature => AuthError::TokenExpired,
-                _ => AuthError::InvalidToken(e.to_string()),
-            }),
+            Err(e) => Err(jwt_refusal(e.kind())),
         }
     }
 
@@ -205,7 +251,7 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::new(Some("s3cret"), None, 0, b"resume-key".to_vec()).unwrap()
+        Authenticator::new(Some("s3cret"), None, JwtRules::default(), b"resume-key".to_vec()).unwrap()
     }
 
     fn hs(secret: &str, sub: &str, exp: u64) -> String {
@@ -222,10 +268,75 @@ mod tests {
         assert!(matches!(a.verify_jwt(&hs("s3cret", "", now_s() + 60)), Err(AuthError::InvalidToken(_))));
     }
 
+    fn hs_claims(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap()
+    }
+
+    fn refusal(r: Result<String, AuthError>) -> String {
+        match r {
+            Err(AuthError::InvalidToken(m)) => m,
+            other => panic!("expected invalid_token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn audience_issuer_and_nbf_are_checked_as_configured() {
+        let exp = now_s() + 60;
+        // No audience configured: any aud is fine (it is the backend's business).
+        let a = auth();
+        assert_eq!(a.verify_jwt(&hs_claims(serde_json::json!({"sub": "al", "exp": exp, "aud": "x"}))).unwrap(), "al");
+        // A future nbf is refused; within the leeway it is accepted.
+        let t = hs_claims(serde_json::json!({"sub": "al", "exp": exp, "nbf": now_s() + 30}));
+        assert!(refusal(a.verify_jwt(&t)).contains("nbf"));
+        let rules = JwtRules { leeway_secs: 60, ..JwtRules::default() };
+        let lenient = Authenticator::new(Some("s3cret"), None, rules, vec![1]).unwrap();
+        assert_eq!(lenient.verify_jwt(&t).unwrap(), "al");
+
+        let rules = JwtRules {
+            leeway_secs: 0,
+            audience: vec!["chat".into(), "chat-beta".into()],
+            issuer: Some("https://auth.example".into()),
+        };
+        let strict = Authenticator::new(Some("s3cret"), None, rules, vec![1]).unwrap();
+        let good = serde_json::json!({"sub": "al", "exp": exp, "aud": "chat-beta", "iss": "https://auth.example"});
+        assert_eq!(strict.verify_jwt(&hs_claims(good.clone())).unwrap(), "al");
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = "billing".into();
+        assert_eq!(refusal(strict.verify_jwt(&hs_claims(wrong_aud))), "audience (aud) not accepted");
+        let mut no_aud = good.clone();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        assert_eq!(refusal(strict.verify_jwt(&hs_claims(no_aud))), "required claim `aud` missing");
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = "https://evil.example".into();
+        assert_eq!(refusal(strict.verify_jwt(&hs_claims(wrong_iss))), "issuer (iss) not accepted");
+        let mut no_iss = good;
+        no_iss.as_object_mut().unwrap().remove("iss");
+        assert_eq!(refusal(strict.verify_jwt(&hs_claims(no_iss))), "required claim `iss` missing");
+    }
+
+    #[test]
+    fn refusals_name_the_problem_without_library_internals() {
+        let a = auth();
+        // alg: none, hand-made: header {"alg":"none","typ":"JWT"}.
+        let none = format!(
+            "{}.{}.",
+            B64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(br#"{"sub":"al","exp":9999999999}"#)
+        );
+        let m = refusal(a.verify_jwt(&none));
+        assert_eq!(m, "algorithm not accepted");
+        for t in ["not.a.jwt", "", "a.b", &format!("{}.e30.sig", B64.encode(b"{"))] {
+            let m = refusal(a.verify_jwt(t));
+            assert!(!m.contains("variant") && !m.contains("expected") && !m.contains("line"), "{t:?}: {m}");
+        }
+        let wrong_type = hs_claims(serde_json::json!({"sub": 5, "exp": now_s() + 60}));
+        assert_eq!(refusal(a.verify_jwt(&wrong_type)), "malformed claims");
+    }
+
     #[test]
     fn es256_with_a_configured_public_key() {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let a = Authenticator::new(None, Some(kp.public_key_pem().as_bytes()), 0, vec![1]).unwrap();
+        let a = Authenticator::new(None, Some(kp.public_key_pem().as_bytes()), JwtRules::default(), vec![1]).unwrap();
         let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
         let t = encode(&Header::new(Algorithm::ES256), &C { sub: "bob", exp: now_s() + 60 }, &enc).unwrap();
         assert_eq!(a.verify_jwt(&t).unwrap(), "bob");

@@ -57,9 +57,18 @@ pub struct Config {
     #[arg(long, env = "TETHER_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// Clock skew allowed when checking a JWT's `exp`, in seconds.
+    /// Clock skew allowed when checking a JWT's `exp` and `nbf`, in seconds.
     #[arg(long, env = "TETHER_JWT_LEEWAY_SECS", default_value_t = 5)]
     pub jwt_leeway_secs: u64,
+
+    /// Audiences a JWT may be for (comma-separated). When set, `aud` is required and must name
+    /// one of them; when unset, `aud` is not checked.
+    #[arg(long, env = "TETHER_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuer a JWT must come from. When set, `iss` is required and must equal it.
+    #[arg(long, env = "TETHER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 
     /// Bearer token for the admin API. Without it one is generated into `<data dir>/admin-token`.
     #[arg(long, env = "TETHER_ADMIN_TOKEN")]

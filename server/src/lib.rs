@@ -179,12 +179,13 @@ impl Node {
             Some(p) => Some(std::fs::read(p)?),
             None => None,
         };
-        let auth = Authenticator::new(
-            cfg.jwt_secret.as_deref(),
-            public_key.as_deref(),
-            cfg.jwt_leeway_secs,
-            resume_key.into_bytes(),
-        )?;
+        let rules = auth::JwtRules {
+            leeway_secs: cfg.jwt_leeway_secs,
+            audience: cfg.jwt_audience.clone(),
+            issuer: cfg.jwt_issuer.clone(),
+        };
+        let auth =
+            Authenticator::new(cfg.jwt_secret.as_deref(), public_key.as_deref(), rules, resume_key.into_bytes())?;
         if cfg.jwt_secret.is_none() && cfg.jwt_public_key.is_none() {
             tracing::warn!("no JWT secret or public key configured: only tickets from the admin API can log in");
         }
