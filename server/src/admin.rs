@@ -68,7 +68,52 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(ctx)
+}
+
+/// The `error` code of a status that the framework, not a handler, answered with.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid_body",
+        503 => "unavailable",
+        _ => "error",
+    }
+}
+
+/// Every error leaves the admin API in one shape: a status and `{"error", "message"}`.
+/// Handlers build [`ApiError`]s; this turns the framework's own rejections (a body that is not
+/// JSON or does not fit, a wrong content type, a query that does not parse, an unknown method)
+/// into the same shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut out = ApiError::new(status, status_code_name(status), message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 async fn require_admin(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Result<Response, ApiError> {
@@ -158,6 +203,7 @@ async fn push_room(
     Path(room): Path<String>,
     Json(body): Json<PushBody>,
 ) -> Result<Json<PushResponse>, ApiError> {
+    check_len("room", &room)?;
     Ok(Json(store_message(&ctx, Address::room(room), body).await?))
 }
 
@@ -185,6 +231,14 @@ async fn store_message(ctx: &Ctx, to: Address, req: PushBody) -> Result<PushResp
             "payload exceeds the max frame size",
         ));
     }
+    let content_type = req.content_type.unwrap_or_else(|| "text/plain".into());
+    if content_type.len() > MAX_ID_LEN {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("content_type longer than {MAX_ID_LEN} bytes"),
+        ));
+    }
     let client_msg_id =
         req.client_msg_id.unwrap_or_else(|| format!("admin-{}", hex::encode(rand::random::<[u8; 16]>())));
     check_len("client_msg_id", &client_msg_id)?;
@@ -197,7 +251,7 @@ async fn store_message(ctx: &Ctx, to: Address, req: PushBody) -> Result<PushResp
         client_msg_id,
         to,
         ts,
-        content_type: req.content_type.unwrap_or_else(|| "text/plain".into()),
+        content_type,
         payload,
     };
     let (tx, rx) = oneshot::channel();
@@ -247,6 +301,7 @@ async fn delete_room(
     State(ctx): State<Arc<Ctx>>,
     Path(room): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &room)?;
     let Some(members) = ctx.rooms.delete(&room).await.map_err(store_err)? else {
         return Err(room_err(RoomError::NoSuchRoom(room)));
     };
@@ -277,6 +332,7 @@ async fn add_member(
     Path(room): Path<String>,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &room)?;
     check_len("user", &req.user)?;
     if ctx.rooms.members(&room).await.map_err(store_err)?.is_none() {
         return Err(room_err(RoomError::NoSuchRoom(room)));
@@ -293,6 +349,8 @@ async fn remove_member(
     State(ctx): State<Arc<Ctx>>,
     Path((room, user)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &room)?;
+    check_len("user", &user)?;
     let removed = ctx.rooms.leave(&room, &user).await.map_err(room_err)?;
     if removed {
         ctx.rooms.announce(&ctx.hub, &room, RoomEventKind::Quit, &user, Some(&user)).await;
@@ -305,6 +363,7 @@ async fn list_members(
     State(ctx): State<Arc<Ctx>>,
     Path(room): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &room)?;
     let Some(members) = ctx.rooms.members(&room).await.map_err(store_err)? else {
         return Err(room_err(RoomError::NoSuchRoom(room)));
     };
@@ -331,10 +390,14 @@ async fn room_history(
     Path(room): Path<String>,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("room", &room)?;
     if ctx.rooms.members(&room).await.map_err(store_err)?.is_none() {
         return Err(room_err(RoomError::NoSuchRoom(room)));
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "limit must be 1..=1000"));
+    }
     let (entries, first_seq) = ctx.store.fetch_room(&room, q.after, None, limit).await.map_err(store_err)?;
     let next_after = entries.last().map(|e| e.seq);
     let messages: Vec<serde_json::Value> = entries
@@ -414,6 +477,9 @@ async fn presence(
     if req.users.len() > 1000 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", "at most 1000 users per request"));
     }
+    for u in &req.users {
+        check_len("users[]", u)?;
+    }
     let list: Vec<tether_proto::Presence> = req.users.iter().map(|u| ctx.hub.presence(u)).collect();
     Ok(Json(serde_json::json!({ "presence": list })))
 }
@@ -428,6 +494,9 @@ pub struct TicketRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// Longest ticket lifetime the API grants, in seconds (a year).
+pub const MAX_TICKET_TTL_SECS: u64 = 365 * 24 * 3600;
+
 /// Answer of `POST /v1/tickets`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TicketResponse {
@@ -439,6 +508,13 @@ pub struct TicketResponse {
 
 async fn ticket(State(ctx): State<Arc<Ctx>>, Json(req): Json<TicketRequest>) -> Result<Json<TicketResponse>, ApiError> {
     check_len("user", &req.user)?;
+    if req.ttl_secs.is_some_and(|t| t > MAX_TICKET_TTL_SECS) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("ttl_secs must be at most {MAX_TICKET_TTL_SECS} (a year)"),
+        ));
+    }
     let ttl_ms = req.ttl_secs.map(|s| s.saturating_mul(1000)).unwrap_or(ctx.cfg.ticket_ttl.as_millis() as u64);
     let ticket = new_ticket();
     let expires_ms = now_ms().saturating_add(ttl_ms);
@@ -463,10 +539,14 @@ async fn kick(
     State(ctx): State<Arc<Ctx>>,
     Path(user): Path<String>,
     body: Option<Json<KickRequest>>,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_len("user", &user)?;
     let req = body.map(|b| b.0).unwrap_or_default();
+    if let Some(d) = &req.device_id {
+        check_len("device_id", d)?;
+    }
     let n = ctx.hub.kick(&user, req.device_id.as_deref(), KickReason::Admin);
-    Json(serde_json::json!({ "user": user, "kicked": n }))
+    Ok(Json(serde_json::json!({ "user": user, "kicked": n })))
 }
 
 /// Answer of `GET /v1/users/{user}/sessions`.
@@ -480,7 +560,8 @@ pub struct SessionsResponse {
     pub sessions: Vec<SessionInfo>,
 }
 
-async fn sessions(State(ctx): State<Arc<Ctx>>, Path(user): Path<String>) -> Json<SessionsResponse> {
+async fn sessions(State(ctx): State<Arc<Ctx>>, Path(user): Path<String>) -> Result<Json<SessionsResponse>, ApiError> {
+    check_len("user", &user)?;
     let sessions = ctx.hub.sessions(&user);
-    Json(SessionsResponse { user, online: !sessions.is_empty(), sessions })
+    Ok(Json(SessionsResponse { user, online: !sessions.is_empty(), sessions }))
 }
