@@ -145,6 +145,8 @@ fn start_node(bin: &Path, dir: &Path, extra: &str) -> Proc {
         .args(["--data-dir", &dir.display().to_string(), "--quic-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .args(["--jwt-secret", SECRET, "--admin-token", "bench", "--log", "warn"])
         .args(["--send-rate", "100000000", "--send-burst", "100000000"])
+        // The load comes from one address: lift the per-address admission limits.
+        .args(["--handshakes-per-ip", "1000000", "--handshake-burst", "1000000", "--max-pending-logins", "100000"])
         .args(extra.split_whitespace())
         .stdout(Stdio::piped())
         .spawn()

@@ -228,6 +228,12 @@ pub fn ticket_hash(ticket: &str) -> String {
     hex::encode(Sha256::digest(ticket.as_bytes()))
 }
 
+/// Whether `t` has the shape of a ticket from [`new_ticket`]; anything else is refused without
+/// asking the store.
+pub fn is_ticket_shaped(t: &str) -> bool {
+    t.len() == 35 && t.starts_with("tk_") && t[3..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A fresh random ticket string.
 pub fn new_ticket() -> String {
     let bytes: [u8; 24] = rand::random();
@@ -365,5 +371,9 @@ mod tests {
     fn ticket_hash_is_stable_and_tickets_differ() {
         assert_eq!(ticket_hash("a"), ticket_hash("a"));
         assert_ne!(new_ticket(), new_ticket());
+        assert!(is_ticket_shaped(&new_ticket()));
+        assert!(!is_ticket_shaped("tk_short"));
+        assert!(!is_ticket_shaped(&format!("tk_{}", "é".repeat(16))));
+        assert!(!is_ticket_shaped(&format!("xx_{}", "a".repeat(32))));
     }
 }

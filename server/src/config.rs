@@ -95,6 +95,32 @@ pub struct Config {
     #[arg(long, env = "TETHER_LOGIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub login_timeout: Duration,
 
+    /// Open connections accepted at once (logged in or not); past it new ones are refused.
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Connections accepted at once that have not logged in yet; past it new ones are refused.
+    /// From half of it on, a client must first prove its address (a QUIC retry).
+    #[arg(long, env = "TETHER_MAX_PENDING_LOGINS", default_value_t = 1_000)]
+    pub max_pending_logins: usize,
+
+    /// New connections per second allowed from one IP address, sustained.
+    #[arg(long, env = "TETHER_HANDSHAKES_PER_IP", default_value_t = 20)]
+    pub handshakes_per_ip: u32,
+
+    /// Burst of new connections allowed from one IP address.
+    #[arg(long, env = "TETHER_HANDSHAKE_BURST", default_value_t = 200)]
+    pub handshake_burst: u32,
+
+    /// Failed logins (refused credentials, login timeouts) from one IP address before new
+    /// connections from it are refused for a while: 1 s, doubling per further failure.
+    #[arg(long, env = "TETHER_LOGIN_FAILURES_PER_IP", default_value_t = 20)]
+    pub login_failures_per_ip: u32,
+
+    /// Longest back-off of an address after failed logins.
+    #[arg(long, env = "TETHER_LOGIN_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub login_backoff_max: Duration,
+
     /// A session that sends nothing (not even a ping) for this long is closed.
     #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,

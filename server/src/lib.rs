@@ -4,6 +4,7 @@
 //! the write pipeline, the QUIC listener with its sessions, and the admin HTTP API.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod hub;
@@ -62,6 +63,8 @@ pub struct Ctx {
     pub admin_token: String,
     /// Store fault injection (driven through `/v1/faults` only with `--fault-injection`).
     pub faults: Arc<Faults>,
+    /// Admission of new connections.
+    pub admission: Arc<std::sync::Mutex<admission::Admission>>,
 }
 
 /// Why a node could not start.
@@ -143,6 +146,42 @@ pub fn transport_config(cfg: &Config) -> quinn::TransportConfig {
     t.datagram_receive_buffer_size(None);
     t.mtu_discovery_config(None);
     t
+}
+
+/// Decides about one connection attempt before any TLS work is spent on it, and serves it
+/// when it is admitted.
+fn admit(incoming: quinn::Incoming, ctx: &Arc<Ctx>) {
+    let ip = incoming.remote_address().ip();
+    let verdict = ctx.admission.lock().unwrap_or_else(|e| e.into_inner()).incoming(
+        ip,
+        incoming.remote_address_validated(),
+        std::time::Instant::now(),
+    );
+    let count =
+        |result: &str| ctx.metrics.admission.get_or_create(&metrics::ResultLabel { result: result.into() }).inc();
+    match verdict {
+        admission::Verdict::Accept => {
+            count("accepted");
+            let guard = admission::AdmissionGuard::new(ctx.admission.clone(), ip);
+            tokio::spawn(session::serve(incoming, ctx.clone(), guard));
+        }
+        admission::Verdict::Retry if incoming.may_retry() => {
+            count("retry");
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+        }
+        admission::Verdict::Retry => {
+            // A retried client that still has no valid token: turn it away.
+            count("refused_retry");
+            incoming.refuse();
+        }
+        admission::Verdict::Refuse(why) => {
+            count(why.label());
+            tracing::debug!(%ip, reason = why.label(), "connection refused");
+            incoming.refuse();
+        }
+    }
 }
 
 impl Node {
@@ -229,6 +268,14 @@ impl Node {
                 }
             }
         });
+        let admission = Arc::new(std::sync::Mutex::new(admission::Admission::new(admission::AdmissionConfig {
+            max_connections: cfg.max_connections,
+            max_pending_logins: cfg.max_pending_logins,
+            handshakes_per_ip: cfg.handshakes_per_ip,
+            handshake_burst: cfg.handshake_burst,
+            login_failures_per_ip: cfg.login_failures_per_ip,
+            login_backoff_max: cfg.login_backoff_max,
+        })));
         let ctx = Arc::new(Ctx {
             ids: MsgIdGen::new(cfg.node_id),
             cfg,
@@ -242,6 +289,7 @@ impl Node {
             next_session: AtomicU64::new(1),
             admin_token,
             faults,
+            admission,
         });
 
         let listener = tokio::net::TcpListener::bind(ctx.cfg.admin_addr).await?;
@@ -256,7 +304,7 @@ impl Node {
         let c = ctx.clone();
         let accept_task = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                tokio::spawn(session::serve(incoming, c.clone()));
+                admit(incoming, &c);
             }
         });
         tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub store_errors: Family<OpLabel, Counter>,
     /// 1 while the store's writer commits, 0 from a failed write until one succeeds again.
     pub store_writer_ready: Gauge,
+    /// Connection attempts by admission result (`accepted`, `retry`, `refused_*`).
+    pub admission: Family<ResultLabel, Counter>,
+    /// Connections that have not logged in yet.
+    pub pending_logins: Gauge,
     /// Frames refused as undecodable or oversized.
     pub bad_frames: Counter,
     /// Webhook deliveries by result (`ok`, `retry`, `dropped`).
@@ -103,6 +107,8 @@ impl Metrics {
             store_errors: Family::default(),
             store_writer_ready: Gauge::default(),
             bad_frames: Counter::default(),
+            admission: Family::default(),
+            pending_logins: Gauge::default(),
             webhooks: Family::default(),
             room_events: Counter::default(),
             registry: Registry::default(),
@@ -128,6 +134,8 @@ impl Metrics {
         registry.register("store_batch_messages", "Messages per store batch", m.store_batch.clone());
         registry.register("store_errors", "Store operations that failed, by operation", m.store_errors.clone());
         registry.register("store_writer_ready", "1 while the store writer commits", m.store_writer_ready.clone());
+        registry.register("admission", "Connection attempts by admission result", m.admission.clone());
+        registry.register("pending_logins", "Connections not logged in yet", m.pending_logins.clone());
         registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
         registry.register("webhooks", "Webhook deliveries by result", m.webhooks.clone());
         registry.register("room_events", "Room events sent", m.room_events.clone());

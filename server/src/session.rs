@@ -17,6 +17,7 @@ use tether_proto::{
 };
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::AdmissionGuard;
 use crate::auth::{ticket_hash, AuthError};
 use crate::hub::{session_channel, SessionCmd, SessionHandle, SessionRx};
 use crate::ids::now_ms;
@@ -121,12 +122,14 @@ fn close(conn: &quinn::Connection, code: CloseCode) {
     conn.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
 }
 
-/// Serves one incoming connection to its end.
-pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
+/// Serves one admitted connection to its end.
+pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>, mut admission: AdmissionGuard) {
+    ctx.metrics.pending_logins.inc();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "handshake failed");
+            ctx.metrics.pending_logins.dec();
             return;
         }
     };
@@ -137,9 +140,12 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         close(&conn, CloseCode::ServerShutdown);
     });
     let span = tracing::info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
-    let reason = run(&conn, &ctx).instrument(span).await;
+    let reason = run(&conn, &ctx, &mut admission).instrument(span).await;
     ctx.metrics.closed(reason.reason());
     close(&conn, reason);
+    if admission.is_pending() {
+        ctx.metrics.pending_logins.dec();
+    }
 }
 
 /// Runs a closure when dropped.
@@ -158,14 +164,16 @@ fn bad_frame(e: &DecodeError) -> (ErrorCode, CloseCode) {
     }
 }
 
-async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>) -> CloseCode {
+async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>, admission: &mut AdmissionGuard) -> CloseCode {
     // The handshake-to-login phase runs in its own allocation, freed once the session is
     // established: its futures are larger than the session loop's, and an idle session should
     // not carry them.
-    let (reader, writer, session, device_id) = match Box::pin(establish(conn, ctx)).await {
+    let (reader, writer, session, device_id) = match Box::pin(establish(conn, ctx, admission)).await {
         Ok(v) => v,
         Err(code) => return code,
     };
+    admission.logged_in();
+    ctx.metrics.pending_logins.dec();
     ctx.metrics.login("ok");
     ctx.metrics.sessions.inc();
     let span =
@@ -248,10 +256,14 @@ fn session_event(h: &SessionHandle) -> serde_json::Value {
 async fn establish(
     conn: &quinn::Connection,
     ctx: &Arc<Ctx>,
+    admission: &AdmissionGuard,
 ) -> Result<(FrameReader, FrameWriter, Session, String), CloseCode> {
     let login_deadline = tokio::time::Instant::now() + ctx.cfg.login_timeout;
     let (send, recv) = match tokio::time::timeout_at(login_deadline, conn.accept_bi()).await {
-        Err(_) => return Err(CloseCode::LoginTimeout),
+        Err(_) => {
+            admission.login_failed(Instant::now());
+            return Err(CloseCode::LoginTimeout);
+        }
         Ok(Err(_)) => return Err(CloseCode::Normal),
         Ok(Ok(s)) => s,
     };
@@ -261,6 +273,7 @@ async fn establish(
     let login = loop {
         let next = match tokio::time::timeout_at(login_deadline, reader.next()).await {
             Err(_) => {
+                admission.login_failed(Instant::now());
                 writer.push(&error_frame(ErrorCode::NotLoggedIn, "no login within the login timeout", true));
                 writer.linger().await;
                 return Err(CloseCode::LoginTimeout);
@@ -306,6 +319,12 @@ async fn establish(
         Err((code, message, label)) => {
             ctx.metrics.login(label);
             info!(?code, %message, "login refused");
+            // The client's fault (not the store's) counts against its address.
+            if code != ErrorCode::Unavailable {
+                if let Some(backoff) = admission.login_failed(Instant::now()) {
+                    info!(?backoff, "address backed off after failed logins");
+                }
+            }
             writer.push(&Frame::LoginError(LoginError { code, message }));
             writer.linger().await;
             Err(CloseCode::AuthFailed)
@@ -341,6 +360,7 @@ async fn login_session(
     let user = match &login.credential {
         Credential::Token(t) => ctx.auth.verify_jwt(t).map_err(auth_fail)?,
         Credential::Resume(t) => ctx.auth.verify_resume(t, &login.device_id, now_ms()).map_err(auth_fail)?,
+        Credential::Ticket(t) if !crate::auth::is_ticket_shaped(t) => return Err(auth_fail(AuthError::TicketInvalid)),
         Credential::Ticket(t) => {
             let started = Instant::now();
             let r = ctx.store.consume_ticket(&ticket_hash(t), now_ms()).await;

@@ -154,3 +154,59 @@ async fn a_vanished_client_is_announced_offline_when_the_idle_timer_fires() {
     assert!(after < Duration::from_millis(2500), "offline {after:?} after the last frame");
     drop(alice);
 }
+
+fn refused(r: Result<Raw, quinn::ConnectionError>) -> bool {
+    matches!(r, Err(quinn::ConnectionError::ConnectionClosed(c)) if c.error_code == quinn_proto_refused())
+}
+
+/// QUIC's CONNECTION_REFUSED transport error code.
+fn quinn_proto_refused() -> quinn::TransportErrorCode {
+    quinn::TransportErrorCode::CONNECTION_REFUSED
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_their_login_are_capped() {
+    let server = Server::start(&["--max-pending-logins", "2"]);
+    let first = Raw::connect(&server).await;
+    let _second = Raw::connect(&server).await;
+    // Both slots taken: a third waits for nothing, it is refused (after proving its address).
+    assert!(refused(Raw::try_connect(&server).await), "a third pending connection is refused");
+    // The first logs in and frees its slot.
+    let mut first = first;
+    first.write(&Raw::login_frame(tether_proto::Credential::Token(token("ann", 60)), "ann-raw")).await;
+    first.expect(10, |f| matches!(f, Frame::LoginOk(_)).then_some(())).await;
+    let third = Raw::try_connect(&server).await;
+    assert!(third.is_ok(), "a slot is free again: {:?}", third.err());
+    assert!(server.metric(r#"tether_admission_total{result="refused_pending_logins"}"#).await >= 1.0);
+    assert!(server.metric(r#"tether_admission_total{result="retry"}"#).await >= 1.0, "validated under load");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_whose_logins_keep_failing_is_backed_off() {
+    let server = Server::start(&["--login-failures-per-ip", "3"]);
+    for i in 0..3 {
+        let mut raw = Raw::connect(&server).await;
+        let t = if i == 0 {
+            tether_proto::Credential::Ticket("tk_nope".into())
+        } else {
+            tether_proto::Credential::Token("bad".into())
+        };
+        raw.write(&Raw::login_frame(t, "x")).await;
+        raw.expect(10, |f| matches!(f, Frame::LoginError(_)).then_some(())).await;
+    }
+    assert!(refused(Raw::try_connect(&server).await), "backed off after 3 failures");
+    assert_eq!(server.metric(r#"tether_admission_total{result="refused_login_backoff"}"#).await, 1.0);
+    // A ticket of the wrong shape never reached the store.
+    assert_eq!(server.metric(r#"tether_store_latency_seconds_count{op="consume_ticket"}"#).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_opening_connections_too_fast_is_refused() {
+    let server = Server::start(&["--handshakes-per-ip", "1", "--handshake-burst", "3"]);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Raw::connect(&server).await);
+    }
+    assert!(refused(Raw::try_connect(&server).await), "the fourth within a second is refused");
+    assert_eq!(server.metric(r#"tether_admission_total{result="refused_handshake_rate"}"#).await, 1.0);
+}

@@ -92,6 +92,17 @@ async fn an_offline_member_gets_what_it_missed_in_order() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     bob.conn.close(0u32.into(), b"bye");
+    // The device's cursor is stored when its session ends (through the write pipeline).
+    let store =
+        tether_server::store::sqlite::SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full)
+            .await
+            .expect("open db");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tether_server::store::Store::room_cursor(&store, "bob", "b1", "r").await.expect("cursor") != Some(40) {
+        assert!(tokio::time::Instant::now() < deadline, "bob's room cursor stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.close().await;
     let (mut bob, _) = Raw::login(&server, "bob", "b1", None, None).await;
     let first = bob.expect(10, |f| match f {
         Frame::Deliver(d) => Some(d.seq),

@@ -206,13 +206,18 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(server: &Server) -> Raw {
+        Raw::try_connect(server).await.expect("handshake")
+    }
+
+    /// Connects and opens the stream; the handshake's error if the server turned it away.
+    pub async fn try_connect(server: &Server) -> Result<Raw, quinn::ConnectionError> {
         let crypto = tether_sdk::tls::client_crypto(&Trust::Pinned(server.cert())).expect("tls");
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let conn = endpoint.connect(server.quic, "localhost").expect("connect").await.expect("handshake");
-        let (send, recv) = conn.open_bi().await.expect("stream");
-        Raw { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint }
+        let conn = endpoint.connect(server.quic, "localhost").expect("connect").await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Raw { conn, send, recv, buf: BytesMut::new(), _endpoint: endpoint })
     }
 
     pub async fn write_raw(&mut self, bytes: &[u8]) {
