@@ -5,8 +5,10 @@
 //! target/release/tether-bench pairs                      # max rate, Tether and the bare relay
 //! target/release/tether-bench pairs --rate 30000         # fixed rate (open loop)
 //! target/release/tether-bench idle --sessions 10000      # memory per idle session
+//! target/release/tether-bench flood --connections 2500   # memory per connection waiting for login
 //! ```
 
+mod flood;
 mod idle;
 mod load;
 mod relay;
@@ -103,6 +105,21 @@ enum Cmd {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Login flood: connections that never log in; memory per waiting connection and after.
+    Flood {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Connections to open.
+        #[arg(long, default_value_t = 2500)]
+        connections: usize,
+        /// Seconds to wait after they closed before measuring again.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+        /// Extra flags for the node, space separated.
+        #[arg(long, default_value = "")]
+        server_args: String,
+    },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
         #[arg(long)]
@@ -189,6 +206,22 @@ fn start_relay(dir: &Path) -> Proc {
 }
 
 /// Average store batch size and append latency, from the node's /metrics.
+/// One metric's value from a node's `/metrics` (0 when absent).
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else { return 0.0 };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0.0;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn store_summary(admin: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else { return String::new() };
@@ -287,6 +320,45 @@ fn main() {
                 if let Some(admin) = node.admin {
                     println!("{}", store_summary(admin).await);
                 }
+            }
+            Cmd::Flood { server_bin, connections, settle, server_args } => {
+                let dir = tempfile::tempdir().expect("dir");
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let args = format!("--login-timeout 300s {server_args}");
+                let node = start_node(&bin, dir.path(), &args);
+                let pid = node.child.id();
+                let cert = dir.path().join("dev-cert.pem");
+                // Warm up (allocator arenas, runtime) with a few, then measure.
+                let (warm, _) = flood::open_waiting(node.addr, cert.clone(), 50).await;
+                drop(warm);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let before = idle::rss_bytes(pid);
+                let (open, refused) = flood::open_waiting(node.addr, cert, connections).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let during = idle::rss_bytes(pid);
+                let n = open.len();
+                for c in &open {
+                    c.close(0u32.into(), b"flood over");
+                }
+                drop(open);
+                tokio::time::sleep(Duration::from_secs(settle)).await;
+                let after = idle::rss_bytes(pid);
+                if let Some(admin) = node.admin {
+                    println!(
+                        "after the flood: tether_connections={} tether_pending_logins={}",
+                        metric(admin, "tether_connections").await,
+                        metric(admin, "tether_pending_logins").await
+                    );
+                }
+                println!(
+                    "flood connections={n} refused={refused} server_rss_before={:.1}MiB during={:.1}MiB after={:.1}MiB \
+                     per_waiting_connection={:.1}KiB still_held_after={:.1}MiB",
+                    before as f64 / 1048576.0,
+                    during as f64 / 1048576.0,
+                    after as f64 / 1048576.0,
+                    during.saturating_sub(before) as f64 / n.max(1) as f64 / 1024.0,
+                    after.saturating_sub(before) as f64 / 1048576.0,
+                );
             }
             Cmd::Idle { server_bin, sessions, heartbeat, hold, relay } => {
                 let dir = tempfile::tempdir().expect("dir");

@@ -54,6 +54,7 @@ async fn conn_task(conn: quinn::Connection, peers: Peers) -> Option<()> {
         max_frame: 65536,
         resume_token: None,
         resume_expires_ms: None,
+        room_heads: None,
     });
     tx.send(ok).ok()?;
     // Writer: batch whatever is queued into one write, like the node's session loop.

@@ -370,6 +370,11 @@ pub struct LoginOk {
     /// Expiry of `resume_token`, ms since the Unix epoch.
     #[serde(default)]
     pub resume_expires_ms: Option<u64>,
+    /// The head (highest seq) of each room the user is a member of, as of this login. The
+    /// room backlog that follows ends at these heads: a client has caught up with a room once
+    /// it holds its head (or was told `history_truncated` past it). Absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_heads: Option<BTreeMap<String, u64>>,
 }
 
 /// Error codes carried by `login_error`, `send_error` and `error` frames.

@@ -84,12 +84,19 @@ pub struct Admission {
     addresses: HashMap<IpAddr, Address>,
     connections: usize,
     pending: usize,
+    /// Most connections open at once since [`Admission::take_peak`].
+    peak: usize,
 }
 
 impl Admission {
     /// No connections yet.
     pub fn new(cfg: AdmissionConfig) -> Self {
-        Admission { cfg, addresses: HashMap::new(), connections: 0, pending: 0 }
+        Admission { cfg, addresses: HashMap::new(), connections: 0, pending: 0, peak: 0 }
+    }
+
+    /// The most connections open at once since the last call (at least the current number).
+    pub fn take_peak(&mut self) -> usize {
+        std::mem::replace(&mut self.peak, self.connections).max(self.connections)
     }
 
     /// Open connections.
@@ -127,6 +134,7 @@ impl Admission {
         }
         self.connections += 1;
         self.pending += 1;
+        self.peak = self.peak.max(self.connections);
         Verdict::Accept
     }
 
@@ -272,6 +280,8 @@ mod tests {
         a.closed(true);
         a.closed(false);
         assert_eq!((a.connections(), a.pending()), (3, 3));
+        assert_eq!(a.take_peak(), 5, "five were open at once");
+        assert_eq!(a.take_peak(), 3, "since then: the current number");
     }
 
     #[test]

@@ -121,6 +121,11 @@ pub struct Config {
     #[arg(long, env = "TETHER_LOGIN_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub login_backoff_max: Duration,
 
+    /// How often to check whether freed memory should go back to the OS (after many
+    /// connections closed); 0 turns it off.
+    #[arg(long, env = "TETHER_MEMORY_TRIM_EVERY", default_value = "10s", value_parser = parse_duration)]
+    pub memory_trim_every: Duration,
+
     /// A session that sends nothing (not even a ping) for this long is closed.
     #[arg(long, env = "TETHER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub idle_timeout: Duration,

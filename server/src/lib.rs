@@ -10,6 +10,7 @@ pub mod config;
 pub mod hub;
 pub mod ids;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod rooms;
@@ -307,8 +308,10 @@ impl Node {
                 admit(incoming, &c);
             }
         });
+        let mut tasks = vec![admin_task, accept_task, pruner];
+        tasks.extend(memory::spawn_trimmer(ctx.admission.clone(), ctx.metrics.clone(), ctx.cfg.memory_trim_every));
         tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");
-        Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks: vec![admin_task, accept_task, pruner] })
+        Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks })
     }
 
     /// Closes every connection with `server_shutdown` and stops the listeners.

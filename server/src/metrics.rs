@@ -70,6 +70,8 @@ pub struct Metrics {
     pub admission: Family<ResultLabel, Counter>,
     /// Connections that have not logged in yet.
     pub pending_logins: Gauge,
+    /// Times free heap memory was handed back to the OS after connections closed.
+    pub memory_trims: Counter,
     /// Frames refused as undecodable or oversized.
     pub bad_frames: Counter,
     /// Webhook deliveries by result (`ok`, `retry`, `dropped`).
@@ -109,6 +111,7 @@ impl Metrics {
             bad_frames: Counter::default(),
             admission: Family::default(),
             pending_logins: Gauge::default(),
+            memory_trims: Counter::default(),
             webhooks: Family::default(),
             room_events: Counter::default(),
             registry: Registry::default(),
@@ -136,6 +139,7 @@ impl Metrics {
         registry.register("store_writer_ready", "1 while the store writer commits", m.store_writer_ready.clone());
         registry.register("admission", "Connection attempts by admission result", m.admission.clone());
         registry.register("pending_logins", "Connections not logged in yet", m.pending_logins.clone());
+        registry.register("memory_trims", "Heap trims after connections closed", m.memory_trims.clone());
         registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
         registry.register("webhooks", "Webhook deliveries by result", m.webhooks.clone());
         registry.register("room_events", "Room events sent", m.room_events.clone());

@@ -310,7 +310,8 @@ async fn establish(
         }
     };
 
-    match login_session(conn, ctx, &login).await {
+    // Boxed: a connection waiting for its login should not carry the login check's state.
+    match Box::pin(login_session(conn, ctx, &login)).await {
         Ok((session, ok)) => {
             writer.push(&Frame::LoginOk(ok));
             reader.shrink();
@@ -410,8 +411,10 @@ async fn login_session(
         // Rooms where this device starts at the head with nothing stored: the start is stored
         // with the next cursor write, so what arrives meanwhile is not skipped next time.
         let mut unstored = HashSet::new();
+        let mut room_heads = BTreeMap::new();
         for room in ctx.store.rooms_of(&user).await? {
             let room_head = ctx.store.room_head(&room).await?.unwrap_or(0);
+            room_heads.insert(room.clone(), room_head);
             let cursor = match login.room_cursors.as_ref().and_then(|c| c.get(&room)) {
                 Some(c) => *c,
                 None => {
@@ -436,9 +439,9 @@ async fn login_session(
             }
             rooms.insert(room, RoomCursor { order: InboxOrder::after(cursor), acked: cursor });
         }
-        Ok::<_, crate::store::StoreError>((head, rooms, room_backlog, unstored))
+        Ok::<_, crate::store::StoreError>((head, rooms, room_backlog, unstored, room_heads))
     };
-    let (head, rooms, room_backlog, unstored) = match heads.await {
+    let (head, rooms, room_backlog, unstored, room_heads) = match heads.await {
         Ok(v) => v,
         Err(e) => {
             ctx.hub.unregister(&user, handle.id);
@@ -464,6 +467,7 @@ async fn login_session(
         max_frame: ctx.cfg.max_frame,
         resume_token: Some(ctx.auth.mint_resume(&user, &login.device_id, resume_expires)),
         resume_expires_ms: Some(resume_expires),
+        room_heads: Some(room_heads),
     };
     info!(user = %user, device_type = %login.device_type, device = %login.device_id, cursor, head, "login");
     let session = Session {

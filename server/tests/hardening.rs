@@ -210,3 +210,31 @@ async fn one_address_opening_connections_too_fast_is_refused() {
     assert!(refused(Raw::try_connect(&server).await), "the fourth within a second is refused");
     assert_eq!(server.metric(r#"tether_admission_total{result="refused_handshake_rate"}"#).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_ok_carries_the_room_heads_the_backlog_ends_at() {
+    let server = Server::start(&[]);
+    let (mut bob, ok) = Raw::login(&server, "bob", "bob-raw", None, None).await;
+    assert_eq!(ok.room_heads, Some(BTreeMap::new()), "in no room yet");
+    bob.join("quiet").await;
+    bob.join("busy").await;
+    leave(&server, bob, "bob").await;
+    for i in 0..3 {
+        push_room(&server, "busy", &format!("b{i}")).await;
+    }
+    let (mut bob, ok) = Raw::login(&server, "bob", "bob-raw", None, None).await;
+    let heads = ok.room_heads.expect("room heads");
+    assert_eq!(heads.get("busy"), Some(&3));
+    assert_eq!(heads.get("quiet"), Some(&0));
+    // The backlog ends exactly at the announced head.
+    let mut last = 0;
+    while last < heads["busy"] {
+        last = bob
+            .expect_pinging(10, |f| match f {
+                Frame::Deliver(d) if d.to.id == "busy" => Some(d.seq),
+                _ => None,
+            })
+            .await;
+    }
+    assert_eq!(last, 3);
+}

@@ -248,6 +248,7 @@ fn session_state_survives_a_restart_through_the_store() {
                 max_frame: 65_536,
                 resume_token: None,
                 resume_expires_ms: None,
+                room_heads: None,
             }),
             now,
         );
@@ -398,6 +399,7 @@ fn session_room_cursors_survive_a_restart_through_the_store() {
                 max_frame: 65_536,
                 resume_token: None,
                 resume_expires_ms: None,
+                room_heads: None,
             }),
             now,
         );

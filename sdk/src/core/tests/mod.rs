@@ -233,6 +233,7 @@ pub(super) fn login_ok(inbox_head: u64) -> LoginOk {
         max_frame: tether_proto::DEFAULT_MAX_FRAME,
         resume_token: None,
         resume_expires_ms: None,
+        room_heads: None,
     }
 }
 
