@@ -161,12 +161,21 @@ async fn dispatch(
         metrics.messages_in.inc();
         if a.msg.to.kind == AddressKind::Room {
             // Everyone in the room, the sender's other devices too; not the sending session.
-            if let Ok(Some(members)) = rooms.members(&a.msg.to.id).await {
-                let mut frame = bytes::BytesMut::new();
-                if tether_proto::encode(&tether_proto::Frame::Deliver(a.msg.deliver(a.sender_seq)), &mut frame).is_ok()
-                {
-                    let d = Arc::new(RoomDelivery { msg: a.msg.clone(), seq: a.sender_seq, frame: frame.freeze() });
-                    hub.deliver_room(members.iter().map(String::as_str), &d, origin_id);
+            match rooms.members(&a.msg.to.id).await {
+                Ok(Some(members)) => {
+                    let mut frame = bytes::BytesMut::new();
+                    let deliver = tether_proto::Frame::Deliver(a.msg.deliver(a.sender_seq));
+                    if tether_proto::encode(&deliver, &mut frame).is_ok() {
+                        let d = Arc::new(RoomDelivery { msg: a.msg.clone(), seq: a.sender_seq, frame: frame.freeze() });
+                        hub.deliver_room(members.iter().map(String::as_str), &d, origin_id);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Stored, but the members could not be read for live delivery: the
+                    // sessions read their rooms from the store instead.
+                    tracing::warn!(error = %e, room = %a.msg.to.id, "room members unreadable; sessions resync");
+                    hub.resync_all();
                 }
             }
         } else {
