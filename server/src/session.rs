@@ -187,7 +187,8 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>, admission: &mut Admission
     };
     if let Some(mut session) = guard.session.take() {
         let linger = session.linger.take();
-        end_session(ctx.clone(), session, reason).await;
+        // Boxed: it runs once per session, so its state should not enlarge every idle session.
+        Box::pin(end_session(ctx.clone(), session, reason)).await;
         if let Some(mut writer) = linger {
             writer.linger().await;
         }
@@ -197,7 +198,7 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>, admission: &mut Admission
 
 /// Ends a registered session on every path out of [`run`].
 struct SessionGuard {
-    session: Option<Session>,
+    session: Option<Box<Session>>,
     ctx: Arc<Ctx>,
 }
 
@@ -215,7 +216,7 @@ impl Drop for SessionGuard {
 
 /// Everything that follows the end of a logged-in session: its cursors stored, the hub told,
 /// and the user announced offline in rooms, to presence watchers and to the webhook.
-async fn end_session(ctx: Arc<Ctx>, mut session: Session, reason: CloseCode) {
+async fn end_session(ctx: Arc<Ctx>, mut session: Box<Session>, reason: CloseCode) {
     let user = session.handle.user.clone();
     let sid = session.handle.id;
     session.save_cursors(&ctx).await;
@@ -257,7 +258,7 @@ async fn establish(
     conn: &quinn::Connection,
     ctx: &Arc<Ctx>,
     admission: &AdmissionGuard,
-) -> Result<(FrameReader, FrameWriter, Session, String), CloseCode> {
+) -> Result<(FrameReader, FrameWriter, Box<Session>, String), CloseCode> {
     let login_deadline = tokio::time::Instant::now() + ctx.cfg.login_timeout;
     let (send, recv) = match tokio::time::timeout_at(login_deadline, conn.accept_bi()).await {
         Err(_) => {
@@ -347,7 +348,7 @@ async fn login_session(
     conn: &quinn::Connection,
     ctx: &Arc<Ctx>,
     login: &Login,
-) -> Result<(Session, LoginOk), LoginFailure> {
+) -> Result<(Box<Session>, LoginOk), LoginFailure> {
     let Some(version) = negotiate_version(login.version) else {
         return Err((
             ErrorCode::UnsupportedVersion,
@@ -470,7 +471,8 @@ async fn login_session(
         room_heads: Some(room_heads),
     };
     info!(user = %user, device_type = %login.device_type, device = %login.device_id, cursor, head, "login");
-    let session = Session {
+    // Boxed: the session task moves it between its stages (login, loop, end) as a pointer.
+    let session = Box::new(Session {
         handle,
         rx,
         order: InboxOrder::after(cursor.min(head)),
@@ -483,7 +485,7 @@ async fn login_session(
         dirty: unstored,
         linger: None,
         cursors_written: Instant::now(),
-    };
+    });
     Ok((session, ok))
 }
 
