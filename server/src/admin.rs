@@ -129,10 +129,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Longest a readiness check waits for the store (a writer stuck in I/O is not ready).
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    match ctx.store.ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+    match tokio::time::timeout(READY_TIMEOUT, ctx.store.ready()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: no answer within 2 s").into_response(),
     }
 }
 

@@ -238,3 +238,49 @@ async fn login_ok_carries_the_room_heads_the_backlog_ends_at() {
     }
     assert_eq!(last, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_audience_and_issuer_are_required_at_login() {
+    let server = Server::start(&["--jwt-audience", "chat,chat-beta", "--jwt-issuer", "https://auth.example"]);
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .expect("jwt")
+    };
+    let exp = now_s() + 600;
+    let server = &server;
+    let login = |t: String| async move {
+        let mut raw = Raw::connect(server).await;
+        raw.write(&Raw::login_frame(tether_proto::Credential::Token(t), "aud-raw")).await;
+        raw.read().await
+    };
+    let good = serde_json::json!({ "sub": "al", "exp": exp, "aud": "chat-beta", "iss": "https://auth.example" });
+    assert!(matches!(login(sign(good.clone())).await, Some(Frame::LoginOk(_))));
+    for (claims, want) in [
+        (serde_json::json!({ "sub": "al", "exp": exp, "iss": "https://auth.example" }), "required claim `aud` missing"),
+        (
+            serde_json::json!({ "sub": "al", "exp": exp, "aud": "x", "iss": "https://auth.example" }),
+            "audience (aud) not accepted",
+        ),
+        (serde_json::json!({ "sub": "al", "exp": exp, "aud": "chat" }), "required claim `iss` missing"),
+        (
+            serde_json::json!({ "sub": "al", "exp": exp, "aud": "chat", "iss": "https://evil" }),
+            "issuer (iss) not accepted",
+        ),
+        (
+            serde_json::json!({ "sub": "al", "exp": exp, "nbf": exp, "aud": "chat", "iss": "https://auth.example" }),
+            "token not valid yet (nbf is in the future)",
+        ),
+    ] {
+        match login(sign(claims)).await {
+            Some(Frame::LoginError(e)) => {
+                assert_eq!(e.code, tether_proto::ErrorCode::InvalidToken);
+                assert_eq!(e.message, format!("invalid token: {want}"));
+            }
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+}
