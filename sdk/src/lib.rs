@@ -29,7 +29,6 @@
 //! ```
 
 pub mod client;
-pub mod core;
 pub mod state;
 pub mod tls;
 
@@ -40,6 +39,10 @@ pub use tether_proto::{
     Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck,
 };
 pub use tls::Trust;
+
+/// The sans-I/O session core (the `tether-sdk-core` crate), as `quinn-proto` stands beside
+/// `quinn`: what this crate drives.
+pub use tether_sdk_core as core;
 
 /// Why the client could not start or carry out a request.
 #[derive(Debug, thiserror::Error)]

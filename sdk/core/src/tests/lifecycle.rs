@@ -3,7 +3,7 @@
 use tether_proto::{ErrorCode, KickReason, Kicked, LoginError};
 
 use super::*;
-use crate::core::ResumeToken;
+use crate::ResumeToken;
 
 fn login_error(code: ErrorCode) -> Frame {
     Frame::LoginError(LoginError { code, message: format!("{code:?}") })

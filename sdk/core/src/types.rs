@@ -161,7 +161,7 @@ impl PersistedState {
     }
 }
 
-/// A change the driver must make durable (see [`crate::state::StateStore`]) before it
+/// A change the driver must make durable (see `tether_sdk::state::StateStore`) before it
 /// transmits the frames queued after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", content = "v", rename_all = "snake_case")]

@@ -610,7 +610,7 @@ fn metadata_goes_into_every_login_and_a_refused_one_is_not_retried() {
 
 #[test]
 fn metadata_limits() {
-    use crate::core::{check_metadata, MetadataError};
+    use crate::{check_metadata, MetadataError};
     let m = |pairs: Vec<(String, String)>| pairs.into_iter().collect::<BTreeMap<_, _>>();
     assert_eq!(check_metadata(&BTreeMap::new()), Ok(()));
     let full = m((0..16).map(|i| (format!("k{i:02}"), "v".repeat(120))).collect());
@@ -622,10 +622,7 @@ fn metadata_limits() {
     assert_eq!(check_metadata(&m(vec![("k".repeat(64), "v".repeat(256))])), Ok(()));
     assert!(matches!(check_metadata(&m(vec![("k".into(), "v".repeat(257))])), Err(MetadataError::ValueTooLong(_))));
     let big = m((0..16).map(|i| (format!("k{i:02}"), "v".repeat(127))).collect());
-    assert_eq!(
-        check_metadata(&big),
-        Err(MetadataError::TooLarge { size: 16 * 130, max: crate::core::METADATA_MAX_TOTAL })
-    );
+    assert_eq!(check_metadata(&big), Err(MetadataError::TooLarge { size: 16 * 130, max: crate::METADATA_MAX_TOTAL }));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! After **every** call into the session, the driver drains its queues in this order:
 //!
 //! 1. [`Session::poll_persist`]: make each [`PersistOp`] durable (e.g. with
-//!    [`crate::state::StateStore::apply`]). This comes first so that a message is in the
+//!    `tether_sdk::state::StateStore::apply`). This comes first so that a message is in the
 //!    journal before its `send` frame leaves, and a cursor before its `ack`.
 //! 2. [`Session::poll_transmit`]: write each frame to the current connection.
 //! 3. [`Session::poll_action`]: [`Action::Connect`] opens a connection and later reports
