@@ -338,22 +338,28 @@ fn fatal(ev: &ClientEvent) -> Option<String> {
 async fn chat(client: &Client, events: &mut tether_sdk::Events, to: &str) -> Result<(), String> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     eprintln!("chatting with {to}; type a line and press enter, Ctrl-D to quit");
+    // Acks still awaited. Each line is queued when it is read (`send_text` queues at the call,
+    // in call order); only the wait for its ack runs in the background.
+    let mut acks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(l)) if !l.trim().is_empty() => {
-                    let c = client.clone();
-                    let to = to.to_string();
-                    // Sends complete in the background; the outbox keeps them across reconnects.
-                    tokio::spawn(async move {
-                        if let Err(e) = c.send_text(&to, &l).await {
+                    let ack = client.send_text(to, &l);
+                    acks.spawn(async move {
+                        if let Err(e) = ack.await {
                             eprintln!("! not sent: {e}");
                         }
                     });
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Ok(()),
+                Ok(None) | Err(_) => {
+                    // End of input: wait until every line is stored before logging out.
+                    while acks.join_next().await.is_some() {}
+                    return Ok(());
+                }
             },
+            Some(_) = acks.join_next(), if !acks.is_empty() => {}
             ev = events.next() => match ev {
                 Some(ClientEvent::Message(d)) => {
                     let text = String::from_utf8_lossy(&d.payload);

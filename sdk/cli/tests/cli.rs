@@ -138,6 +138,46 @@ async fn chat_mode_sends_lines_and_prints_messages() {
     assert!(status.success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_piped_into_chat_arrive_in_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = node(dir.path()).await;
+    let mut cfg = ClientConfig::new(
+        node.quic_addr.to_string(),
+        Trust::Pinned(dir.path().join("dev-cert.pem")),
+        Credential::Token(jwt("erin")),
+    );
+    cfg.device_id = Some("erin-phone".into());
+    let (_erin, mut events) = Client::start(cfg).await.expect("client");
+    const LINES: usize = 1000;
+    let input: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
+    let mut chat = tether(&node, dir.path(), "finn")
+        .args(["chat", "--to", "erin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chat");
+    let mut stdin = chat.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("pipe");
+    drop(stdin); // the whole file, then end of input
+    let mut got = Vec::with_capacity(LINES);
+    while got.len() < LINES {
+        match tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("in time") {
+            Some(ClientEvent::Message(m)) => got.push(String::from_utf8_lossy(&m.payload).into_owned()),
+            Some(_) => continue,
+            None => panic!("client stopped"),
+        }
+    }
+    let want: Vec<String> = (0..LINES).map(|i| format!("line {i}")).collect();
+    let inversions =
+        got.windows(2).filter(|w| want.iter().position(|x| *x == w[0]) > want.iter().position(|x| *x == w[1])).count();
+    assert_eq!(inversions, 0, "lines arrive in the order they were piped");
+    assert_eq!(got, want);
+    let status = tokio::task::spawn_blocking(move || chat.wait()).await.expect("join").expect("wait");
+    assert!(status.success(), "chat exits after every line is stored");
+}
+
 fn run_json(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().expect("run tether");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
