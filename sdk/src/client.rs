@@ -196,6 +196,8 @@ enum Command {
     NetworkChanged { reply: oneshot::Sender<Result<SocketAddr, ClientError>> },
     SetCredential(Credential),
     Restart,
+    Pause,
+    Resume,
     Status { reply: oneshot::Sender<Status> },
     Close { reply: oneshot::Sender<()> },
 }
@@ -437,6 +439,19 @@ impl Client {
         let _ = self.cmd.send(Command::Restart);
     }
 
+    /// The app went to the background: acks what was received, logs out politely and closes
+    /// the connection; no heartbeat and no reconnect until [`Client::resume`]. Sends keep
+    /// going into the (persisted) outbox. State [`ConnectionState::Paused`].
+    pub fn pause(&self) -> Result<(), ClientError> {
+        self.cmd.send(Command::Pause).map_err(|_| ClientError::Closed)
+    }
+
+    /// The app is in the foreground again: reconnects at once, receives what arrived while
+    /// paused (each message once) and sends the outbox.
+    pub fn resume(&self) -> Result<(), ClientError> {
+        self.cmd.send(Command::Resume).map_err(|_| ClientError::Closed)
+    }
+
     /// The current connection state.
     pub fn state(&self) -> ConnectionState {
         self.state.borrow().clone()
@@ -663,6 +678,8 @@ impl Driver {
                 }
             }
             Command::Restart => self.session.start(now),
+            Command::Pause => self.session.pause(now),
+            Command::Resume => self.session.resume(now),
             Command::Status { reply } => {
                 let _ = reply.send(Status {
                     state: self.session.state().clone(),

@@ -299,3 +299,49 @@ async fn the_dev_certificate_works_as_a_ca_file_and_a_wrong_pin_is_refused() {
     let (_, s) = server.admin("GET", "/v1/users/gus/sessions", None).await;
     assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_resume_delivers_what_arrived_meanwhile_exactly_once() {
+    let server = Server::start(&[]);
+    let (alice, _) = server.client("alice", "phone", "alice-phone").await;
+    let (bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    alice.send_text("bob", "before").await.expect("ack");
+    assert_eq!(next_message(&mut be, 10).await.payload, b"before".to_vec());
+
+    bob.pause().expect("pause");
+    bob.wait_for_state(|s| matches!(s, ConnectionState::Paused)).await.expect("paused");
+    // The server sees bob go away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.admin("GET", "/v1/users/bob/sessions", None).await.1["online"] != false {
+        assert!(tokio::time::Instant::now() < deadline, "bob's session ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        alice.send_text("bob", &format!("while paused {i}")).await.expect("ack");
+    }
+    // Bob writes while paused: it waits in his outbox.
+    let pending = tokio::spawn(bob.send_text("alice", "from the background"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "not sent while paused");
+
+    bob.resume().expect("resume");
+    for i in 0..3 {
+        let m = next_message(&mut be, 10).await;
+        assert_eq!(m.payload, format!("while paused {i}").into_bytes());
+        assert_eq!(m.seq, i + 2);
+    }
+    let ack = tokio::time::timeout(Duration::from_secs(10), pending).await.expect("in time").expect("task");
+    assert!(ack.is_ok(), "the outbox went out after resume");
+    // Exactly once: nothing else arrives.
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match be.next().await {
+                Some(ClientEvent::Message(m)) if m.from == "alice" => return Some(m),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "no repeat: {extra:?}");
+}

@@ -322,6 +322,44 @@ impl Session {
         self.set_state(ConnectionState::LoggedOut);
     }
 
+    /// The app went to the background: acks what was handed to the app, transmits `logout`
+    /// and closes the connection (a connection attempt or a backoff wait is dropped); state
+    /// `Paused`. No heartbeat, no reconnect; [`Session::send`] still queues (and persists) into
+    /// the outbox. Ignored in `Kicked`, `AuthFailed`, `LoggedOut` and `Paused`.
+    pub fn pause(&mut self, now: Instant) {
+        match self.state.clone() {
+            ConnectionState::Kicked(_)
+            | ConnectionState::AuthFailed(_)
+            | ConnectionState::LoggedOut
+            | ConnectionState::Paused => return,
+            was @ (ConnectionState::Online | ConnectionState::LoggingIn) => {
+                let ack = (was == ConnectionState::Online).then(|| self.take_acks(now, true)).flatten();
+                self.go_offline();
+                if let Some(ack) = ack {
+                    self.transmit(Frame::Ack(ack), now);
+                }
+                self.transmit(Frame::Logout(Logout {}), now);
+                self.disconnect(CloseCode::Normal);
+            }
+            ConnectionState::Connecting => {
+                self.go_offline();
+                self.disconnect(CloseCode::Normal);
+            }
+            ConnectionState::Idle | ConnectionState::Backoff { .. } => self.go_offline(),
+        }
+        self.set_state(ConnectionState::Paused);
+    }
+
+    /// The app is in the foreground again: connects at once (the backoff starts afresh), logs
+    /// in with the cursors, gets what arrived meanwhile and sends the outbox. Ignored unless
+    /// the state is `Paused`.
+    pub fn resume(&mut self, _now: Instant) {
+        if self.state == ConnectionState::Paused {
+            self.backoff.reset();
+            self.connect();
+        }
+    }
+
     // ------------------------------------------------------------------------------------
     // Transport events
     // ------------------------------------------------------------------------------------

@@ -229,6 +229,9 @@ pub enum ConnectionState {
     AuthFailed(ErrorCode),
     /// [`Session::close`](super::Session::close) was called.
     LoggedOut,
+    /// [`Session::pause`](super::Session::pause) was called (the app is in the background): no
+    /// connection until [`Session::resume`](super::Session::resume).
+    Paused,
 }
 
 /// Something the app should learn about.

@@ -426,3 +426,75 @@ fn reconnect_now_skips_the_wait() {
     h.drain();
     assert!(h.take_actions().is_empty());
 }
+
+#[test]
+fn pause_closes_politely_keeps_the_outbox_and_resume_reconnects_at_once() {
+    let mut h = H::new();
+    h.online(0);
+    h.frame(Frame::Deliver(deliver(1)));
+    h.clear();
+    h.s.pause(h.now);
+    h.drain();
+    // The delivered message is acked, then logout, then the connection closes.
+    assert!(matches!(h.tx.as_slice(), [Frame::Ack(a), Frame::Logout(_)] if a.inbox == 1), "{:?}", h.tx);
+    assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
+    assert_eq!(h.states(), [ConnectionState::Paused]);
+    assert_eq!(h.s.poll_timeout(), None, "no heartbeat, no reconnect while paused");
+    h.clear();
+
+    // Hours in the background: nothing happens; a send is queued and persisted, not sent.
+    h.advance(secs(3 * 3600));
+    let id = h.send("written while paused");
+    assert!(h.tx.is_empty() && h.actions.is_empty());
+    assert!(h.persists.iter().any(|p| matches!(p, PersistOp::OutboxAdd(e) if e.client_msg_id == id)));
+    assert_eq!(h.s.outbox_len(), 1);
+    // The transport's late report of the close changes nothing.
+    h.disconnected(Some(CloseCode::Normal));
+    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    h.clear();
+
+    // Back in the foreground: connect at once, log in from the cursor, send the outbox.
+    h.s.resume(h.now);
+    h.drain();
+    assert_eq!(h.take_actions(), [Action::Connect]);
+    h.connected();
+    assert_eq!(h.login_frame().inbox_cursor, Some(1));
+    h.frame(Frame::LoginOk(login_ok(1)));
+    assert_eq!(h.sends(), [id]);
+}
+
+#[test]
+fn pause_from_any_connecting_state_and_resume_only_from_paused() {
+    // Backoff: the wait is dropped.
+    let mut h = H::new();
+    h.start();
+    h.connect_failed();
+    assert!(matches!(h.s.state(), ConnectionState::Backoff { .. }));
+    h.s.pause(h.now);
+    h.drain();
+    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    h.advance(secs(60));
+    h.run_until(h.now);
+    assert_eq!(h.connects(), 1, "no reconnect while paused");
+    // Connecting: the attempt is dropped; a late `connected` is ignored.
+    let mut h = H::new();
+    h.start();
+    h.clear();
+    h.s.pause(h.now);
+    h.drain();
+    assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
+    h.connected();
+    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    assert!(h.tx.is_empty(), "no login on a connection that came up after the pause");
+    // Resume is ignored unless paused; pause is ignored after a close.
+    let mut h = H::new();
+    h.online(0);
+    h.clear();
+    h.s.resume(h.now);
+    h.drain();
+    assert!(h.actions.is_empty());
+    h.s.close(h.now);
+    h.s.pause(h.now);
+    h.drain();
+    assert_eq!(h.s.state(), &ConnectionState::LoggedOut);
+}
