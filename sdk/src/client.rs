@@ -207,6 +207,44 @@ enum Command {
 pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
+    listeners: Listeners,
+}
+
+/// Receives the client's events (see [`Client::add_listener`]). Closures
+/// `Fn(ClientEvent) + Send + Sync` are listeners.
+pub trait EventListener: Send + Sync + 'static {
+    /// One event; called on the listener's own thread, in order.
+    fn on_event(&self, event: ClientEvent);
+}
+
+impl<F: Fn(ClientEvent) + Send + Sync + 'static> EventListener for F {
+    fn on_event(&self, event: ClientEvent) {
+        self(event)
+    }
+}
+
+/// The registered listeners: id and the sending half of its thread's queue.
+type ListenerList = std::sync::Mutex<Vec<(u64, std::sync::mpsc::Sender<ClientEvent>)>>;
+type Listeners = Arc<ListenerList>;
+
+fn lock_listeners(l: &ListenerList) -> std::sync::MutexGuard<'_, Vec<(u64, std::sync::mpsc::Sender<ClientEvent>)>> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps a listener registered; dropping it stops the listener (events already queued for it
+/// are still handed over, then its thread ends).
+#[must_use = "the listener stops when the handle is dropped"]
+pub struct ListenerHandle {
+    id: u64,
+    listeners: std::sync::Weak<ListenerList>,
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        if let Some(l) = self.listeners.upgrade() {
+            lock_listeners(&l).retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 /// The app's event stream.
@@ -305,6 +343,7 @@ impl Client {
         scfg.metadata = cfg.metadata.clone();
         let session = Session::new(scfg, cfg.credential.clone(), persisted, rand::random());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let listeners: Listeners = Arc::default();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(ConnectionState::Idle);
         let driver = Driver {
@@ -320,10 +359,11 @@ impl Client {
             joins: HashMap::new(),
             leaves: HashMap::new(),
             events: ev_tx,
+            listeners: listeners.clone(),
             state: state_tx,
         };
         tokio::spawn(driver.run(cmd_rx));
-        Ok((Client { cmd: cmd_tx, state: state_rx }, Events { rx: ev_rx }))
+        Ok((Client { cmd: cmd_tx, state: state_rx, listeners }, Events { rx: ev_rx }))
     }
 
     /// Queues a message and returns a future that resolves once the server has stored it.
@@ -434,6 +474,26 @@ impl Client {
         let _ = self.cmd.send(Command::SetCredential(credential));
     }
 
+    /// Registers a listener that gets every event from now on, in order, on a thread of its
+    /// own (so a slow listener never holds up the client), besides the [`Events`] stream.
+    /// The listener stops when the returned handle is dropped.
+    pub fn add_listener(&self, listener: impl EventListener) -> ListenerHandle {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel::<ClientEvent>();
+        lock_listeners(&self.listeners).push((id, tx));
+        let spawned = std::thread::Builder::new().name(format!("tether-listener-{id}")).spawn(move || {
+            while let Ok(ev) = rx.recv() {
+                listener.on_event(ev);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start a listener thread");
+            lock_listeners(&self.listeners).retain(|(i, _)| *i != id);
+        }
+        ListenerHandle { id, listeners: Arc::downgrade(&self.listeners) }
+    }
+
     /// Connects again after a kick, an auth failure or a close.
     pub fn restart(&self) {
         let _ = self.cmd.send(Command::Restart);
@@ -537,6 +597,7 @@ struct Driver {
     joins: HashMap<String, Vec<oneshot::Sender<Result<RoomJoined, RoomFailure>>>>,
     leaves: HashMap<String, Vec<oneshot::Sender<Result<(), RoomFailure>>>>,
     events: mpsc::UnboundedSender<ClientEvent>,
+    listeners: Listeners,
     state: watch::Sender<ConnectionState>,
 }
 
@@ -555,7 +616,7 @@ impl Driver {
         self.session.set_wall_clock(Instant::now(), now_ms());
         self.session.start(Instant::now());
         loop {
-            let todo = self.pump();
+            let todo = self.pump().await;
             if todo.abandon {
                 connecting = None;
             }
@@ -696,17 +757,33 @@ impl Driver {
     }
 
     /// Drains the session's queues in the order its docs require.
-    fn pump(&mut self) -> Todo {
+    async fn pump(&mut self) -> Todo {
         let mut todo = Todo::default();
         let mut ops: Vec<PersistOp> = Vec::new();
         while let Some(op) = self.session.poll_persist() {
             ops.push(op);
         }
         if !ops.is_empty() {
-            if let Some(store) = &mut self.store {
-                if let Err(e) = store.apply(&ops) {
-                    warn!(error = %e, "state journal write failed");
-                    let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+            if let Some(mut store) = self.store.take() {
+                // The journal write and its fsync block: they run on a blocking thread, not on
+                // the async workers, and the frames wait for them (persist before transmit).
+                match tokio::task::spawn_blocking(move || {
+                    let r = store.apply(&ops);
+                    (store, r)
+                })
+                .await
+                {
+                    Ok((store, r)) => {
+                        self.store = Some(store);
+                        if let Err(e) = r {
+                            warn!(error = %e, "state journal write failed");
+                            let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "state journal writer panicked; the client goes on without it");
+                        let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+                    }
                 }
             }
         }
@@ -777,6 +854,9 @@ impl Driver {
                 Event::Presence(p) => ClientEvent::Presence(p),
                 Event::HistoryTruncated(t) => ClientEvent::HistoryTruncated(t),
             };
+            for (_, l) in lock_listeners(&self.listeners).iter() {
+                let _ = l.send(ev.clone());
+            }
             let _ = self.events.send(ev);
         }
         todo

@@ -32,7 +32,9 @@ pub mod client;
 pub mod state;
 pub mod tls;
 
-pub use client::{Client, ClientConfig, ClientEvent, Events, RoomFailure, SendFailure, Status};
+pub use client::{
+    Client, ClientConfig, ClientEvent, EventListener, Events, ListenerHandle, RoomFailure, SendFailure, Status,
+};
 pub use core::{ConnectionState, SessionConfig};
 pub use tether_proto::{
     Address, AddressKind, Credential, Deliver, DevicePresence, ErrorCode, HistoryTruncated, KickReason, Kicked,

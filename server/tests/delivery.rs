@@ -345,3 +345,32 @@ async fn pause_then_resume_delivers_what_arrived_meanwhile_exactly_once() {
     .await;
     assert!(extra.is_err(), "no repeat: {extra:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_gets_events_until_its_handle_is_dropped() {
+    let server = Server::start(&[]);
+    let (alice, _) = server.client("alice", "phone", "alice-phone").await;
+    let (bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let handle = bob.add_listener(move |ev: ClientEvent| {
+        if let ClientEvent::Message(m) = ev {
+            sink.lock().expect("lock").push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    });
+    for i in 0..3 {
+        alice.send_text("bob", &format!("m{i}")).await.expect("ack");
+        next_message(&mut be, 10).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().expect("lock").len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the listener got the messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*seen.lock().expect("lock"), ["m0", "m1", "m2"], "in order, besides the stream");
+    drop(handle);
+    alice.send_text("bob", "after the handle").await.expect("ack");
+    assert_eq!(next_message(&mut be, 10).await.payload, b"after the handle".to_vec(), "the stream goes on");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.lock().expect("lock").len(), 3, "a dropped handle stops its listener");
+}
