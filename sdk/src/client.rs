@@ -20,7 +20,7 @@ use tether_proto::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::core::{check_metadata, Action, ConnectionState, Event, PersistOp, Session, SessionConfig};
+use crate::core::{check_metadata, Action, ConnectionState, Event, OutboxEntry, PersistOp, Session, SessionConfig};
 use crate::state::StateStore;
 use crate::tls::{client_crypto, Trust};
 use crate::ClientError;
@@ -100,6 +100,13 @@ pub enum ClientEvent {
         /// Detail.
         message: String,
     },
+    /// A message was cancelled with [`Client::cancel`] before it was acknowledged.
+    SendCancelled {
+        /// The message's id.
+        client_msg_id: String,
+        /// It may have reached the server before the cancel, and may still be delivered.
+        maybe_delivered: bool,
+    },
     /// The server ended the session (`replaced` by another device, or `admin`). The client
     /// does not reconnect until [`Client::restart`].
     Kicked(Kicked),
@@ -149,6 +156,39 @@ pub enum SendFailure {
     /// outbox (with a state dir) and is sent on the next start.
     #[error("client closed before the message was acknowledged")]
     Closed,
+    /// [`Client::cancel`] took it out of the outbox.
+    #[error("cancelled (it may have reached the server already: {maybe_delivered})")]
+    Cancelled {
+        /// It may have reached the server before the cancel.
+        maybe_delivered: bool,
+    },
+}
+
+/// A queued message: resolves (as a future) once the server stored it, and names it.
+#[derive(Debug)]
+#[must_use = "the message is sent anyway; await the handle to learn when it is stored"]
+pub struct SendHandle {
+    client_msg_id: String,
+    /// `None`: the client was already closed when the message was handed to it.
+    rx: Option<oneshot::Receiver<Result<SendAck, SendFailure>>>,
+}
+
+impl SendHandle {
+    /// The message's id (for [`Client::cancel`], or to match its [`ClientEvent::SendAcked`]).
+    pub fn client_msg_id(&self) -> &str {
+        &self.client_msg_id
+    }
+}
+
+impl Future for SendHandle {
+    type Output = Result<SendAck, SendFailure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.rx.as_mut() {
+            None => std::task::Poll::Ready(Err(SendFailure::Closed)),
+            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(SendFailure::Closed))),
+        }
+    }
 }
 
 /// Why a [`Client::join_room`] or [`Client::leave_room`] did not succeed.
@@ -187,19 +227,47 @@ pub struct Status {
 }
 
 enum Command {
-    Send { to: Address, content_type: String, payload: Vec<u8>, reply: oneshot::Sender<Result<SendAck, SendFailure>> },
-    JoinRoom { room: String, reply: oneshot::Sender<Result<RoomJoined, RoomFailure>> },
-    LeaveRoom { room: String, reply: oneshot::Sender<Result<(), RoomFailure>> },
+    Send {
+        client_msg_id: String,
+        to: Address,
+        content_type: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<SendAck, SendFailure>>,
+    },
+    Outbox {
+        reply: oneshot::Sender<Vec<OutboxEntry>>,
+    },
+    Cancel {
+        client_msg_id: String,
+        reply: oneshot::Sender<Option<bool>>,
+    },
+    JoinRoom {
+        room: String,
+        reply: oneshot::Sender<Result<RoomJoined, RoomFailure>>,
+    },
+    LeaveRoom {
+        room: String,
+        reply: oneshot::Sender<Result<(), RoomFailure>>,
+    },
     SubscribePresence(Vec<String>),
     UnsubscribePresence(Vec<String>),
-    SyncRoom { room: String, after: u64 },
-    NetworkChanged { reply: oneshot::Sender<Result<SocketAddr, ClientError>> },
+    SyncRoom {
+        room: String,
+        after: u64,
+    },
+    NetworkChanged {
+        reply: oneshot::Sender<Result<SocketAddr, ClientError>>,
+    },
     SetCredential(Credential),
     Restart,
     Pause,
     Resume,
-    Status { reply: oneshot::Sender<Status> },
-    Close { reply: oneshot::Sender<()> },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to a running client. Cheap to clone.
@@ -366,45 +434,55 @@ impl Client {
         Ok((Client { cmd: cmd_tx, state: state_rx, listeners }, Events { rx: ev_rx }))
     }
 
-    /// Queues a message and returns a future that resolves once the server has stored it.
+    /// Queues a message and returns at once with a [`SendHandle`]: a future that resolves once
+    /// the server has stored the message, which also names it (for [`Client::cancel`]).
     ///
-    /// The message is queued when `send` is called, not when the future is first polled, so
-    /// messages go out in the order of the calls. From then on it is in the (persisted)
-    /// outbox and is retried, across reconnects and restarts, until acknowledged; dropping the
-    /// future does not cancel it.
-    pub fn send(
-        &self,
-        to: Address,
-        content_type: impl Into<String>,
-        payload: Vec<u8>,
-    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+    /// The message is queued when `send` is called, not when the handle is first polled, so
+    /// messages go out in the order of the calls without waiting for each other. From then on
+    /// it is in the (persisted) outbox and is retried, across reconnects and restarts, until
+    /// acknowledged; dropping the handle does not cancel it.
+    pub fn send(&self, to: Address, content_type: impl Into<String>, payload: Vec<u8>) -> SendHandle {
         let (reply, rx) = oneshot::channel();
-        let queued = self.cmd.send(Command::Send { to, content_type: content_type.into(), payload, reply }).is_ok();
-        async move {
-            if !queued {
-                return Err(SendFailure::Closed);
-            }
-            rx.await.unwrap_or(Err(SendFailure::Closed))
-        }
+        let client_msg_id = format!("{:032x}", rand::random::<u128>());
+        let cmd = Command::Send {
+            client_msg_id: client_msg_id.clone(),
+            to,
+            content_type: content_type.into(),
+            payload,
+            reply,
+        };
+        let queued = self.cmd.send(cmd).is_ok();
+        SendHandle { client_msg_id, rx: queued.then_some(rx) }
+    }
+
+    /// The messages not acknowledged yet, oldest first: for local echo, e.g. after an app
+    /// restart restored them from the state dir.
+    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Command::Outbox { reply }).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Cancels a message that is still in the outbox: it is not sent again and its
+    /// [`SendHandle`] resolves with [`SendFailure::Cancelled`]. `Ok(None)`: it was not in the
+    /// outbox any more (acknowledged or refused). `Ok(Some(true))`: it may have reached the
+    /// server before the cancel and may still be delivered.
+    pub async fn cancel(&self, client_msg_id: &str) -> Result<Option<bool>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Cancel { client_msg_id: client_msg_id.to_owned(), reply })
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
     }
 
     /// Sends a `text/plain` message to a user (see [`Client::send`]).
-    pub fn send_text(
-        &self,
-        to_user: &str,
-        text: &str,
-    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+    pub fn send_text(&self, to_user: &str, text: &str) -> SendHandle {
         self.send(Address::user(to_user), "text/plain", text.as_bytes().to_vec())
     }
 
     /// Sends a message to a room (see [`Client::send`]). The ack's `seq` is the message's seq
     /// in the room's log.
-    pub fn send_to_room(
-        &self,
-        room: &str,
-        content_type: impl Into<String>,
-        payload: Vec<u8>,
-    ) -> impl Future<Output = Result<SendAck, SendFailure>> + Send + 'static {
+    pub fn send_to_room(&self, room: &str, content_type: impl Into<String>, payload: Vec<u8>) -> SendHandle {
         self.send(Address::room(room), content_type, payload)
     }
 
@@ -703,9 +781,15 @@ impl Driver {
     fn on_command(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
-            Command::Send { to, content_type, payload, reply } => {
-                let id = self.session.send(to, content_type, payload, now, now_ms());
-                self.pending.insert(id, reply);
+            Command::Send { client_msg_id, to, content_type, payload, reply } => {
+                self.session.send_with_id(client_msg_id.clone(), to, content_type, payload, now, now_ms());
+                self.pending.insert(client_msg_id, reply);
+            }
+            Command::Outbox { reply } => {
+                let _ = reply.send(self.session.outbox());
+            }
+            Command::Cancel { client_msg_id, reply } => {
+                let _ = reply.send(self.session.cancel(&client_msg_id));
             }
             Command::JoinRoom { room, reply } => {
                 self.joins.entry(room.clone()).or_default().push(reply);
@@ -828,6 +912,12 @@ impl Driver {
                         let _ = tx.send(Err(SendFailure::Refused { code, message: message.clone() }));
                     }
                     ClientEvent::SendFailed { client_msg_id, code, message }
+                }
+                Event::SendCancelled { client_msg_id, maybe_delivered } => {
+                    if let Some(tx) = self.pending.remove(&client_msg_id) {
+                        let _ = tx.send(Err(SendFailure::Cancelled { maybe_delivered }));
+                    }
+                    ClientEvent::SendCancelled { client_msg_id, maybe_delivered }
                 }
                 Event::Kicked(k) => ClientEvent::Kicked(k),
                 Event::LoginFailed { code, message } => ClientEvent::LoginFailed { code, message },

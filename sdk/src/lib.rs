@@ -33,7 +33,8 @@ pub mod state;
 pub mod tls;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, EventListener, Events, ListenerHandle, RoomFailure, SendFailure, Status,
+    Client, ClientConfig, ClientEvent, EventListener, Events, ListenerHandle, RoomFailure, SendFailure, SendHandle,
+    Status,
 };
 pub use core::{ConnectionState, SessionConfig};
 pub use tether_proto::{

@@ -247,9 +247,18 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
     server.kill();
     let first = alice.send_text("bob", "written offline 1");
     let second = alice.send_text("bob", "written offline 2");
+    let ids = [first.client_msg_id().to_string(), second.client_msg_id().to_string()];
     alice.close().await;
     assert_eq!(first.await, Err(tether_sdk::SendFailure::Closed));
     assert_eq!(second.await, Err(tether_sdk::SendFailure::Closed));
+
+    // The app starts while the server is still down: the pending sends are listed (for local
+    // echo) from the state dir, in order.
+    let (alice, _) = tether_sdk::Client::start(acfg.clone()).await.expect("start offline");
+    let pending = alice.outbox().await.expect("outbox");
+    let listed: Vec<(&str, &[u8])> = pending.iter().map(|e| (e.client_msg_id.as_str(), e.payload.as_slice())).collect();
+    assert_eq!(listed, [(ids[0].as_str(), &b"written offline 1"[..]), (ids[1].as_str(), &b"written offline 2"[..])]);
+    alice.close().await;
 
     // Both apps start again. Alice's ticket is spent: she gets back in with the resume token
     // from her state dir, and her outbox goes out.
@@ -373,4 +382,39 @@ async fn a_listener_gets_events_until_its_handle_is_dropped() {
     assert_eq!(next_message(&mut be, 10).await.payload, b"after the handle".to_vec(), "the stream goes on");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(seen.lock().expect("lock").len(), 3, "a dropped handle stops its listener");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cancelled_before_it_left_is_never_delivered() {
+    let server = Server::start(&[]);
+    let (alice, _) = server.client("alice", "phone", "alice-phone").await;
+    let (_bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    alice.pause().expect("pause");
+    alice.wait_for_state(|s| matches!(s, ConnectionState::Paused)).await.expect("paused");
+    let oops = alice.send_text("bob", "oops");
+    let fine = alice.send_text("bob", "fine");
+    assert_eq!(alice.outbox().await.expect("outbox").len(), 2);
+    assert_eq!(alice.cancel(oops.client_msg_id()).await.expect("cancel"), Some(false), "it never left");
+    assert_eq!(oops.await, Err(tether_sdk::SendFailure::Cancelled { maybe_delivered: false }));
+    alice.resume().expect("resume");
+    fine.await.expect("the other one is sent");
+    assert_eq!(next_message(&mut be, 10).await.payload, b"fine".to_vec());
+    assert!(alice.outbox().await.expect("outbox").is_empty());
+    // Acknowledged: nothing to cancel.
+    let ack = alice.send_text("bob", "done").await.expect("ack");
+    assert_eq!(alice.cancel(&ack.client_msg_id).await.expect("cancel"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sends_without_awaiting_arrive_in_call_order() {
+    let server = Server::start(&[]);
+    let (alice, _) = server.client("alice", "phone", "alice-phone").await;
+    let (_bob, mut be) = server.client("bob", "phone", "bob-phone").await;
+    let handles: Vec<_> = (0..1000).map(|i| alice.send_text("bob", &format!("n{i}"))).collect();
+    for i in 0..1000 {
+        assert_eq!(next_message(&mut be, 20).await.payload, format!("n{i}").into_bytes());
+    }
+    for h in handles {
+        h.await.expect("acked");
+    }
 }

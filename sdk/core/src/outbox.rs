@@ -12,6 +12,9 @@ struct Slot {
     /// `Some(t)`: in flight on the current connection, to be transmitted again at `t` if still
     /// unanswered. `None`: not transmitted on the current connection yet.
     resend_at: Option<Instant>,
+    /// It may have reached the server: transmitted on some connection, or restored from a
+    /// journal (whose earlier run may have transmitted it).
+    maybe_sent: bool,
 }
 
 /// Ordered outbox with a window of in-flight messages.
@@ -34,6 +37,9 @@ impl Outbox {
         for entry in entries {
             if !outbox.contains(&entry.client_msg_id) {
                 outbox.push(entry);
+                if let Some(slot) = outbox.slots.back_mut() {
+                    slot.maybe_sent = true;
+                }
             }
         }
         outbox
@@ -42,7 +48,7 @@ impl Outbox {
     /// Appends a new message (pending).
     pub(crate) fn push(&mut self, entry: OutboxEntry) {
         self.ids.insert(entry.client_msg_id.clone());
-        self.slots.push_back(Slot { entry, resend_at: None });
+        self.slots.push_back(Slot { entry, resend_at: None, maybe_sent: false });
     }
 
     /// Number of messages in the outbox.
@@ -68,6 +74,12 @@ impl Outbox {
 
     /// Removes the message with this id, if present.
     pub(crate) fn remove(&mut self, client_msg_id: &str) -> Option<OutboxEntry> {
+        self.take(client_msg_id).map(|(entry, _)| entry)
+    }
+
+    /// Removes the message with this id, if present, and tells whether it may have reached
+    /// the server.
+    pub(crate) fn take(&mut self, client_msg_id: &str) -> Option<(OutboxEntry, bool)> {
         if !self.ids.remove(client_msg_id) {
             return None;
         }
@@ -76,7 +88,7 @@ impl Outbox {
         if slot.resend_at.is_some() {
             self.in_flight -= 1;
         }
-        Some(slot.entry)
+        Some((slot.entry, slot.maybe_sent))
     }
 
     /// Schedules an in-flight message to be transmitted again at `at` (after a transient
@@ -112,6 +124,7 @@ impl Outbox {
             match slot.resend_at {
                 Some(at) if at <= now => {
                     slot.resend_at = Some(deadline);
+                    slot.maybe_sent = true;
                     out.push(slot.entry.clone());
                 }
                 Some(_) => {}
@@ -122,6 +135,7 @@ impl Outbox {
                     }
                     self.in_flight += 1;
                     slot.resend_at = Some(deadline);
+                    slot.maybe_sent = true;
                     out.push(slot.entry.clone());
                 }
             }

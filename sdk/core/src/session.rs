@@ -204,20 +204,58 @@ impl Session {
     /// the server acknowledges or refuses it. `now_ms` is the wall-clock time, recorded as
     /// `created_ms`.
     pub fn send(&mut self, to: Address, content_type: String, payload: Vec<u8>, now: Instant, now_ms: u64) -> String {
-        self.set_wall_clock(now, now_ms);
         let client_msg_id = loop {
             let id = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
             if !self.outbox.contains(&id) {
                 break id;
             }
         };
+        self.send_with_id(client_msg_id.clone(), to, content_type, payload, now, now_ms);
+        client_msg_id
+    }
+
+    /// [`Session::send`] with a `client_msg_id` the caller chose (unique per sender, 1..=128
+    /// bytes; a driver that must hand the id out before the session sees the message uses
+    /// this). An id already in the outbox is not queued twice.
+    pub fn send_with_id(
+        &mut self,
+        client_msg_id: String,
+        to: Address,
+        content_type: String,
+        payload: Vec<u8>,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        self.set_wall_clock(now, now_ms);
+        if self.outbox.contains(&client_msg_id) {
+            return;
+        }
         let entry = OutboxEntry { client_msg_id: client_msg_id.clone(), to, content_type, payload, created_ms: now_ms };
         self.persists.push_back(PersistOp::OutboxAdd(entry.clone()));
         self.outbox.push(entry);
         if self.state == ConnectionState::Online {
             self.flush_outbox(now);
         }
-        client_msg_id
+    }
+
+    /// The messages not acknowledged yet, oldest first (for local echo, e.g. after an app
+    /// restart restored them from the journal).
+    pub fn outbox(&self) -> Vec<OutboxEntry> {
+        self.outbox.entries().cloned().collect()
+    }
+
+    /// Cancels a message that is still in the outbox: it leaves the outbox
+    /// ([`PersistOp::OutboxRemove`]) and is not sent again, and [`Event::SendCancelled`] says
+    /// so. Returns `None` when it is not in the outbox (already acknowledged or refused, or
+    /// unknown), else whether it may have reached the server anyway (it was transmitted, or
+    /// restored from the journal): a cancel stops retries, it cannot take back a message the
+    /// server already stored.
+    pub fn cancel(&mut self, client_msg_id: &str) -> Option<bool> {
+        let (_, maybe_sent) = self.outbox.take(client_msg_id)?;
+        self.persist(PersistOp::OutboxRemove(client_msg_id.to_owned()));
+        self.events
+            .push_back(Event::SendCancelled { client_msg_id: client_msg_id.to_owned(), maybe_delivered: maybe_sent });
+        Some(maybe_sent)
     }
 
     /// Asks to become a member of `room`. Transmitted at once when online, else after the next

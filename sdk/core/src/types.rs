@@ -255,6 +255,13 @@ pub enum Event {
         /// Human-readable detail.
         message: String,
     },
+    /// The app cancelled a message that was still in the outbox ([`Session::cancel`](super::Session::cancel)).
+    SendCancelled {
+        /// The message's id.
+        client_msg_id: String,
+        /// It may have reached the server before the cancel (then it may still be delivered).
+        maybe_delivered: bool,
+    },
     /// The server ended the session (also synthesized when the server closed the connection
     /// with `replaced` or `kicked` and the frame itself was lost).
     Kicked(tether_proto::Kicked),

@@ -284,3 +284,43 @@ fn message_over_the_server_frame_limit_fails_locally() {
     assert_eq!(h.s.outbox_len(), 1);
     assert!(h.persists.contains(&PersistOp::OutboxRemove(big)));
 }
+
+#[test]
+fn the_outbox_is_listed_and_a_message_can_be_cancelled_until_acknowledged() {
+    let mut h = H::new();
+    // Offline: queued, listed, not transmitted.
+    let a = h.send("a");
+    let b = h.send("b");
+    let listed: Vec<String> = h.s.outbox().into_iter().map(|e| e.client_msg_id).collect();
+    assert_eq!(listed, [a.clone(), b.clone()]);
+    h.clear();
+    // Never transmitted: cancelled for good, and the journal forgets it.
+    assert_eq!(h.s.cancel(&a), Some(false));
+    h.drain();
+    assert_eq!(h.persists, [PersistOp::OutboxRemove(a.clone())]);
+    assert_eq!(h.take_events(), [Event::SendCancelled { client_msg_id: a.clone(), maybe_delivered: false }]);
+    assert_eq!(h.s.cancel(&a), None, "only once");
+    // Online: only b goes out; once transmitted, a cancel says it may have arrived.
+    h.online(0);
+    assert_eq!(h.sends(), std::slice::from_ref(&b));
+    assert_eq!(h.s.cancel(&b), Some(true));
+    h.drain();
+    // Its ack may still come: it is ignored (the message already left the outbox).
+    h.frame(Frame::SendAck(send_ack(&b, 1)));
+    assert!(h.s.outbox().is_empty());
+    assert_eq!(h.s.cancel("never-sent"), None);
+    // An id chosen by the driver.
+    h.s.send_with_id("mine".into(), Address::user("bob"), "text/plain".into(), b"x".to_vec(), h.now, 1);
+    h.s.send_with_id("mine".into(), Address::user("bob"), "text/plain".into(), b"x".to_vec(), h.now, 1);
+    assert_eq!(h.s.outbox().len(), 1, "an id already queued is not queued twice");
+}
+
+#[test]
+fn a_message_restored_from_the_journal_may_have_been_delivered() {
+    let mut h = H::new();
+    let a = h.send("a");
+    let persisted = h.durable.clone();
+    let mut h2 = H::with(config(), Credential::Token("jwt".into()), persisted, 2);
+    assert_eq!(h2.s.outbox().len(), 1);
+    assert_eq!(h2.s.cancel(&a), Some(true), "an earlier run may have transmitted it");
+}
