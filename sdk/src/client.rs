@@ -4,7 +4,7 @@
 //! state journal. The app talks to it through [`Client`] (send, rooms, presence, network
 //! change, close) and reads [`ClientEvent`]s from [`Events`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use tether_proto::{
-    Address, CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame, HistoryTruncated, Kicked, Presence, RoomEvent,
-    RoomJoined, SendAck,
-};
+use tether_proto::{CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::core::{check_metadata, Action, ConnectionState, Event, OutboxEntry, PersistOp, Session, SessionConfig};
+use crate::core::{check_metadata, Action, Event, PersistOp, Session, SessionConfig};
+use crate::model::{
+    ConnectionState, HistoryTruncated, Kicked, Message, PendingMessage, Presence, RoomEvent, RoomJoined, SendAck,
+    Target,
+};
 use crate::state::StateStore;
 use crate::tls::{client_crypto, Trust};
 use crate::ClientError;
@@ -48,7 +49,7 @@ pub struct ClientConfig {
     /// Connection metadata sent at login (app version, locale, ...), shown in presence, the
     /// admin API and webhooks. Checked against the limits at [`Client::start`] (see
     /// [`crate::core::check_metadata`]). Default empty.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: HashMap<String, String>,
     /// Session timers and limits; `device_type`, `device_id` and `metadata` in it are
     /// overwritten.
     pub session: SessionConfig,
@@ -66,7 +67,7 @@ impl ClientConfig {
             device_id: None,
             state_dir: None,
             sync_state: false,
-            metadata: BTreeMap::new(),
+            metadata: HashMap::new(),
             session: SessionConfig::new("desktop", ""),
         }
     }
@@ -79,7 +80,7 @@ pub enum ClientEvent {
     /// room): in order per inbox and per room, exactly once (across reconnects and, with a
     /// state dir, restarts). History asked for with [`Client::sync_room`] comes as this event
     /// too, with seqs below those already seen.
-    Message(tether_proto::Deliver),
+    Message(Message),
     /// Connection state changed.
     State(ConnectionState),
     /// Logged in as `user`.
@@ -219,7 +220,7 @@ pub struct Status {
     /// Messages not yet acknowledged.
     pub outbox_len: usize,
     /// Highest seq handed to the app per followed room.
-    pub room_cursors: BTreeMap<String, u64>,
+    pub room_cursors: HashMap<String, u64>,
     /// Local UDP address of the endpoint.
     pub local_addr: Option<SocketAddr>,
     /// The device id in use.
@@ -229,13 +230,13 @@ pub struct Status {
 enum Command {
     Send {
         client_msg_id: String,
-        to: Address,
+        to: Target,
         content_type: String,
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<SendAck, SendFailure>>,
     },
     Outbox {
-        reply: oneshot::Sender<Vec<OutboxEntry>>,
+        reply: oneshot::Sender<Vec<PendingMessage>>,
     },
     Cancel {
         client_msg_id: String,
@@ -387,7 +388,9 @@ impl Client {
                 cfg.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cfg.server).trim_matches(['[', ']']).to_string()
             }
         };
-        check_metadata(&cfg.metadata).map_err(|e| ClientError::Config(e.to_string()))?;
+        let metadata: std::collections::BTreeMap<String, String> =
+            cfg.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        check_metadata(&metadata).map_err(|e| ClientError::Config(e.to_string()))?;
         let device_id = device_id_for(&cfg)?;
         let (store, persisted) = match &cfg.state_dir {
             Some(dir) => {
@@ -408,7 +411,7 @@ impl Client {
         let mut scfg = cfg.session.clone();
         scfg.device_type = cfg.device_type.clone();
         scfg.device_id = device_id.clone();
-        scfg.metadata = cfg.metadata.clone();
+        scfg.metadata = metadata;
         let session = Session::new(scfg, cfg.credential.clone(), persisted, rand::random());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let listeners: Listeners = Arc::default();
@@ -441,7 +444,7 @@ impl Client {
     /// messages go out in the order of the calls without waiting for each other. From then on
     /// it is in the (persisted) outbox and is retried, across reconnects and restarts, until
     /// acknowledged; dropping the handle does not cancel it.
-    pub fn send(&self, to: Address, content_type: impl Into<String>, payload: Vec<u8>) -> SendHandle {
+    pub fn send(&self, to: Target, content_type: impl Into<String>, payload: Vec<u8>) -> SendHandle {
         let (reply, rx) = oneshot::channel();
         let client_msg_id = format!("{:032x}", rand::random::<u128>());
         let cmd = Command::Send {
@@ -457,7 +460,7 @@ impl Client {
 
     /// The messages not acknowledged yet, oldest first: for local echo, e.g. after an app
     /// restart restored them from the state dir.
-    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, ClientError> {
+    pub async fn outbox(&self) -> Result<Vec<PendingMessage>, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.cmd.send(Command::Outbox { reply }).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
@@ -477,13 +480,13 @@ impl Client {
 
     /// Sends a `text/plain` message to a user (see [`Client::send`]).
     pub fn send_text(&self, to_user: &str, text: &str) -> SendHandle {
-        self.send(Address::user(to_user), "text/plain", text.as_bytes().to_vec())
+        self.send(Target::User(to_user.to_owned()), "text/plain", text.as_bytes().to_vec())
     }
 
     /// Sends a message to a room (see [`Client::send`]). The ack's `seq` is the message's seq
     /// in the room's log.
     pub fn send_to_room(&self, room: &str, content_type: impl Into<String>, payload: Vec<u8>) -> SendHandle {
-        self.send(Address::room(room), content_type, payload)
+        self.send(Target::Room(room.to_owned()), content_type, payload)
     }
 
     /// Joins a room; resolves with the server's answer. Requested at once (or, offline, after
@@ -612,8 +615,8 @@ impl Client {
                 matches!(
                     s,
                     ConnectionState::Online
-                        | ConnectionState::Kicked(_)
-                        | ConnectionState::AuthFailed(_)
+                        | ConnectionState::Kicked { .. }
+                        | ConnectionState::AuthFailed { .. }
                         | ConnectionState::LoggedOut
                 )
             })
@@ -782,11 +785,11 @@ impl Driver {
         let now = Instant::now();
         match cmd {
             Command::Send { client_msg_id, to, content_type, payload, reply } => {
-                self.session.send_with_id(client_msg_id.clone(), to, content_type, payload, now, now_ms());
+                self.session.send_with_id(client_msg_id.clone(), to.to_wire(), content_type, payload, now, now_ms());
                 self.pending.insert(client_msg_id, reply);
             }
             Command::Outbox { reply } => {
-                let _ = reply.send(self.session.outbox());
+                let _ = reply.send(self.session.outbox().into_iter().map(PendingMessage::from).collect());
             }
             Command::Cancel { client_msg_id, reply } => {
                 let _ = reply.send(self.session.cancel(&client_msg_id));
@@ -818,7 +821,7 @@ impl Driver {
             }
             Command::SetCredential(c) => {
                 self.session.set_credential(c);
-                if matches!(self.session.state(), ConnectionState::AuthFailed(_)) {
+                if matches!(self.session.state(), crate::core::ConnectionState::AuthFailed(_)) {
                     self.session.start(now);
                 }
             }
@@ -827,11 +830,11 @@ impl Driver {
             Command::Resume => self.session.resume(now),
             Command::Status { reply } => {
                 let _ = reply.send(Status {
-                    state: self.session.state().clone(),
+                    state: ConnectionState::from_core(self.session.state(), now),
                     user: self.session.user().map(str::to_string),
                     inbox_cursor: self.session.inbox_cursor(),
                     outbox_len: self.session.outbox_len(),
-                    room_cursors: self.session.room_cursors(),
+                    room_cursors: self.session.room_cursors().into_iter().collect(),
                     local_addr: self.endpoint.local_addr().ok(),
                     device_id: self.device_id.clone(),
                 });
@@ -897,11 +900,13 @@ impl Driver {
         while let Some(e) = self.session.poll_event() {
             let ev = match e {
                 Event::State(s) => {
+                    let s = ConnectionState::from_core(&s, Instant::now());
                     self.state.send_replace(s.clone());
                     ClientEvent::State(s)
                 }
-                Event::Message(d) => ClientEvent::Message(d),
+                Event::Message(d) => ClientEvent::Message(d.into()),
                 Event::SendAcked(ack) => {
+                    let ack = SendAck::from(ack);
                     if let Some(tx) = self.pending.remove(&ack.client_msg_id) {
                         let _ = tx.send(Ok(ack.clone()));
                     }
@@ -919,10 +924,11 @@ impl Driver {
                     }
                     ClientEvent::SendCancelled { client_msg_id, maybe_delivered }
                 }
-                Event::Kicked(k) => ClientEvent::Kicked(k),
+                Event::Kicked(k) => ClientEvent::Kicked(k.into()),
                 Event::LoginFailed { code, message } => ClientEvent::LoginFailed { code, message },
                 Event::LoggedIn(ok) => ClientEvent::LoggedIn { user: ok.user, session_id: ok.session_id },
                 Event::RoomJoined(joined) => {
+                    let joined = RoomJoined::from(joined);
                     for tx in self.joins.remove(&joined.room).unwrap_or_default() {
                         let _ = tx.send(Ok(joined.clone()));
                     }
@@ -940,9 +946,9 @@ impl Driver {
                     }
                     ClientEvent::RoomLeft(room)
                 }
-                Event::RoomEvent(ev) => ClientEvent::RoomEvent(ev),
-                Event::Presence(p) => ClientEvent::Presence(p),
-                Event::HistoryTruncated(t) => ClientEvent::HistoryTruncated(t),
+                Event::RoomEvent(ev) => ClientEvent::RoomEvent(ev.into()),
+                Event::Presence(p) => ClientEvent::Presence(p.into()),
+                Event::HistoryTruncated(t) => ClientEvent::HistoryTruncated(t.into()),
             };
             for (_, l) in lock_listeners(&self.listeners).iter() {
                 let _ = l.send(ev.clone());

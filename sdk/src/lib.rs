@@ -29,6 +29,7 @@
 //! ```
 
 pub mod client;
+pub mod model;
 pub mod state;
 pub mod tls;
 
@@ -36,11 +37,12 @@ pub use client::{
     Client, ClientConfig, ClientEvent, EventListener, Events, ListenerHandle, RoomFailure, SendFailure, SendHandle,
     Status,
 };
-pub use core::{ConnectionState, SessionConfig};
-pub use tether_proto::{
-    Address, AddressKind, Credential, Deliver, DevicePresence, ErrorCode, HistoryTruncated, KickReason, Kicked,
-    Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck,
+pub use core::SessionConfig;
+pub use model::{
+    ConnectionState, DevicePresence, ErrorCode, HistoryTruncated, KickReason, Kicked, Message, PendingMessage,
+    Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck, Target,
 };
+pub use tether_proto::Credential;
 pub use tls::Trust;
 
 /// The sans-I/O session core (the `tether-sdk-core` crate), as `quinn-proto` stands beside

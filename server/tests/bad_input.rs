@@ -220,6 +220,6 @@ async fn admin_api_requires_the_token_and_pushes_and_kicks() {
         _ => None,
     })
     .await;
-    assert_eq!(reason, tether_proto::KickReason::Admin);
-    bob.wait_for_state(|s| matches!(s, tether_sdk::ConnectionState::Kicked(_))).await.expect("kicked state");
+    assert_eq!(reason, tether_sdk::KickReason::Admin);
+    bob.wait_for_state(|s| matches!(s, tether_sdk::ConnectionState::Kicked { .. })).await.expect("kicked state");
 }

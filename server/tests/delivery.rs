@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tether_sdk::{Address, ClientEvent, ConnectionState, Credential, KickReason};
+use tether_sdk::{ClientEvent, ConnectionState, Credential, KickReason, Target};
 use tether_server::store::sqlite::SqliteStore;
 use tether_server::store::Store;
 
@@ -45,7 +45,7 @@ async fn every_device_of_the_recipient_and_the_senders_other_devices_get_the_mes
     // Alice's desktop sees what her phone sent, at the seq of her own copy.
     let m = next_message(&mut alice_desk_ev, 10).await;
     assert_eq!((m.from.as_str(), m.from_device.as_str(), m.seq), ("alice", "a-phone", ack.seq));
-    assert_eq!(m.to, Address::user("bob"));
+    assert_eq!(m.to, Target::User("bob".into()));
     let (_, sessions) = server.admin("GET", "/v1/users/bob/sessions", None).await;
     assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(2));
 }
@@ -62,12 +62,12 @@ async fn a_second_device_of_the_same_type_kicks_the_first_which_stays_down() {
     .await;
     assert_eq!(reason, KickReason::Replaced);
     assert_eq!(
-        old.wait_for_state(|s| matches!(s, ConnectionState::Kicked(_))).await.expect("state"),
-        ConnectionState::Kicked(KickReason::Replaced)
+        old.wait_for_state(|s| matches!(s, ConnectionState::Kicked { .. })).await.expect("state"),
+        ConnectionState::Kicked { reason: KickReason::Replaced }
     );
     // Several backoff periods later the old device has not come back.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(matches!(old.state(), ConnectionState::Kicked(_)));
+    assert!(matches!(old.state(), ConnectionState::Kicked { .. }));
     let (_, s) = server.admin("GET", "/v1/users/bob/sessions", None).await;
     let devices: Vec<&str> =
         s["sessions"].as_array().expect("list").iter().filter_map(|x| x["device_id"].as_str()).collect();
@@ -202,7 +202,7 @@ async fn retried_send_with_the_same_id_is_stored_once_and_gets_the_original_ack(
     assert!(matches!(raw.read().await, Some(tether_proto::Frame::LoginOk(_))));
     let send = tether_proto::Frame::Send(tether_proto::Send {
         client_msg_id: "same-id".into(),
-        to: Address::user("erin"),
+        to: tether_proto::Address::user("erin"),
         content_type: "text/plain".into(),
         payload: b"once".to_vec(),
     });

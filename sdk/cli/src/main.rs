@@ -10,15 +10,13 @@
 //! tether --ca ca.pem --token $JWT presence bob carol --count 2
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use tether_sdk::{
-    Address, AddressKind, Client, ClientConfig, ClientEvent, ConnectionState, Credential, Deliver, SendAck, Trust,
-};
+use tether_sdk::{Client, ClientConfig, ClientEvent, ConnectionState, Credential, Message, SendAck, Target, Trust};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser, Debug)]
@@ -176,19 +174,19 @@ fn client_event_json(ev: &ClientEvent) -> Option<serde_json::Value> {
     })
 }
 
-fn message_json(d: &Deliver) -> serde_json::Value {
+fn message_json(d: &Message) -> serde_json::Value {
     let mut v = serde_json::json!({
         "msg_id": d.msg_id,
         "seq": d.seq,
         "from": d.from,
         "from_device": d.from_device,
-        "to": d.to.id,
+        "to": d.to.id(),
         "ts": d.ts,
         "content_type": d.content_type,
         "client_msg_id": d.client_msg_id,
     });
-    if d.to.kind == AddressKind::Room {
-        v["room"] = d.to.id.clone().into();
+    if let Target::Room(room) = &d.to {
+        v["room"] = room.clone().into();
     }
     match std::str::from_utf8(&d.payload) {
         Ok(t) if d.content_type.starts_with("text/") => v["text"] = t.into(),
@@ -213,7 +211,7 @@ fn config(a: &ConnArgs) -> Result<ClientConfig, String> {
     c.state_dir = a.state_dir.clone();
     c.device_type = a.device_type.clone();
     c.device_id = a.device_id.clone();
-    c.metadata = a.meta.iter().cloned().collect::<BTreeMap<_, _>>();
+    c.metadata = a.meta.iter().cloned().collect::<HashMap<_, _>>();
     Ok(c)
 }
 
@@ -240,7 +238,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Send { to, content_type, text } => {
             client.wait_online().await.map_err(|e| e.to_string())?;
             let ack = client
-                .send(Address::user(to), content_type, text.join(" ").into_bytes())
+                .send(Target::User(to.to_string()), content_type, text.join(" ").into_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}", ack_json(&ack));
@@ -363,9 +361,9 @@ async fn chat(client: &Client, events: &mut tether_sdk::Events, to: &str) -> Res
             ev = events.next() => match ev {
                 Some(ClientEvent::Message(d)) => {
                     let text = String::from_utf8_lossy(&d.payload);
-                    match d.to.kind {
-                        AddressKind::Room => println!("[{}#{}] {}: {}", d.to.id, d.seq, d.from, text),
-                        AddressKind::User => println!("[{}] {}: {}", d.seq, d.from, text),
+                    match &d.to {
+                        Target::Room(room) => println!("[{}#{}] {}: {}", room, d.seq, d.from, text),
+                        Target::User(_) => println!("[{}] {}: {}", d.seq, d.from, text),
                     }
                 }
                 Some(ClientEvent::State(s)) => {

@@ -298,8 +298,8 @@ async fn client_rooms_events_and_history() {
         })
         .await;
         assert_eq!(
-            (m.to.kind, m.to.id.as_str(), m.seq, m.payload),
-            (tether_sdk::AddressKind::Room, "hall", i, format!("m{i}").into_bytes())
+            (m.to, m.seq, m.payload),
+            (tether_sdk::Target::Room("hall".into()), i, format!("m{i}").into_bytes())
         );
     }
 

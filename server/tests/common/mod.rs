@@ -167,7 +167,7 @@ pub fn token_signed(user: &str, ttl: i64, secret: &str) -> String {
 }
 
 /// Waits for the next message event, skipping others; panics after `secs`.
-pub async fn next_message(events: &mut Events, secs: u64) -> tether_proto::Deliver {
+pub async fn next_message(events: &mut Events, secs: u64) -> tether_sdk::Message {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         match tokio::time::timeout_at(deadline, events.next()).await {
