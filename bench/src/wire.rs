@@ -12,7 +12,7 @@ use tether_proto::{Credential, Decoded, Decoder, Frame, Login};
 
 /// A client endpoint (several connections share one UDP socket).
 pub fn endpoint(cert: &Path) -> quinn::Endpoint {
-    let crypto = tether_sdk::tls::client_crypto(&tether_sdk::Trust::Pinned(cert.to_path_buf())).expect("tls");
+    let crypto = tether_sdk::tls::client_crypto(&tether_sdk::Trust::pinned(cert)).expect("tls");
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     let mut t = quinn::TransportConfig::default();

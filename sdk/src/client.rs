@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,7 +42,7 @@ pub struct ClientConfig {
     pub device_id: Option<String>,
     /// Directory for the outbox, cursors and resume token, so they survive restarts. Without
     /// it everything is in memory.
-    pub state_dir: Option<PathBuf>,
+    pub state_dir: Option<String>,
     /// fsync the state journal on every change (slower; survives power loss).
     pub sync_state: bool,
     /// Connection metadata sent at login (app version, locale, ...), shown in presence, the
@@ -344,7 +343,7 @@ fn device_id_for(cfg: &ClientConfig) -> Result<String, ClientError> {
     let fresh = || format!("dev-{:016x}", rand::random::<u64>());
     let Some(dir) = &cfg.state_dir else { return Ok(fresh()) };
     std::fs::create_dir_all(dir).map_err(|e| ClientError::State(e.to_string()))?;
-    let path = dir.join("device-id");
+    let path = std::path::Path::new(dir).join("device-id");
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => {
@@ -394,7 +393,8 @@ impl Client {
         let device_id = device_id_for(&cfg)?;
         let (store, persisted) = match &cfg.state_dir {
             Some(dir) => {
-                let (mut s, p) = StateStore::open(dir).map_err(|e| ClientError::State(e.to_string()))?;
+                let (mut s, p) =
+                    StateStore::open(std::path::Path::new(dir)).map_err(|e| ClientError::State(e.to_string()))?;
                 s.set_sync(cfg.sync_state);
                 (Some(s), p)
             }

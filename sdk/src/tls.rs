@@ -1,6 +1,6 @@
 //! Which server certificates the client trusts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,11 +15,23 @@ use crate::ClientError;
 pub enum Trust {
     /// The operating system's root store (for a certificate from a public CA).
     SystemRoots,
-    /// CA certificates (or a self-signed server certificate) in a PEM file.
-    CaFile(PathBuf),
-    /// Exactly this server certificate (PEM or DER file), whatever its name or dates: for
-    /// development against a node's self-signed `dev-cert.pem`.
-    Pinned(PathBuf),
+    /// CA certificates (or a self-signed server certificate) in the PEM file at this path.
+    CaFile(String),
+    /// Exactly this server certificate (PEM or DER file at this path), whatever its name or
+    /// dates: for development against a node's self-signed `dev-cert.pem`.
+    Pinned(String),
+}
+
+impl Trust {
+    /// [`Trust::Pinned`] from a path.
+    pub fn pinned(path: impl AsRef<Path>) -> Trust {
+        Trust::Pinned(path.as_ref().display().to_string())
+    }
+
+    /// [`Trust::CaFile`] from a path.
+    pub fn ca_file(path: impl AsRef<Path>) -> Trust {
+        Trust::CaFile(path.as_ref().display().to_string())
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
@@ -55,6 +67,7 @@ pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError>
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::CaFile(p) => {
+            let p = Path::new(p);
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(p)? {
                 roots.add(c).map_err(|e| ClientError::Tls(format!("{}: {e}", p.display())))?;
@@ -62,6 +75,7 @@ pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError>
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::Pinned(p) => {
+            let p = Path::new(p);
             let pinned = read_certs(p)?
                 .into_iter()
                 .next()

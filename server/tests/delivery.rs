@@ -100,11 +100,11 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     let sender_state = tempfile::tempdir().expect("dir");
     let receiver_state = tempfile::tempdir().expect("dir");
     let mut scfg = server.client_config(Credential::Token(token("alice", 3600)), "phone", "alice-phone");
-    scfg.state_dir = Some(sender_state.path().to_path_buf());
+    scfg.state_dir = Some(sender_state.path().display().to_string());
     scfg.session.max_in_flight = 32;
     let (alice, _ae) = tether_sdk::Client::start(scfg).await.expect("start");
     let mut rcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
-    rcfg.state_dir = Some(receiver_state.path().to_path_buf());
+    rcfg.state_dir = Some(receiver_state.path().display().to_string());
     let (bob, mut be) = tether_sdk::Client::start(rcfg).await.expect("start");
     alice.wait_online().await.expect("online");
     bob.wait_online().await.expect("online");
@@ -226,7 +226,7 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
 
     // Bob reads three messages, then quits the app.
     let mut bcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
-    bcfg.state_dir = Some(bob_state.path().to_path_buf());
+    bcfg.state_dir = Some(bob_state.path().display().to_string());
     let (bob, mut be) = tether_sdk::Client::start(bcfg.clone()).await.expect("start");
     bob.wait_online().await.expect("online");
     let (carol, _) = server.client("carol", "phone", "carol-phone").await;
@@ -241,7 +241,7 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
     let (_, t) = server.admin("POST", "/v1/tickets", Some(serde_json::json!({"user": "alice"}))).await;
     let ticket = t["ticket"].as_str().expect("ticket").to_string();
     let mut acfg = server.client_config(Credential::Ticket(ticket), "desktop", "alice-desk");
-    acfg.state_dir = Some(alice_state.path().to_path_buf());
+    acfg.state_dir = Some(alice_state.path().display().to_string());
     let (alice, _ae) = tether_sdk::Client::start(acfg.clone()).await.expect("start");
     alice.wait_online().await.expect("online");
     server.kill();
@@ -291,7 +291,7 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
 async fn the_dev_certificate_works_as_a_ca_file_and_a_wrong_pin_is_refused() {
     let server = Server::start(&[]);
     let mut cfg = server.client_config(Credential::Token(token("gus", 60)), "phone", "gus-phone");
-    cfg.trust = tether_sdk::Trust::CaFile(server.cert());
+    cfg.trust = tether_sdk::Trust::ca_file(server.cert());
     let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
     tokio::time::timeout(Duration::from_secs(20), c.wait_online()).await.expect("in time").expect("online");
 
@@ -301,7 +301,7 @@ async fn the_dev_certificate_works_as_a_ca_file_and_a_wrong_pin_is_refused() {
     let pin = other.path().join("other.pem");
     std::fs::write(&pin, ck.cert.pem()).expect("write");
     let mut cfg = server.client_config(Credential::Token(token("gus", 60)), "desktop", "gus-desk");
-    cfg.trust = tether_sdk::Trust::Pinned(pin);
+    cfg.trust = tether_sdk::Trust::pinned(pin);
     let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(matches!(c.state(), ConnectionState::Backoff { .. } | ConnectionState::Connecting), "{:?}", c.state());

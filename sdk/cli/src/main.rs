@@ -202,13 +202,13 @@ fn config(a: &ConnArgs) -> Result<ClientConfig, String> {
         _ => return Err("give --token or --ticket".into()),
     };
     let trust = match (&a.ca, &a.pin) {
-        (Some(p), None) => Trust::CaFile(p.clone()),
-        (None, Some(p)) => Trust::Pinned(p.clone()),
+        (Some(p), None) => Trust::ca_file(p),
+        (None, Some(p)) => Trust::pinned(p),
         _ => Trust::SystemRoots,
     };
     let mut c = ClientConfig::new(a.server.clone(), trust, credential);
     c.server_name = a.server_name.clone();
-    c.state_dir = a.state_dir.clone();
+    c.state_dir = a.state_dir.as_ref().map(|d| d.display().to_string());
     c.device_type = a.device_type.clone();
     c.device_id = a.device_id.clone();
     c.metadata = a.meta.iter().cloned().collect::<HashMap<_, _>>();

@@ -97,7 +97,7 @@ async fn chat_mode_sends_lines_and_prints_messages() {
     let node = node(dir.path()).await;
     let mut cfg = ClientConfig::new(
         node.quic_addr.to_string(),
-        Trust::Pinned(dir.path().join("dev-cert.pem")),
+        Trust::pinned(dir.path().join("dev-cert.pem")),
         Credential::Token(jwt("dora")),
     );
     cfg.device_id = Some("dora-phone".into());
@@ -144,7 +144,7 @@ async fn lines_piped_into_chat_arrive_in_order() {
     let node = node(dir.path()).await;
     let mut cfg = ClientConfig::new(
         node.quic_addr.to_string(),
-        Trust::Pinned(dir.path().join("dev-cert.pem")),
+        Trust::pinned(dir.path().join("dev-cert.pem")),
         Credential::Token(jwt("erin")),
     );
     cfg.device_id = Some("erin-phone".into());
@@ -267,11 +267,11 @@ async fn client_rooms_events_and_history() {
     let client = |user: &str| {
         let mut c = ClientConfig::new(
             node.quic_addr.to_string(),
-            Trust::Pinned(dir.path().join("dev-cert.pem")),
+            Trust::pinned(dir.path().join("dev-cert.pem")),
             Credential::Token(jwt(user)),
         );
         c.device_id = Some(format!("{user}-app"));
-        c.state_dir = Some(dir.path().join(format!("state-{user}")));
+        c.state_dir = Some(dir.path().join(format!("state-{user}")).display().to_string());
         Client::start(c)
     };
     let (alice, mut alice_ev) = client("alice").await.expect("alice");
@@ -337,7 +337,7 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
 
     let mut acfg = ClientConfig::new(
         node.quic_addr.to_string(),
-        Trust::Pinned(dir.path().join("dev-cert.pem")),
+        Trust::pinned(dir.path().join("dev-cert.pem")),
         Credential::Token(jwt("ada")),
     );
     acfg.device_id = Some("ada-phone".into());

@@ -73,7 +73,7 @@ impl Server {
 
     /// SDK client config for this server with fast timers.
     pub fn client_config(&self, credential: Credential, device_type: &str, device_id: &str) -> ClientConfig {
-        let mut c = ClientConfig::new(self.quic.to_string(), Trust::Pinned(self.cert()), credential);
+        let mut c = ClientConfig::new(self.quic.to_string(), Trust::pinned(self.cert()), credential);
         c.server_name = Some("localhost".into());
         c.device_type = device_type.into();
         c.device_id = Some(device_id.into());
@@ -211,7 +211,7 @@ impl Raw {
 
     /// Connects and opens the stream; the handshake's error if the server turned it away.
     pub async fn try_connect(server: &Server) -> Result<Raw, quinn::ConnectionError> {
-        let crypto = tether_sdk::tls::client_crypto(&Trust::Pinned(server.cert())).expect("tls");
+        let crypto = tether_sdk::tls::client_crypto(&Trust::pinned(server.cert())).expect("tls");
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic tls");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
