@@ -418,3 +418,36 @@ async fn a_thousand_sends_without_awaiting_arrive_in_call_order() {
         h.await.expect("acked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_close_fail_with_a_typed_error_not_a_hang() {
+    let server = Server::start(&[]);
+    let (alice, _events) = server.client("alice", "phone", "alice-phone").await;
+    alice.close().await;
+    let t = Duration::from_secs(5);
+    let send = tokio::time::timeout(t, alice.send_text("bob", "late")).await.expect("no hang");
+    assert_eq!(send, Err(tether_sdk::SendFailure::Closed));
+    let join = tokio::time::timeout(t, alice.join_room("r")).await.expect("no hang");
+    assert!(matches!(join, Err(tether_sdk::RoomFailure::Closed)), "{join:?}");
+    assert!(matches!(
+        tokio::time::timeout(t, alice.outbox()).await.expect("no hang"),
+        Err(tether_sdk::ClientError::Closed)
+    ));
+    assert!(matches!(
+        tokio::time::timeout(t, alice.cancel("x")).await.expect("no hang"),
+        Err(tether_sdk::ClientError::Closed)
+    ));
+    assert!(matches!(
+        tokio::time::timeout(t, alice.status()).await.expect("no hang"),
+        Err(tether_sdk::ClientError::Closed)
+    ));
+    assert!(tokio::time::timeout(t, alice.wait_online()).await.expect("no hang").is_err());
+    assert!(matches!(alice.pause(), Err(tether_sdk::ClientError::Closed)));
+    assert!(matches!(alice.resume(), Err(tether_sdk::ClientError::Closed)));
+    assert!(matches!(alice.subscribe_presence(vec!["bob".into()]), Err(tether_sdk::ClientError::Closed)));
+    assert!(matches!(
+        tokio::time::timeout(t, alice.network_changed()).await.expect("no hang"),
+        Err(tether_sdk::ClientError::Closed)
+    ));
+    assert_eq!(alice.state(), ConnectionState::LoggedOut);
+}
