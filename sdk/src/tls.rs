@@ -15,6 +15,11 @@ use crate::ClientError;
 pub enum Trust {
     /// The operating system's root store (for a certificate from a public CA).
     SystemRoots,
+    /// The platform's own certificate verifier (rustls-platform-verifier): the Android and
+    /// Apple trust stores and policies (user-installed CAs, revocation) on phones, the system
+    /// roots with WebPKI elsewhere. What a mobile app should use. On Android the app must
+    /// initialise it once from Java/Kotlin (see docs/architecture.md).
+    Platform,
     /// CA certificates (or a self-signed server certificate) in the PEM file at this path.
     CaFile(String),
     /// Exactly this server certificate (PEM or DER file at this path), whatever its name or
@@ -55,6 +60,11 @@ pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError>
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut cfg = match trust {
+        Trust::Platform => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider())
+                .map_err(|e| ClientError::Tls(format!("platform verifier: {e}")))?;
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
         Trust::SystemRoots => {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();

@@ -305,6 +305,13 @@ async fn the_dev_certificate_works_as_a_ca_file_and_a_wrong_pin_is_refused() {
     let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(matches!(c.state(), ConnectionState::Backoff { .. } | ConnectionState::Connecting), "{:?}", c.state());
+    // The platform verifier does not trust a node's self-signed development certificate.
+    let mut cfg = server.client_config(Credential::Token(token("gus", 60)), "tablet", "gus-tablet");
+    cfg.trust = tether_sdk::Trust::Platform;
+    let (c, _) = tether_sdk::Client::start(cfg).await.expect("start");
+    let failed = c.wait_for_state(|s| matches!(s, ConnectionState::Backoff { .. } | ConnectionState::Online));
+    let state = tokio::time::timeout(Duration::from_secs(10), failed).await.expect("in time").expect("state");
+    assert!(matches!(state, ConnectionState::Backoff { .. }), "{state:?}");
     let (_, s) = server.admin("GET", "/v1/users/gus/sessions", None).await;
     assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
 }
