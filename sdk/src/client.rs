@@ -52,6 +52,21 @@ pub struct ClientConfig {
     /// Session timers and limits; `device_type`, `device_id` and `metadata` in it are
     /// overwritten.
     pub session: SessionConfig,
+    /// Asked for a fresh credential when the server refuses the one in use (an expired JWT):
+    /// a new one that differs is tried at once. Without it, a refusal waits for
+    /// [`Client::set_credential`].
+    pub credential_provider: Option<CredentialProvider>,
+}
+
+/// Where the client gets a fresh credential (e.g. a JWT from the app's backend). Called on a
+/// blocking thread; `None`: none available now.
+#[derive(Clone)]
+pub struct CredentialProvider(pub Arc<dyn Fn() -> Option<Credential> + Send + Sync>);
+
+impl std::fmt::Debug for CredentialProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialProvider")
+    }
 }
 
 impl ClientConfig {
@@ -68,6 +83,7 @@ impl ClientConfig {
             sync_state: false,
             metadata: HashMap::new(),
             session: SessionConfig::new("desktop", ""),
+            credential_provider: None,
         }
     }
 }
@@ -419,6 +435,8 @@ impl Client {
         let (state_tx, state_rx) = watch::channel(ConnectionState::Idle);
         let driver = Driver {
             session,
+            credential: cfg.credential.clone(),
+            credential_provider: cfg.credential_provider.clone(),
             store,
             endpoint,
             server_addr,
@@ -666,6 +684,9 @@ type Connecting = Pin<
 
 struct Driver {
     session: Session,
+    /// The app credential in use, and where fresh ones come from.
+    credential: Credential,
+    credential_provider: Option<CredentialProvider>,
     store: Option<StateStore>,
     endpoint: quinn::Endpoint,
     server_addr: SocketAddr,
@@ -687,6 +708,8 @@ struct Driver {
 struct Todo {
     connect: bool,
     abandon: bool,
+    /// The credential was refused and a provider may have a fresh one.
+    refresh_credential: bool,
 }
 
 impl Driver {
@@ -697,7 +720,22 @@ impl Driver {
         self.session.set_wall_clock(Instant::now(), now_ms());
         self.session.start(Instant::now());
         loop {
-            let todo = self.pump().await;
+            let mut todo = self.pump().await;
+            if todo.refresh_credential {
+                if let Some(provider) = self.credential_provider.clone() {
+                    let fresh = tokio::task::spawn_blocking(move || (provider.0)()).await.ok().flatten();
+                    match fresh {
+                        Some(c) if c != self.credential => {
+                            info!("credential refused; trying a fresh one from the provider");
+                            self.credential = c.clone();
+                            self.session.set_credential(c);
+                            self.session.start(Instant::now());
+                            todo = self.pump().await;
+                        }
+                        _ => warn!("credential refused and the provider has no new one"),
+                    }
+                }
+            }
             if todo.abandon {
                 connecting = None;
             }
@@ -820,6 +858,7 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::SetCredential(c) => {
+                self.credential = c.clone();
                 self.session.set_credential(c);
                 if matches!(self.session.state(), crate::core::ConnectionState::AuthFailed(_)) {
                     self.session.start(now);
@@ -925,7 +964,10 @@ impl Driver {
                     ClientEvent::SendCancelled { client_msg_id, maybe_delivered }
                 }
                 Event::Kicked(k) => ClientEvent::Kicked(k.into()),
-                Event::LoginFailed { code, message } => ClientEvent::LoginFailed { code, message },
+                Event::LoginFailed { code, message } => {
+                    todo.refresh_credential = self.credential_provider.is_some();
+                    ClientEvent::LoginFailed { code, message }
+                }
                 Event::LoggedIn(ok) => ClientEvent::LoggedIn { user: ok.user, session_id: ok.session_id },
                 Event::RoomJoined(joined) => {
                     let joined = RoomJoined::from(joined);

@@ -34,8 +34,8 @@ pub mod state;
 pub mod tls;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, EventListener, Events, ListenerHandle, RoomFailure, SendFailure, SendHandle,
-    Status,
+    Client, ClientConfig, ClientEvent, CredentialProvider, EventListener, Events, ListenerHandle, RoomFailure,
+    SendFailure, SendHandle, Status,
 };
 pub use core::SessionConfig;
 pub use model::{

@@ -1,0 +1,361 @@
+//! Tether for Kotlin and Swift: a uniffi layer over `tether-sdk`.
+//!
+//! It wraps, converts and forwards; it has no logic of its own. The SDK's model types are
+//! mirrored as uniffi records and enums (`From` conversions in [`model`]), its calls are
+//! exported as methods of [`TetherClient`], its events reach a foreign [`EventListener`], and
+//! every failure is one [`TetherError`] (a Kotlin exception, a Swift error) that keeps the
+//! detail. The layer owns the tokio runtime the SDK runs on, so apps need none.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+mod model;
+
+pub use model::*;
+
+uniffi::setup_scaffolding!();
+
+/// The runtime every client of the process runs on (two workers: a phone app needs no more).
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tether")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tether: cannot start the async runtime: {e}"))
+});
+
+/// Runs `fut` on the layer's runtime and awaits it from whatever executor the foreign side
+/// polls with.
+async fn on_runtime<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    match RUNTIME.spawn(fut).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Everything that can go wrong, one flat list for Kotlin and Swift.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TetherError {
+    /// The client was closed (or the message was not acknowledged before it was).
+    #[error("client closed")]
+    Closed,
+    /// The server refused the request for good.
+    #[error("refused: {code:?}: {message}")]
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// Detail from the server.
+        message: String,
+    },
+    /// The message was cancelled before it was acknowledged.
+    #[error("cancelled (may have been delivered: {maybe_delivered})")]
+    Cancelled {
+        /// It may have reached the server before the cancel.
+        maybe_delivered: bool,
+    },
+    /// The configuration is invalid.
+    #[error("config: {message}")]
+    Config {
+        /// Detail.
+        message: String,
+    },
+    /// TLS setup failed (a certificate file, the trust store).
+    #[error("tls: {message}")]
+    Tls {
+        /// Detail.
+        message: String,
+    },
+    /// The state dir could not be used.
+    #[error("state: {message}")]
+    State {
+        /// Detail.
+        message: String,
+    },
+    /// The network (name resolution, socket).
+    #[error("network: {message}")]
+    Network {
+        /// Detail.
+        message: String,
+    },
+    /// The client is kicked, refused or closed instead of online.
+    #[error("not online: {message}")]
+    NotOnline {
+        /// Detail.
+        message: String,
+    },
+}
+
+impl From<tether_sdk::ClientError> for TetherError {
+    fn from(e: tether_sdk::ClientError) -> Self {
+        use tether_sdk::ClientError as E;
+        match e {
+            E::Closed => TetherError::Closed,
+            E::Tls(message) => TetherError::Tls { message },
+            E::State(message) => TetherError::State { message },
+            E::Config(message) => TetherError::Config { message },
+            E::NotOnline(message) => TetherError::NotOnline { message },
+            E::Resolve(message) | E::Connect(message) => TetherError::Network { message },
+            E::Io(e) => TetherError::Network { message: e.to_string() },
+        }
+    }
+}
+
+impl From<tether_sdk::SendFailure> for TetherError {
+    fn from(e: tether_sdk::SendFailure) -> Self {
+        match e {
+            tether_sdk::SendFailure::Refused { code, message } => TetherError::Refused { code: code.into(), message },
+            tether_sdk::SendFailure::Closed => TetherError::Closed,
+            tether_sdk::SendFailure::Cancelled { maybe_delivered } => TetherError::Cancelled { maybe_delivered },
+        }
+    }
+}
+
+impl From<tether_sdk::RoomFailure> for TetherError {
+    fn from(e: tether_sdk::RoomFailure) -> Self {
+        match e {
+            tether_sdk::RoomFailure::Refused { code, message } => TetherError::Refused { code: code.into(), message },
+            tether_sdk::RoomFailure::Closed => TetherError::Closed,
+        }
+    }
+}
+
+/// Where the app's credentials come from: asked once at start and again whenever the server
+/// refuses the one in use (e.g. an expired JWT). Implemented in Kotlin or Swift.
+#[uniffi::export(with_foreign)]
+pub trait CredentialProvider: Send + Sync {
+    /// A credential to log in with now; `None` when none is available.
+    fn credential(&self) -> Option<Credential>;
+}
+
+/// Receives the client's events, in order, on a thread of the SDK's. Implemented in Kotlin or
+/// Swift (the Kotlin and Swift adapters turn it into a `Flow` / an `AsyncStream`).
+#[uniffi::export(with_foreign)]
+pub trait EventListener: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: Event);
+}
+
+/// How to reach a node and who this device is.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ClientConfig {
+    /// Server address, `host:port`.
+    pub server: String,
+    /// Name checked against the server certificate (default: the host of `server`).
+    #[uniffi(default = None)]
+    pub server_name: Option<String>,
+    /// Which certificates to trust.
+    pub trust: Trust,
+    /// Device type: one session per user and device type (`phone`, `tablet`, `desktop`...).
+    pub device_type: String,
+    /// Stable device id (default: kept in the state dir).
+    #[uniffi(default = None)]
+    pub device_id: Option<String>,
+    /// Directory for the outbox, cursors and resume token (the app's files dir).
+    #[uniffi(default = None)]
+    pub state_dir: Option<String>,
+    /// Connection metadata shown in presence (app version, locale, ...).
+    pub metadata: HashMap<String, String>,
+    /// Timers; `None` keeps the SDK's defaults.
+    #[uniffi(default = None)]
+    pub timing: Option<Timing>,
+}
+
+/// Session timers, in milliseconds.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Timing {
+    /// Ping after this long without traffic.
+    pub heartbeat_interval_ms: u64,
+    /// The connection is dead after this long without an answer past the heartbeat.
+    pub heartbeat_timeout_ms: u64,
+    /// First reconnect delay.
+    pub backoff_base_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// A send without an answer is sent again after this long.
+    pub ack_timeout_ms: u64,
+}
+
+/// A queued message: await its acknowledgement, or cancel it.
+#[derive(uniffi::Object)]
+pub struct SendHandle {
+    client_msg_id: String,
+    handle: Mutex<Option<tether_sdk::SendHandle>>,
+    client: tether_sdk::Client,
+}
+
+#[uniffi::export]
+impl SendHandle {
+    /// The message's id.
+    pub fn client_msg_id(&self) -> String {
+        self.client_msg_id.clone()
+    }
+
+    /// Waits until the server stored the message. Only the first call waits; later ones fail
+    /// with `Closed`.
+    pub async fn ack(&self) -> Result<SendAck, TetherError> {
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(handle) = handle else { return Err(TetherError::Closed) };
+        Ok(on_runtime(handle).await?.into())
+    }
+
+    /// Cancels the message if it is still in the outbox: `None` when it was not any more,
+    /// else whether it may have reached the server already.
+    pub async fn cancel(&self) -> Result<Option<bool>, TetherError> {
+        let (client, id) = (self.client.clone(), self.client_msg_id.clone());
+        Ok(on_runtime(async move { client.cancel(&id).await }).await?)
+    }
+}
+
+/// Keeps an [`EventListener`] registered until it is closed (or collected).
+#[derive(uniffi::Object)]
+pub struct ListenerRegistration {
+    handle: Mutex<Option<tether_sdk::ListenerHandle>>,
+}
+
+#[uniffi::export]
+impl ListenerRegistration {
+    /// Stops the listener.
+    pub fn stop(&self) {
+        self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A Tether client: one connection to a node, the outbox, the cursors.
+#[derive(uniffi::Object)]
+pub struct TetherClient {
+    client: tether_sdk::Client,
+    /// The SDK's own event stream is drained (events reach apps through listeners).
+    _drain: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a client: it connects, logs in with a credential from `credentials` and keeps the
+/// session up (reconnects, heartbeats) until [`TetherClient::close`].
+#[uniffi::export]
+pub async fn start_client(
+    config: ClientConfig,
+    credentials: Arc<dyn CredentialProvider>,
+) -> Result<Arc<TetherClient>, TetherError> {
+    let provider = credentials.clone();
+    let first =
+        on_runtime(async move { tokio::task::spawn_blocking(move || provider.credential()).await.ok().flatten() })
+            .await
+            .ok_or_else(|| TetherError::Config { message: "the credential provider gave no credential".into() })?;
+    let mut cfg = tether_sdk::ClientConfig::new(config.server, config.trust.into(), first.into());
+    cfg.server_name = config.server_name;
+    cfg.device_type = config.device_type;
+    cfg.device_id = config.device_id;
+    cfg.state_dir = config.state_dir;
+    cfg.metadata = config.metadata;
+    if let Some(t) = config.timing {
+        let ms = std::time::Duration::from_millis;
+        cfg.session.heartbeat_interval = ms(t.heartbeat_interval_ms);
+        cfg.session.heartbeat_timeout = ms(t.heartbeat_timeout_ms);
+        cfg.session.backoff_base = ms(t.backoff_base_ms);
+        cfg.session.backoff_max = ms(t.backoff_max_ms);
+        cfg.session.ack_timeout = ms(t.ack_timeout_ms);
+    }
+    cfg.credential_provider =
+        Some(tether_sdk::CredentialProvider(Arc::new(move || credentials.credential().map(Into::into))));
+    let (client, mut events) = on_runtime(tether_sdk::Client::start(cfg)).await?;
+    let drain = RUNTIME.spawn(async move { while events.next().await.is_some() {} });
+    Ok(Arc::new(TetherClient { client, _drain: drain }))
+}
+
+#[uniffi::export]
+impl TetherClient {
+    /// Registers a listener for every event from now on; it stops when the registration is
+    /// stopped or collected.
+    pub fn add_listener(&self, listener: Arc<dyn EventListener>) -> Arc<ListenerRegistration> {
+        let handle = self.client.add_listener(move |ev: tether_sdk::ClientEvent| listener.on_event(ev.into()));
+        Arc::new(ListenerRegistration { handle: Mutex::new(Some(handle)) })
+    }
+
+    /// Queues a message and returns at once; messages go out in the order of the calls.
+    pub fn send(&self, to: Target, content_type: String, payload: Vec<u8>) -> Arc<SendHandle> {
+        let handle = self.client.send(to.into(), content_type, payload);
+        Arc::new(SendHandle {
+            client_msg_id: handle.client_msg_id().to_owned(),
+            handle: Mutex::new(Some(handle)),
+            client: self.client.clone(),
+        })
+    }
+
+    /// Queues a `text/plain` message to a user.
+    pub fn send_text(&self, to_user: String, text: String) -> Arc<SendHandle> {
+        self.send(Target::User { id: to_user }, "text/plain".into(), text.into_bytes())
+    }
+
+    /// Joins a room.
+    pub async fn join_room(&self, room: String) -> Result<RoomJoined, TetherError> {
+        let fut = self.client.join_room(room);
+        Ok(on_runtime(fut).await?.into())
+    }
+
+    /// Leaves a room.
+    pub async fn leave_room(&self, room: String) -> Result<(), TetherError> {
+        let fut = self.client.leave_room(room);
+        Ok(on_runtime(fut).await?)
+    }
+
+    /// Fetches a room's messages after `after` (history below the cursor included).
+    pub fn sync_room(&self, room: String, after: u64) -> Result<(), TetherError> {
+        Ok(self.client.sync_room(room, after)?)
+    }
+
+    /// Subscribes to users' presence.
+    pub fn subscribe_presence(&self, users: Vec<String>) -> Result<(), TetherError> {
+        Ok(self.client.subscribe_presence(users)?)
+    }
+
+    /// Ends presence subscriptions.
+    pub fn unsubscribe_presence(&self, users: Vec<String>) -> Result<(), TetherError> {
+        Ok(self.client.unsubscribe_presence(users)?)
+    }
+
+    /// The messages not acknowledged yet, oldest first (local echo after a restart).
+    pub async fn outbox(&self) -> Result<Vec<PendingMessage>, TetherError> {
+        let client = self.client.clone();
+        Ok(on_runtime(async move { client.outbox().await }).await?.into_iter().map(Into::into).collect())
+    }
+
+    /// Cancels a message still in the outbox (see [`SendHandle::cancel`]).
+    pub async fn cancel(&self, client_msg_id: String) -> Result<Option<bool>, TetherError> {
+        let client = self.client.clone();
+        Ok(on_runtime(async move { client.cancel(&client_msg_id).await }).await?)
+    }
+
+    /// The app went to the background.
+    pub fn pause(&self) -> Result<(), TetherError> {
+        Ok(self.client.pause()?)
+    }
+
+    /// The app is in the foreground again.
+    pub fn resume(&self) -> Result<(), TetherError> {
+        Ok(self.client.resume()?)
+    }
+
+    /// The network changed (Wi-Fi to cellular...): the connection moves to a new socket.
+    pub async fn network_changed(&self) -> Result<(), TetherError> {
+        let client = self.client.clone();
+        on_runtime(async move { client.network_changed().await }).await?;
+        Ok(())
+    }
+
+    /// Waits until logged in; fails if kicked, refused or closed instead.
+    pub async fn wait_online(&self) -> Result<(), TetherError> {
+        let client = self.client.clone();
+        Ok(on_runtime(async move { client.wait_online().await }).await?)
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.client.state().into()
+    }
+
+    /// Logs out and stops; later calls fail with `Closed`. The outbox stays in the state dir.
+    pub async fn close(&self) {
+        let client = self.client.clone();
+        on_runtime(async move { client.close().await }).await
+    }
+}
