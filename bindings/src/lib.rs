@@ -41,12 +41,12 @@ pub enum TetherError {
     #[error("client closed")]
     Closed,
     /// The server refused the request for good.
-    #[error("refused: {code:?}: {message}")]
+    #[error("refused: {code:?}: {detail}")]
     Refused {
         /// Why.
         code: ErrorCode,
         /// Detail from the server.
-        message: String,
+        detail: String,
     },
     /// The message was cancelled before it was acknowledged.
     #[error("cancelled (may have been delivered: {maybe_delivered})")]
@@ -55,34 +55,34 @@ pub enum TetherError {
         maybe_delivered: bool,
     },
     /// The configuration is invalid.
-    #[error("config: {message}")]
+    #[error("config: {detail}")]
     Config {
         /// Detail.
-        message: String,
+        detail: String,
     },
     /// TLS setup failed (a certificate file, the trust store).
-    #[error("tls: {message}")]
+    #[error("tls: {detail}")]
     Tls {
         /// Detail.
-        message: String,
+        detail: String,
     },
     /// The state dir could not be used.
-    #[error("state: {message}")]
+    #[error("state: {detail}")]
     State {
         /// Detail.
-        message: String,
+        detail: String,
     },
     /// The network (name resolution, socket).
-    #[error("network: {message}")]
+    #[error("network: {detail}")]
     Network {
         /// Detail.
-        message: String,
+        detail: String,
     },
     /// The client is kicked, refused or closed instead of online.
-    #[error("not online: {message}")]
+    #[error("not online: {detail}")]
     NotOnline {
         /// Detail.
-        message: String,
+        detail: String,
     },
 }
 
@@ -91,12 +91,12 @@ impl From<tether_sdk::ClientError> for TetherError {
         use tether_sdk::ClientError as E;
         match e {
             E::Closed => TetherError::Closed,
-            E::Tls(message) => TetherError::Tls { message },
-            E::State(message) => TetherError::State { message },
-            E::Config(message) => TetherError::Config { message },
-            E::NotOnline(message) => TetherError::NotOnline { message },
-            E::Resolve(message) | E::Connect(message) => TetherError::Network { message },
-            E::Io(e) => TetherError::Network { message: e.to_string() },
+            E::Tls(detail) => TetherError::Tls { detail },
+            E::State(detail) => TetherError::State { detail },
+            E::Config(detail) => TetherError::Config { detail },
+            E::NotOnline(detail) => TetherError::NotOnline { detail },
+            E::Resolve(detail) | E::Connect(detail) => TetherError::Network { detail },
+            E::Io(e) => TetherError::Network { detail: e.to_string() },
         }
     }
 }
@@ -104,7 +104,7 @@ impl From<tether_sdk::ClientError> for TetherError {
 impl From<tether_sdk::SendFailure> for TetherError {
     fn from(e: tether_sdk::SendFailure) -> Self {
         match e {
-            tether_sdk::SendFailure::Refused { code, message } => TetherError::Refused { code: code.into(), message },
+            tether_sdk::SendFailure::Refused { code, message } => TetherError::Refused { code: code.into(), detail: message },
             tether_sdk::SendFailure::Closed => TetherError::Closed,
             tether_sdk::SendFailure::Cancelled { maybe_delivered } => TetherError::Cancelled { maybe_delivered },
         }
@@ -114,7 +114,7 @@ impl From<tether_sdk::SendFailure> for TetherError {
 impl From<tether_sdk::RoomFailure> for TetherError {
     fn from(e: tether_sdk::RoomFailure) -> Self {
         match e {
-            tether_sdk::RoomFailure::Refused { code, message } => TetherError::Refused { code: code.into(), message },
+            tether_sdk::RoomFailure::Refused { code, message } => TetherError::Refused { code: code.into(), detail: message },
             tether_sdk::RoomFailure::Closed => TetherError::Closed,
         }
     }
@@ -230,7 +230,7 @@ pub struct TetherClient {
 }
 
 /// Starts a client: it connects, logs in with a credential from `credentials` and keeps the
-/// session up (reconnects, heartbeats) until [`TetherClient::close`].
+/// session up (reconnects, heartbeats) until [`TetherClient::stop`].
 #[uniffi::export]
 pub async fn start_client(
     config: ClientConfig,
@@ -240,7 +240,7 @@ pub async fn start_client(
     let first =
         on_runtime(async move { tokio::task::spawn_blocking(move || provider.credential()).await.ok().flatten() })
             .await
-            .ok_or_else(|| TetherError::Config { message: "the credential provider gave no credential".into() })?;
+            .ok_or_else(|| TetherError::Config { detail: "the credential provider gave no credential".into() })?;
     let mut cfg = tether_sdk::ClientConfig::new(config.server, config.trust.into(), first.into());
     cfg.server_name = config.server_name;
     cfg.device_type = config.device_type;
@@ -353,8 +353,10 @@ impl TetherClient {
         self.client.state().into()
     }
 
-    /// Logs out and stops; later calls fail with `Closed`. The outbox stays in the state dir.
-    pub async fn close(&self) {
+    /// Logs out and stops (the SDK's `close()`, named `stop` because Kotlin objects already
+    /// have `close()`, which frees the handle); later calls fail with `Closed`. The outbox
+    /// stays in the state dir.
+    pub async fn stop(&self) {
         let client = self.client.clone();
         on_runtime(async move { client.close().await }).await
     }
