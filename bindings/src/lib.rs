@@ -104,7 +104,9 @@ impl From<tether_sdk::ClientError> for TetherError {
 impl From<tether_sdk::SendFailure> for TetherError {
     fn from(e: tether_sdk::SendFailure) -> Self {
         match e {
-            tether_sdk::SendFailure::Refused { code, message } => TetherError::Refused { code: code.into(), detail: message },
+            tether_sdk::SendFailure::Refused { code, message } => {
+                TetherError::Refused { code: code.into(), detail: message }
+            }
             tether_sdk::SendFailure::Closed => TetherError::Closed,
             tether_sdk::SendFailure::Cancelled { maybe_delivered } => TetherError::Cancelled { maybe_delivered },
         }
@@ -114,7 +116,9 @@ impl From<tether_sdk::SendFailure> for TetherError {
 impl From<tether_sdk::RoomFailure> for TetherError {
     fn from(e: tether_sdk::RoomFailure) -> Self {
         match e {
-            tether_sdk::RoomFailure::Refused { code, message } => TetherError::Refused { code: code.into(), detail: message },
+            tether_sdk::RoomFailure::Refused { code, message } => {
+                TetherError::Refused { code: code.into(), detail: message }
+            }
             tether_sdk::RoomFailure::Closed => TetherError::Closed,
         }
     }
