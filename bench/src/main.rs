@@ -8,6 +8,7 @@
 //! target/release/tether-bench flood --connections 2500   # memory per connection waiting for login
 //! ```
 
+mod ffi;
 mod flood;
 mod idle;
 mod load;
@@ -119,6 +120,16 @@ enum Cmd {
         /// Extra flags for the node, space separated.
         #[arg(long, default_value = "")]
         server_args: String,
+    },
+    /// FFI overhead baseline: `send_text` per call on a paused client and acks per event
+    /// through a listener, on the Rust API (compare with bindings/scripts/kotlin-bench).
+    Ffi {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Messages.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
     },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
@@ -320,6 +331,16 @@ fn main() {
                 if let Some(admin) = node.admin {
                     println!("{}", store_summary(admin).await);
                 }
+            }
+            Cmd::Ffi { server_bin, messages } => {
+                let dir = tempfile::tempdir().expect("dir");
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let node = start_node(&bin, dir.path(), "");
+                let warm = ffi::run(node.addr, dir.path().join("dev-cert.pem"), jwt("ffi-warm"), 2000).await;
+                let _ = warm;
+                let (send_us, event_us) =
+                    ffi::run(node.addr, dir.path().join("dev-cert.pem"), jwt("ffi-rust"), messages).await;
+                println!("ffi-baseline rust messages={messages} send_call_us={send_us:.2} ack_event_us={event_us:.2}");
             }
             Cmd::Flood { server_bin, connections, settle, server_args } => {
                 let dir = tempfile::tempdir().expect("dir");
