@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::limits::TokenBucket;
 
 /// The limits, all configurable (see `Config`).
@@ -202,11 +204,14 @@ impl Admission {
 }
 
 /// An accepted connection's place in the [`Admission`] counts, given back when it is dropped.
+///
+/// It also keeps the `tether_pending_logins` gauge: up while the connection has not logged in.
 #[derive(Debug)]
 pub struct AdmissionGuard {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
     pending: bool,
+    pending_gauge: Gauge,
 }
 
 fn lock(m: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
@@ -214,21 +219,19 @@ fn lock(m: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
 }
 
 impl AdmissionGuard {
-    /// Takes over a connection that [`Admission::incoming`] accepted.
-    pub fn new(admission: Arc<Mutex<Admission>>, ip: IpAddr) -> Self {
-        AdmissionGuard { admission, ip, pending: true }
+    /// Takes over a connection that [`Admission::incoming`] accepted; `pending_gauge` counts
+    /// it until it logs in or ends.
+    pub fn new(admission: Arc<Mutex<Admission>>, ip: IpAddr, pending_gauge: Gauge) -> Self {
+        pending_gauge.inc();
+        AdmissionGuard { admission, ip, pending: true, pending_gauge }
     }
 
     /// The connection logged in.
     pub fn logged_in(&mut self) {
         if std::mem::replace(&mut self.pending, false) {
+            self.pending_gauge.dec();
             lock(&self.admission).logged_in(self.ip);
         }
-    }
-
-    /// True until the connection logged in.
-    pub fn is_pending(&self) -> bool {
-        self.pending
     }
 
     /// A login on this connection failed; returns the back-off its address is now under.
@@ -239,6 +242,9 @@ impl AdmissionGuard {
 
 impl Drop for AdmissionGuard {
     fn drop(&mut self) {
+        if self.pending {
+            self.pending_gauge.dec();
+        }
         lock(&self.admission).closed(self.pending);
     }
 }

@@ -163,7 +163,7 @@ fn admit(incoming: quinn::Incoming, ctx: &Arc<Ctx>) {
     match verdict {
         admission::Verdict::Accept => {
             count("accepted");
-            let guard = admission::AdmissionGuard::new(ctx.admission.clone(), ip);
+            let guard = admission::AdmissionGuard::new(ctx.admission.clone(), ip, ctx.metrics.pending_logins.clone());
             tokio::spawn(session::serve(incoming, ctx.clone(), guard));
         }
         admission::Verdict::Retry if incoming.may_retry() => {

@@ -124,12 +124,10 @@ fn close(conn: &quinn::Connection, code: CloseCode) {
 
 /// Serves one admitted connection to its end.
 pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>, mut admission: AdmissionGuard) {
-    ctx.metrics.pending_logins.inc();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "handshake failed");
-            ctx.metrics.pending_logins.dec();
             return;
         }
     };
@@ -143,9 +141,6 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<Ctx>, mut admission: Admi
     let reason = run(&conn, &ctx, &mut admission).instrument(span).await;
     ctx.metrics.closed(reason.reason());
     close(&conn, reason);
-    if admission.is_pending() {
-        ctx.metrics.pending_logins.dec();
-    }
 }
 
 /// Runs a closure when dropped.
@@ -173,7 +168,6 @@ async fn run(conn: &quinn::Connection, ctx: &Arc<Ctx>, admission: &mut Admission
         Err(code) => return code,
     };
     admission.logged_in();
-    ctx.metrics.pending_logins.dec();
     ctx.metrics.login("ok");
     ctx.metrics.sessions.inc();
     let span =

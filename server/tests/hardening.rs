@@ -175,8 +175,17 @@ async fn connections_waiting_for_their_login_are_capped() {
     let mut first = first;
     first.write(&Raw::login_frame(tether_proto::Credential::Token(token("ann", 60)), "ann-raw")).await;
     first.expect(10, |f| matches!(f, Frame::LoginOk(_)).then_some(())).await;
+    assert_eq!(server.metric("tether_pending_logins").await, 1.0, "the logged-in one left the count");
     let third = Raw::try_connect(&server).await;
     assert!(third.is_ok(), "a slot is free again: {:?}", third.err());
+    assert_eq!(server.metric("tether_pending_logins").await, 2.0);
+    drop(third);
+    drop(_second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("tether_pending_logins").await != 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "closed connections leave the count");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(server.metric(r#"tether_admission_total{result="refused_pending_logins"}"#).await >= 1.0);
     assert!(server.metric(r#"tether_admission_total{result="retry"}"#).await >= 1.0, "validated under load");
 }

@@ -61,6 +61,13 @@ struct Writer {
     max_pages: u64,
 }
 
+impl Writer {
+    /// A writer on a freshly opened connection, with nothing cached.
+    fn new(conn: SqliteConnection) -> Self {
+        Writer { conn, heads: HashMap::new(), room_heads: HashMap::new(), max_pages: 0 }
+    }
+}
+
 /// Columns of a message row, in the order [`message_from_row`] reads them.
 const MESSAGE_COLS: &str =
     "m.id, m.sender, m.sender_device, m.client_msg_id, m.to_kind, m.to_id, m.ts, m.content_type, m.payload";
@@ -149,11 +156,10 @@ impl WriterGuard<'_> {
         &self.store.hooks.faults
     }
 
-    /// Starts a write transaction on a connection that must be in autocommit mode.
+    /// Starts a write transaction. An open writer is always in autocommit mode here (every
+    /// operation that kept it ended with a verified COMMIT or ROLLBACK); were it not, SQLite
+    /// refuses a nested `BEGIN` and the guard discards the connection.
     async fn begin(&mut self) -> Result<(), StoreError> {
-        if !in_autocommit(self.conn()).await? {
-            return Err(StoreError::NotCommitted("writer was inside a transaction before BEGIN".into()));
-        }
         sqlx::query("BEGIN IMMEDIATE").execute(self.conn()).await?;
         self.faults().check(FaultStep::Begin)?;
         Ok(())
@@ -260,12 +266,7 @@ impl SqliteStore {
         });
         hooks.metrics.store_writer_ready.set(1);
         Ok(SqliteStore {
-            writer: Mutex::new(Slot::Open(Writer {
-                conn,
-                heads: HashMap::new(),
-                room_heads: HashMap::new(),
-                max_pages: 0,
-            })),
+            writer: Mutex::new(Slot::Open(Writer::new(conn))),
             opts,
             readers,
             hooks,
@@ -291,8 +292,7 @@ impl SqliteStore {
             Slot::Lost => match self.opts.connect().await {
                 Ok(conn) => {
                     tracing::info!("store writer reopened");
-                    *slot =
-                        Slot::Open(Writer { conn, heads: HashMap::new(), room_heads: HashMap::new(), max_pages: 0 });
+                    *slot = Slot::Open(Writer::new(conn));
                 }
                 Err(e) => {
                     self.writer_failed(op);
