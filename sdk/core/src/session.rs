@@ -339,9 +339,19 @@ impl Session {
     /// [`Action::Disconnect`] with [`CloseCode::Normal`]; state `LoggedOut`, no reconnect. The
     /// outbox and cursor stay persisted for a later [`Session::start`].
     pub fn close(&mut self, now: Instant) {
+        if self.state == ConnectionState::LoggedOut {
+            return;
+        }
+        self.leave_politely(now);
+        self.set_state(ConnectionState::LoggedOut);
+    }
+
+    /// Leaves whatever connection there is on purpose: when online, acks what was handed to
+    /// the app; when logged in or logging in, transmits `logout`; when connected or connecting,
+    /// [`Action::Disconnect`] with [`CloseCode::Normal`]. The caller sets the new state.
+    fn leave_politely(&mut self, now: Instant) {
         let was = self.state.clone();
         match was {
-            ConnectionState::LoggedOut => return,
             ConnectionState::Online | ConnectionState::LoggingIn => {
                 let ack = (was == ConnectionState::Online).then(|| self.take_acks(now, true)).flatten();
                 self.go_offline();
@@ -357,7 +367,6 @@ impl Session {
             }
             _ => self.go_offline(),
         }
-        self.set_state(ConnectionState::LoggedOut);
     }
 
     /// The app went to the background: acks what was handed to the app, transmits `logout`
@@ -365,26 +374,16 @@ impl Session {
     /// `Paused`. No heartbeat, no reconnect; [`Session::send`] still queues (and persists) into
     /// the outbox. Ignored in `Kicked`, `AuthFailed`, `LoggedOut` and `Paused`.
     pub fn pause(&mut self, now: Instant) {
-        match self.state.clone() {
+        if matches!(
+            self.state,
             ConnectionState::Kicked(_)
-            | ConnectionState::AuthFailed(_)
-            | ConnectionState::LoggedOut
-            | ConnectionState::Paused => return,
-            was @ (ConnectionState::Online | ConnectionState::LoggingIn) => {
-                let ack = (was == ConnectionState::Online).then(|| self.take_acks(now, true)).flatten();
-                self.go_offline();
-                if let Some(ack) = ack {
-                    self.transmit(Frame::Ack(ack), now);
-                }
-                self.transmit(Frame::Logout(Logout {}), now);
-                self.disconnect(CloseCode::Normal);
-            }
-            ConnectionState::Connecting => {
-                self.go_offline();
-                self.disconnect(CloseCode::Normal);
-            }
-            ConnectionState::Idle | ConnectionState::Backoff { .. } => self.go_offline(),
+                | ConnectionState::AuthFailed(_)
+                | ConnectionState::LoggedOut
+                | ConnectionState::Paused
+        ) {
+            return;
         }
+        self.leave_politely(now);
         self.set_state(ConnectionState::Paused);
     }
 
