@@ -336,8 +336,8 @@ fn main() {
                 let dir = tempfile::tempdir().expect("dir");
                 let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
                 let node = start_node(&bin, dir.path(), "");
-                let warm = ffi::run(node.addr, dir.path().join("dev-cert.pem"), jwt("ffi-warm"), 2000).await;
-                let _ = warm;
+                // Warm-up run; its figures are not reported.
+                ffi::run(node.addr, dir.path().join("dev-cert.pem"), jwt("ffi-warm"), 2000).await;
                 let (send_us, event_us) =
                     ffi::run(node.addr, dir.path().join("dev-cert.pem"), jwt("ffi-rust"), messages).await;
                 println!("ffi-baseline rust messages={messages} send_call_us={send_us:.2} ack_event_us={event_us:.2}");
