@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_sdk::{Client, ClientConfig, ClientEvent, ConnectionState, Credential, Trust};
+use tether_sdk::{Client, ClientConfig, ConnectionState, Credential, Event, Trust};
 
 /// Per-call cost of `send_text` on a paused client, and per-event cost of the acks that follow
 /// through a listener, for `n` messages.
@@ -19,8 +19,8 @@ pub async fn run(addr: std::net::SocketAddr, cert: std::path::PathBuf, jwt: Stri
     client.wait_for_state(|s| matches!(s, ConnectionState::Paused)).await.expect("paused");
     let acked = Arc::new(AtomicU64::new(0));
     let seen = acked.clone();
-    let _listener = client.add_listener(move |ev: ClientEvent| {
-        if matches!(ev, ClientEvent::SendAcked(_)) {
+    let _listener = client.add_listener(move |ev: Event| {
+        if matches!(ev, Event::SendAcked(_)) {
             seen.fetch_add(1, Ordering::Relaxed);
         }
     });

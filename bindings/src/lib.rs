@@ -271,7 +271,7 @@ impl TetherClient {
     /// Registers a listener for every event from now on; it stops when the registration is
     /// stopped or collected.
     pub fn add_listener(&self, listener: Arc<dyn EventListener>) -> Arc<ListenerRegistration> {
-        let handle = self.client.add_listener(move |ev: tether_sdk::ClientEvent| listener.on_event(ev.into()));
+        let handle = self.client.add_listener(move |ev: tether_sdk::Event| listener.on_event(ev.into()));
         Arc::new(ListenerRegistration { handle: Mutex::new(Some(handle)) })
     }
 

@@ -467,9 +467,9 @@ pub enum Event {
     },
 }
 
-impl From<tether_sdk::ClientEvent> for Event {
-    fn from(e: tether_sdk::ClientEvent) -> Self {
-        use tether_sdk::ClientEvent as E;
+impl From<tether_sdk::Event> for Event {
+    fn from(e: tether_sdk::Event) -> Self {
+        use tether_sdk::Event as E;
         match e {
             E::Message(m) => Event::Message { message: m.into() },
             E::State(s) => Event::State { state: s.into() },

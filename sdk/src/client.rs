@@ -2,7 +2,7 @@
 //!
 //! [`Client::start`] spawns one task that owns the session core, the QUIC endpoint and the
 //! state journal. The app talks to it through [`Client`] (send, rooms, presence, network
-//! change, close) and reads [`ClientEvent`]s from [`Events`].
+//! change, close) and reads [`Event`]s from [`Events`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,10 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::core::{check_metadata, Action, Event, PersistOp, Session, SessionConfig};
-use crate::model::{
-    ConnectionState, HistoryTruncated, Kicked, Message, PendingMessage, Presence, RoomEvent, RoomJoined, SendAck,
-    Target,
-};
+use crate::model::{ConnectionState, PendingMessage, RoomJoined, SendAck, Target};
 use crate::state::StateStore;
 use crate::tls::{client_crypto, Trust};
 use crate::ClientError;
@@ -88,75 +85,6 @@ impl ClientConfig {
     }
 }
 
-/// Something that happened, for the app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// The next message of the inbox or of a room (`to.kind` tells which; `to.id` is then the
-    /// room): in order per inbox and per room, exactly once (across reconnects and, with a
-    /// state dir, restarts). History asked for with [`Client::sync_room`] comes as this event
-    /// too, with seqs below those already seen.
-    Message(Message),
-    /// Connection state changed.
-    State(ConnectionState),
-    /// Logged in as `user`.
-    LoggedIn {
-        /// The authenticated user.
-        user: String,
-        /// Server session id.
-        session_id: String,
-    },
-    /// A message sent by this device is durable on the server.
-    SendAcked(SendAck),
-    /// A message sent by this device was refused for good.
-    SendFailed {
-        /// The message's id.
-        client_msg_id: String,
-        /// Why.
-        code: ErrorCode,
-        /// Detail.
-        message: String,
-    },
-    /// A message was cancelled with [`Client::cancel`] before it was acknowledged.
-    SendCancelled {
-        /// The message's id.
-        client_msg_id: String,
-        /// It may have reached the server before the cancel, and may still be delivered.
-        maybe_delivered: bool,
-    },
-    /// The server ended the session (`replaced` by another device, or `admin`). The client
-    /// does not reconnect until [`Client::restart`].
-    Kicked(Kicked),
-    /// The credential was refused. Give a new one with [`Client::set_credential`].
-    LoginFailed {
-        /// Why.
-        code: ErrorCode,
-        /// Detail.
-        message: String,
-    },
-    /// Writing the state journal failed; what happened since may be lost on restart.
-    StorageError(String),
-    /// The user is a member of the room (answer to [`Client::join_room`]).
-    RoomJoined(RoomJoined),
-    /// Joining a room was refused (`no_such_room`, `not_a_member`, `invalid_field`).
-    RoomJoinFailed {
-        /// Room id.
-        room: String,
-        /// Why.
-        code: ErrorCode,
-        /// Detail.
-        message: String,
-    },
-    /// The user is no longer a member of this room (answer to [`Client::leave_room`]).
-    RoomLeft(String),
-    /// Someone entered, quit, came online or went offline in a room of the user.
-    RoomEvent(RoomEvent),
-    /// A subscribed user's presence (see [`Client::subscribe_presence`]).
-    Presence(Presence),
-    /// Room messages after `after` and before `first_seq` are past retention and will never
-    /// arrive.
-    HistoryTruncated(HistoryTruncated),
-}
-
 /// Why a [`Client::send`] did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendFailure {
@@ -190,7 +118,7 @@ pub struct SendHandle {
 }
 
 impl SendHandle {
-    /// The message's id (for [`Client::cancel`], or to match its [`ClientEvent::SendAcked`]).
+    /// The message's id (for [`Client::cancel`], or to match its [`Event::SendAcked`]).
     pub fn client_msg_id(&self) -> &str {
         &self.client_msg_id
     }
@@ -295,23 +223,23 @@ pub struct Client {
 }
 
 /// Receives the client's events (see [`Client::add_listener`]). Closures
-/// `Fn(ClientEvent) + Send + Sync` are listeners.
+/// `Fn(Event) + Send + Sync` are listeners.
 pub trait EventListener: Send + Sync + 'static {
     /// One event; called on the listener's own thread, in order.
-    fn on_event(&self, event: ClientEvent);
+    fn on_event(&self, event: Event);
 }
 
-impl<F: Fn(ClientEvent) + Send + Sync + 'static> EventListener for F {
-    fn on_event(&self, event: ClientEvent) {
+impl<F: Fn(Event) + Send + Sync + 'static> EventListener for F {
+    fn on_event(&self, event: Event) {
         self(event)
     }
 }
 
 /// The registered listeners: id and the sending half of its thread's queue.
-type ListenerList = std::sync::Mutex<Vec<(u64, std::sync::mpsc::Sender<ClientEvent>)>>;
+type ListenerList = std::sync::Mutex<Vec<(u64, std::sync::mpsc::Sender<Event>)>>;
 type Listeners = Arc<ListenerList>;
 
-fn lock_listeners(l: &ListenerList) -> std::sync::MutexGuard<'_, Vec<(u64, std::sync::mpsc::Sender<ClientEvent>)>> {
+fn lock_listeners(l: &ListenerList) -> std::sync::MutexGuard<'_, Vec<(u64, std::sync::mpsc::Sender<Event>)>> {
     l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -333,17 +261,17 @@ impl Drop for ListenerHandle {
 
 /// The app's event stream.
 pub struct Events {
-    rx: mpsc::UnboundedReceiver<ClientEvent>,
+    rx: mpsc::UnboundedReceiver<Event>,
 }
 
 impl Events {
     /// The next event; `None` once the client has stopped and every event was read.
-    pub async fn next(&mut self) -> Option<ClientEvent> {
+    pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
 
     /// The next event if one is ready.
-    pub fn try_next(&mut self) -> Option<ClientEvent> {
+    pub fn try_next(&mut self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
 }
@@ -403,8 +331,7 @@ impl Client {
                 cfg.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cfg.server).trim_matches(['[', ']']).to_string()
             }
         };
-        let metadata: std::collections::BTreeMap<String, String> =
-            cfg.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let metadata = cfg.metadata.clone();
         check_metadata(&metadata).map_err(|e| ClientError::Config(e.to_string()))?;
         let device_id = device_id_for(&cfg)?;
         let (store, persisted) = match &cfg.state_dir {
@@ -541,7 +468,7 @@ impl Client {
         }
     }
 
-    /// Subscribes to the presence of `users`: a [`ClientEvent::Presence`] for each at once,
+    /// Subscribes to the presence of `users`: a [`Event::Presence`] for each at once,
     /// then on every change. Kept across reconnects.
     pub fn subscribe_presence(&self, users: Vec<String>) -> Result<(), ClientError> {
         self.cmd.send(Command::SubscribePresence(users)).map_err(|_| ClientError::Closed)
@@ -553,7 +480,7 @@ impl Client {
     }
 
     /// Asks for the messages of `room` after `after`: below the room's cursor this fetches
-    /// history (delivered as [`ClientEvent::Message`], each once per fetch; see
+    /// history (delivered as [`Event::Message`], each once per fetch; see
     /// [`Session::sync_room`]).
     pub fn sync_room(&self, room: impl Into<String>, after: u64) -> Result<(), ClientError> {
         self.cmd.send(Command::SyncRoom { room: room.into(), after }).map_err(|_| ClientError::Closed)
@@ -579,7 +506,7 @@ impl Client {
     pub fn add_listener(&self, listener: impl EventListener) -> ListenerHandle {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = std::sync::mpsc::channel::<ClientEvent>();
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
         lock_listeners(&self.listeners).push((id, tx));
         let spawned = std::thread::Builder::new().name(format!("tether-listener-{id}")).spawn(move || {
             while let Ok(ev) = rx.recv() {
@@ -698,7 +625,7 @@ struct Driver {
     /// Callers of `join_room` / `leave_room` waiting for the answer, by room.
     joins: HashMap<String, Vec<oneshot::Sender<Result<RoomJoined, RoomFailure>>>>,
     leaves: HashMap<String, Vec<oneshot::Sender<Result<(), RoomFailure>>>>,
-    events: mpsc::UnboundedSender<ClientEvent>,
+    events: mpsc::UnboundedSender<Event>,
     listeners: Listeners,
     state: watch::Sender<ConnectionState>,
 }
@@ -860,7 +787,7 @@ impl Driver {
             Command::SetCredential(c) => {
                 self.credential = c.clone();
                 self.session.set_credential(c);
-                if matches!(self.session.state(), crate::core::ConnectionState::AuthFailed(_)) {
+                if matches!(self.session.state(), crate::core::SessionState::AuthFailed(_)) {
                     self.session.start(now);
                 }
             }
@@ -869,7 +796,7 @@ impl Driver {
             Command::Resume => self.session.resume(now),
             Command::Status { reply } => {
                 let _ = reply.send(Status {
-                    state: ConnectionState::from_core(self.session.state(), now),
+                    state: ConnectionState::from(self.session.state()),
                     user: self.session.user().map(str::to_string),
                     inbox_cursor: self.session.inbox_cursor(),
                     outbox_len: self.session.outbox_len(),
@@ -903,12 +830,12 @@ impl Driver {
                         self.store = Some(store);
                         if let Err(e) = r {
                             warn!(error = %e, "state journal write failed");
-                            let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+                            let _ = self.events.send(Event::StorageError(e.to_string()));
                         }
                     }
                     Err(e) => {
                         warn!(error = %e, "state journal writer panicked; the client goes on without it");
-                        let _ = self.events.send(ClientEvent::StorageError(e.to_string()));
+                        let _ = self.events.send(Event::StorageError(e.to_string()));
                     }
                 }
             }
@@ -936,62 +863,54 @@ impl Driver {
                 }
             }
         }
-        while let Some(e) = self.session.poll_event() {
-            let ev = match e {
+        while let Some(ev) = self.session.poll_event() {
+            // The driver's part of each event (callers waiting on it, the state watch); the
+            // event itself goes to the app as the core made it.
+            match &ev {
                 Event::State(s) => {
-                    let s = ConnectionState::from_core(&s, Instant::now());
                     self.state.send_replace(s.clone());
-                    ClientEvent::State(s)
                 }
-                Event::Message(d) => ClientEvent::Message(d.into()),
                 Event::SendAcked(ack) => {
-                    let ack = SendAck::from(ack);
                     if let Some(tx) = self.pending.remove(&ack.client_msg_id) {
                         let _ = tx.send(Ok(ack.clone()));
                     }
-                    ClientEvent::SendAcked(ack)
                 }
                 Event::SendFailed { client_msg_id, code, message } => {
-                    if let Some(tx) = self.pending.remove(&client_msg_id) {
-                        let _ = tx.send(Err(SendFailure::Refused { code, message: message.clone() }));
+                    if let Some(tx) = self.pending.remove(client_msg_id) {
+                        let _ = tx.send(Err(SendFailure::Refused { code: *code, message: message.clone() }));
                     }
-                    ClientEvent::SendFailed { client_msg_id, code, message }
                 }
                 Event::SendCancelled { client_msg_id, maybe_delivered } => {
-                    if let Some(tx) = self.pending.remove(&client_msg_id) {
-                        let _ = tx.send(Err(SendFailure::Cancelled { maybe_delivered }));
+                    if let Some(tx) = self.pending.remove(client_msg_id) {
+                        let _ = tx.send(Err(SendFailure::Cancelled { maybe_delivered: *maybe_delivered }));
                     }
-                    ClientEvent::SendCancelled { client_msg_id, maybe_delivered }
                 }
-                Event::Kicked(k) => ClientEvent::Kicked(k.into()),
-                Event::LoginFailed { code, message } => {
+                Event::LoginFailed { .. } => {
                     todo.refresh_credential = self.credential_provider.is_some();
-                    ClientEvent::LoginFailed { code, message }
                 }
-                Event::LoggedIn(ok) => ClientEvent::LoggedIn { user: ok.user, session_id: ok.session_id },
                 Event::RoomJoined(joined) => {
-                    let joined = RoomJoined::from(joined);
                     for tx in self.joins.remove(&joined.room).unwrap_or_default() {
                         let _ = tx.send(Ok(joined.clone()));
                     }
-                    ClientEvent::RoomJoined(joined)
                 }
                 Event::RoomJoinFailed { room, code, message } => {
-                    for tx in self.joins.remove(&room).unwrap_or_default() {
-                        let _ = tx.send(Err(RoomFailure::Refused { code, message: message.clone() }));
+                    for tx in self.joins.remove(room).unwrap_or_default() {
+                        let _ = tx.send(Err(RoomFailure::Refused { code: *code, message: message.clone() }));
                     }
-                    ClientEvent::RoomJoinFailed { room, code, message }
                 }
                 Event::RoomLeft(room) => {
-                    for tx in self.leaves.remove(&room).unwrap_or_default() {
+                    for tx in self.leaves.remove(room).unwrap_or_default() {
                         let _ = tx.send(Ok(()));
                     }
-                    ClientEvent::RoomLeft(room)
                 }
-                Event::RoomEvent(ev) => ClientEvent::RoomEvent(ev.into()),
-                Event::Presence(p) => ClientEvent::Presence(p.into()),
-                Event::HistoryTruncated(t) => ClientEvent::HistoryTruncated(t.into()),
-            };
+                Event::Message(_)
+                | Event::Kicked(_)
+                | Event::LoggedIn { .. }
+                | Event::RoomEvent(_)
+                | Event::Presence(_)
+                | Event::HistoryTruncated(_)
+                | Event::StorageError(_) => {}
+            }
             for (_, l) in lock_listeners(&self.listeners).iter() {
                 let _ = l.send(ev.clone());
             }

@@ -9,7 +9,7 @@
 //! what an app uses.
 //!
 //! ```no_run
-//! use tether_sdk::{Client, ClientConfig, ClientEvent, Credential, Trust};
+//! use tether_sdk::{Client, ClientConfig, Event, Credential, Trust};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cfg = ClientConfig::new(
@@ -21,7 +21,7 @@
 //! let (client, mut events) = Client::start(cfg).await?;
 //! client.send_text("bob", "hello").await?;
 //! while let Some(ev) = events.next().await {
-//!     if let ClientEvent::Message(m) = ev {
+//!     if let Event::Message(m) = ev {
 //!         println!("{}: {}", m.from, String::from_utf8_lossy(&m.payload));
 //!     }
 //! }
@@ -29,15 +29,14 @@
 //! ```
 
 pub mod client;
-pub mod model;
 pub mod state;
 pub mod tls;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, CredentialProvider, EventListener, Events, ListenerHandle, RoomFailure,
-    SendFailure, SendHandle, Status,
+    Client, ClientConfig, CredentialProvider, EventListener, Events, ListenerHandle, RoomFailure, SendFailure,
+    SendHandle, Status,
 };
-pub use core::SessionConfig;
+pub use core::{model, Event, SessionConfig};
 pub use model::{
     ConnectionState, DevicePresence, ErrorCode, HistoryTruncated, KickReason, Kicked, Message, PendingMessage,
     Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck, Target,

@@ -216,7 +216,7 @@ async fn admin_api_requires_the_token_and_pushes_and_kicks() {
     let (_, k) = server.admin("POST", "/v1/users/bob/kick", Some(serde_json::json!({}))).await;
     assert_eq!(k["kicked"], 1);
     let reason = wait_event(&mut be, 10, |e| match e {
-        tether_sdk::ClientEvent::Kicked(k) => Some(k.reason),
+        tether_sdk::Event::Kicked(k) => Some(k.reason),
         _ => None,
     })
     .await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tether_sdk::{ClientEvent, ConnectionState, Credential, KickReason, Target};
+use tether_sdk::{ConnectionState, Credential, Event, KickReason, Target};
 use tether_server::store::sqlite::SqliteStore;
 use tether_server::store::Store;
 
@@ -56,7 +56,7 @@ async fn a_second_device_of_the_same_type_kicks_the_first_which_stays_down() {
     let (old, mut old_ev) = server.client("bob", "phone", "bob-old-phone").await;
     let (_new, _new_ev) = server.client("bob", "phone", "bob-new-phone").await;
     let reason = wait_event(&mut old_ev, 10, |e| match e {
-        ClientEvent::Kicked(k) => Some(k.reason),
+        Event::Kicked(k) => Some(k.reason),
         _ => None,
     })
     .await;
@@ -87,7 +87,7 @@ async fn the_same_device_reconnecting_takes_over_its_session_quietly() {
     // The superseded connection was closed without a kick.
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Some(ev) = first_ev.try_next() {
-        assert!(!matches!(ev, ClientEvent::Kicked(_)), "same device must not be kicked: {ev:?}");
+        assert!(!matches!(ev, Event::Kicked(_)), "same device must not be kicked: {ev:?}");
     }
     let (_, s) = server.admin("GET", "/v1/users/carol/sessions", None).await;
     assert_eq!(s["sessions"].as_array().map(Vec::len), Some(1));
@@ -147,7 +147,7 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Some(ev) = be.try_next() {
-        assert!(!matches!(ev, ClientEvent::Message(_)), "duplicate delivery: {ev:?}");
+        assert!(!matches!(ev, Event::Message(_)), "duplicate delivery: {ev:?}");
     }
     alice.close().await;
     bob.close().await;
@@ -269,7 +269,7 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
     while acked.len() < 2 {
         acked.push(
             wait_event(&mut ae, 20, |e| match e {
-                ClientEvent::SendAcked(a) => Some(a.seq),
+                Event::SendAcked(a) => Some(a.seq),
                 _ => None,
             })
             .await,
@@ -283,7 +283,7 @@ async fn outbox_cursor_and_resume_token_survive_an_app_restart() {
     assert_eq!((m.seq, m.payload.as_slice()), (5, &b"written offline 2"[..]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Some(ev) = be.try_next() {
-        assert!(!matches!(ev, ClientEvent::Message(_)), "redelivered: {ev:?}");
+        assert!(!matches!(ev, Event::Message(_)), "redelivered: {ev:?}");
     }
 }
 
@@ -352,7 +352,7 @@ async fn pause_then_resume_delivers_what_arrived_meanwhile_exactly_once() {
     let extra = tokio::time::timeout(Duration::from_millis(500), async {
         loop {
             match be.next().await {
-                Some(ClientEvent::Message(m)) if m.from == "alice" => return Some(m),
+                Some(Event::Message(m)) if m.from == "alice" => return Some(m),
                 Some(_) => continue,
                 None => return None,
             }
@@ -369,8 +369,8 @@ async fn a_listener_gets_events_until_its_handle_is_dropped() {
     let (bob, mut be) = server.client("bob", "phone", "bob-phone").await;
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
-    let handle = bob.add_listener(move |ev: ClientEvent| {
-        if let ClientEvent::Message(m) = ev {
+    let handle = bob.add_listener(move |ev: Event| {
+        if let Event::Message(m) = ev {
             sink.lock().expect("lock").push(String::from_utf8_lossy(&m.payload).into_owned());
         }
     });

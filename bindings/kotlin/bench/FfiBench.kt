@@ -12,7 +12,7 @@ import tether.test.jwt
 import uniffi.tether_ffi.*
 
 suspend fun measure(node: Node, user: String, n: Int): Pair<Double, Double> {
-    val client = startClient(config(node, "$user-bench"), credentialProvider { Credential.Token(jwt(user)) })
+    val client = startClient(config(node, "$user-bench").copy(timing = null), credentialProvider { Credential.Token(jwt(user)) })
     client.waitOnline()
     client.pause()
     withTimeout(10_000) { while (client.state() != ConnectionState.Paused) delay(5) }
@@ -41,7 +41,8 @@ suspend fun measure(node: Node, user: String, n: Int): Pair<Double, Double> {
 }
 
 fun main(args: Array<String>) = runBlocking {
-    val node = Node(args[0])
+    // The same node settings as `tether-bench ffi`: no send rate limit in the way.
+    val node = Node(args[0], listOf("--send-rate", "100000000", "--send-burst", "100000000"))
     node.start()
     val n = args.getOrNull(1)?.toInt() ?: 20_000
     measure(node, "ffi-warm", 20000)

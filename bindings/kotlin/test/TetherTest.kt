@@ -30,7 +30,7 @@ const val JWT_SECRET = "kotlin-test-secret"
 const val ADMIN_TOKEN = "kotlin-test-admin"
 
 /** A tether-server process on free loopback ports, restartable on the same data and port. */
-class Node(private val bin: String) {
+class Node(private val bin: String, private val extraArgs: List<String> = emptyList()) {
     val dir: File = Files.createTempDirectory("tether-kt").toFile()
     var quic = "127.0.0.1:0"
     var admin = ""
@@ -39,7 +39,7 @@ class Node(private val bin: String) {
     fun start() {
         val p = ProcessBuilder(
             bin, "--data-dir", dir.path, "--quic-addr", quic, "--admin-addr", "127.0.0.1:0",
-            "--jwt-secret", JWT_SECRET, "--admin-token", ADMIN_TOKEN, "--log", "warn",
+            "--jwt-secret", JWT_SECRET, "--admin-token", ADMIN_TOKEN, "--log", "warn", *extraArgs.toTypedArray(),
         ).redirectError(File(dir, "server.log")).start()
         val line = BufferedReader(InputStreamReader(p.inputStream)).readLine()
             ?: error("server did not start: " + File(dir, "server.log").readText())

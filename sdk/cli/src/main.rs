@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use tether_sdk::{Client, ClientConfig, ClientEvent, ConnectionState, Credential, Message, SendAck, Target, Trust};
+use tether_sdk::{Client, ClientConfig, ConnectionState, Credential, Event, Message, SendAck, Target, Trust};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser, Debug)]
@@ -160,14 +160,14 @@ fn event_json(name: &str, value: impl serde::Serialize) -> serde_json::Value {
 }
 
 /// The JSON line `listen --events` prints for a non-message event, if any.
-fn client_event_json(ev: &ClientEvent) -> Option<serde_json::Value> {
+fn client_event_json(ev: &Event) -> Option<serde_json::Value> {
     Some(match ev {
-        ClientEvent::RoomEvent(e) => event_json("room_event", e),
-        ClientEvent::Presence(p) => event_json("presence", p),
-        ClientEvent::HistoryTruncated(t) => event_json("history_truncated", t),
-        ClientEvent::RoomJoined(j) => event_json("room_joined", j),
-        ClientEvent::RoomLeft(room) => serde_json::json!({"event": "room_left", "room": room}),
-        ClientEvent::RoomJoinFailed { room, code, message } => {
+        Event::RoomEvent(e) => event_json("room_event", e),
+        Event::Presence(p) => event_json("presence", p),
+        Event::HistoryTruncated(t) => event_json("history_truncated", t),
+        Event::RoomJoined(j) => event_json("room_joined", j),
+        Event::RoomLeft(room) => serde_json::json!({"event": "room_left", "room": room}),
+        Event::RoomJoinFailed { room, code, message } => {
             serde_json::json!({"event": "room_join_failed", "room": room, "code": code, "message": message})
         }
         _ => return None,
@@ -253,7 +253,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     break Ok(());
                 }
                 match events.next().await {
-                    Some(ClientEvent::Message(d)) => {
+                    Some(Event::Message(d)) => {
                         println!("{}", message_json(&d));
                         seen += 1;
                     }
@@ -310,7 +310,7 @@ async fn presence(
             return Ok(());
         }
         match events.next().await {
-            Some(ClientEvent::Presence(p)) => {
+            Some(Event::Presence(p)) => {
                 println!("{}", serde_json::to_value(&p).map_err(|e| e.to_string())?);
                 seen += 1;
             }
@@ -325,10 +325,10 @@ async fn presence(
 }
 
 /// The events after which the client will not reconnect by itself.
-fn fatal(ev: &ClientEvent) -> Option<String> {
+fn fatal(ev: &Event) -> Option<String> {
     match ev {
-        ClientEvent::Kicked(k) => Some(format!("kicked: {:?}: {}", k.reason, k.message)),
-        ClientEvent::LoginFailed { code, message } => Some(format!("login failed: {code:?}: {message}")),
+        Event::Kicked(k) => Some(format!("kicked: {:?}: {}", k.reason, k.message)),
+        Event::LoginFailed { code, message } => Some(format!("login failed: {code:?}: {message}")),
         _ => None,
     }
 }
@@ -359,14 +359,14 @@ async fn chat(client: &Client, events: &mut tether_sdk::Events, to: &str) -> Res
             },
             Some(_) = acks.join_next(), if !acks.is_empty() => {}
             ev = events.next() => match ev {
-                Some(ClientEvent::Message(d)) => {
+                Some(Event::Message(d)) => {
                     let text = String::from_utf8_lossy(&d.payload);
                     match &d.to {
                         Target::Room(room) => println!("[{}#{}] {}: {}", room, d.seq, d.from, text),
                         Target::User(_) => println!("[{}] {}: {}", d.seq, d.from, text),
                     }
                 }
-                Some(ClientEvent::State(s)) => {
+                Some(Event::State(s)) => {
                     if !matches!(s, ConnectionState::Online) {
                         eprintln!("~ {s:?}");
                     }

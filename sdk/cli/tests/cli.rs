@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tether_sdk::{Client, ClientConfig, ClientEvent, Credential, Trust};
+use tether_sdk::{Client, ClientConfig, Credential, Event, Trust};
 use tether_server::{Config, Node};
 
 const SECRET: &str = "cli-secret";
@@ -116,7 +116,7 @@ async fn chat_mode_sends_lines_and_prints_messages() {
     writeln!(stdin, "hi dora, typed in chat").expect("type");
     let m = loop {
         match tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("in time") {
-            Some(ClientEvent::Message(m)) => break m,
+            Some(Event::Message(m)) => break m,
             Some(_) => continue,
             None => panic!("client stopped"),
         }
@@ -164,7 +164,7 @@ async fn lines_piped_into_chat_arrive_in_order() {
     let mut got = Vec::with_capacity(LINES);
     while got.len() < LINES {
         match tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("in time") {
-            Some(ClientEvent::Message(m)) => got.push(String::from_utf8_lossy(&m.payload).into_owned()),
+            Some(Event::Message(m)) => got.push(String::from_utf8_lossy(&m.payload).into_owned()),
             Some(_) => continue,
             None => panic!("client stopped"),
         }
@@ -247,7 +247,7 @@ async fn room_and_presence_commands_print_json() {
 }
 
 /// The next event `pick` accepts, within 10 s.
-async fn next_matching<T>(events: &mut tether_sdk::Events, mut pick: impl FnMut(ClientEvent) -> Option<T>) -> T {
+async fn next_matching<T>(events: &mut tether_sdk::Events, mut pick: impl FnMut(Event) -> Option<T>) -> T {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("in time") {
             Some(ev) => {
@@ -281,7 +281,7 @@ async fn client_rooms_events_and_history() {
     bob.join_room("hall").await.expect("join");
     let enter = next_matching(&mut alice_ev, |e| match e {
         // (alice's own sessions are told of her own enter too.)
-        ClientEvent::RoomEvent(e) if e.kind == tether_sdk::RoomEventKind::Enter && e.user == "bob" => Some(e),
+        Event::RoomEvent(e) if e.kind == tether_sdk::RoomEventKind::Enter && e.user == "bob" => Some(e),
         _ => None,
     })
     .await;
@@ -293,7 +293,7 @@ async fn client_rooms_events_and_history() {
     }
     for i in 1..=3u64 {
         let m = next_matching(&mut alice_ev, |e| match e {
-            ClientEvent::Message(m) => Some(m),
+            Event::Message(m) => Some(m),
             _ => None,
         })
         .await;
@@ -309,7 +309,7 @@ async fn client_rooms_events_and_history() {
     carol.sync_room("hall", 0).expect("sync");
     for i in 1..=3u64 {
         let m = next_matching(&mut carol_ev, |e| match e {
-            ClientEvent::Message(m) => Some(m),
+            Event::Message(m) => Some(m),
             _ => None,
         })
         .await;
@@ -360,9 +360,7 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
     loop {
         assert!(Instant::now() < deadline, "carl never came online in the lobby");
         match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
-            Ok(Some(ClientEvent::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Online => {
-                break
-            }
+            Ok(Some(Event::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Online => break,
             _ => continue,
         }
     }
@@ -372,7 +370,7 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
     let gone = loop {
         assert!(Instant::now() < deadline, "the room never heard carl went offline");
         match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
-            Ok(Some(ClientEvent::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Offline => {
+            Ok(Some(Event::RoomEvent(e))) if e.user == "carl" && e.kind == tether_sdk::RoomEventKind::Offline => {
                 break e
             }
             _ => continue,

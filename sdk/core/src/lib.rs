@@ -57,6 +57,7 @@
 
 mod backoff;
 mod inbox;
+pub mod model;
 mod outbox;
 mod rng;
 mod session;
@@ -67,15 +68,16 @@ mod tests;
 
 pub use session::Session;
 pub use types::{
-    check_metadata, Action, ConnectionState, Event, MetadataError, OutboxEntry, PersistOp, PersistedState, ResumeToken,
-    SessionConfig, METADATA_MAX_ENTRIES, METADATA_MAX_KEY, METADATA_MAX_TOTAL, METADATA_MAX_VALUE,
+    check_metadata, Action, Event, MetadataError, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig,
+    SessionState, METADATA_MAX_ENTRIES, METADATA_MAX_KEY, METADATA_MAX_TOTAL, METADATA_MAX_VALUE,
 };
 
 // The core's signatures use these protocol types; re-exported for convenience.
-pub use tether_proto::{
-    Address, CloseCode, Credential, Deliver, DevicePresence, ErrorCode, Frame, HistoryTruncated, KickReason, LoginOk,
-    Presence, RoomEvent, RoomEventKind, RoomJoined, SendAck,
+pub use model::{
+    ConnectionState, DevicePresence, HistoryTruncated, KickReason, Kicked, Message, PendingMessage, Presence,
+    RoomEvent, RoomEventKind, RoomJoined, SendAck, Target,
 };
+pub use tether_proto::{Address, CloseCode, Credential, Deliver, ErrorCode, Frame, LoginOk};
 
 #[cfg(doc)]
 use std::time::Instant;

@@ -13,9 +13,7 @@ use super::backoff::Backoff;
 use super::inbox::{Inbox, Received};
 use super::outbox::Outbox;
 use super::rng::Rng;
-use super::types::{
-    Action, ConnectionState, Event, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig,
-};
+use super::types::{Action, Event, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig, SessionState};
 
 /// Bytes of MessagePack framing a `send` body needs beyond its variable-length fields; a
 /// generous bound used to skip exact size checks for messages far below the limit.
@@ -69,7 +67,7 @@ pub struct Session {
     prefer_resume: bool,
     resume: Option<ResumeToken>,
     rng: Rng,
-    state: ConnectionState,
+    state: SessionState,
     backoff: Backoff,
     outbox: Outbox,
     inbox: Inbox,
@@ -110,7 +108,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session in [`ConnectionState::Idle`] for `config`, logging in with `credential`,
+    /// A session in [`SessionState::Idle`] for `config`, logging in with `credential`,
     /// restored from `persisted`. `rng_seed` seeds the session's PRNG (backoff jitter, message
     /// ids, ping nonces): seed it from the OS in production so that message ids stay unique
     /// across restarts, and with a constant in tests.
@@ -131,7 +129,7 @@ impl Session {
             prefer_resume: false,
             resume: persisted.resume,
             rng: Rng::new(rng_seed),
-            state: ConnectionState::Idle,
+            state: SessionState::Idle,
             user: None,
             login_credential: LoginCredential::App,
             login_deadline: None,
@@ -163,10 +161,7 @@ impl Session {
     /// otherwise): state `Connecting`, [`Action::Connect`]. The backoff starts afresh.
     pub fn start(&mut self, _now: Instant) {
         match self.state {
-            ConnectionState::Idle
-            | ConnectionState::Kicked(_)
-            | ConnectionState::AuthFailed(_)
-            | ConnectionState::LoggedOut => {
+            SessionState::Idle | SessionState::Kicked(_) | SessionState::AuthFailed(_) | SessionState::LoggedOut => {
                 self.backoff.reset();
                 self.connect();
             }
@@ -177,7 +172,7 @@ impl Session {
     /// Skips the rest of a backoff wait and connects now (e.g. the network just came back).
     /// Ignored unless the state is `Backoff`. The failure count is kept.
     pub fn reconnect_now(&mut self, _now: Instant) {
-        if matches!(self.state, ConnectionState::Backoff { .. }) {
+        if matches!(self.state, SessionState::Backoff { .. }) {
             self.connect();
         }
     }
@@ -233,7 +228,7 @@ impl Session {
         let entry = OutboxEntry { client_msg_id: client_msg_id.clone(), to, content_type, payload, created_ms: now_ms };
         self.persists.push_back(PersistOp::OutboxAdd(entry.clone()));
         self.outbox.push(entry);
-        if self.state == ConnectionState::Online {
+        if self.state == SessionState::Online {
             self.flush_outbox(now);
         }
     }
@@ -266,7 +261,7 @@ impl Session {
     /// Requests are not persisted: after an app restart the app asks again if it still wants.
     pub fn join_room(&mut self, room: impl Into<String>, now: Instant) {
         self.room_ops.push_back(RoomOp::Join(room.into()));
-        if self.state == ConnectionState::Online {
+        if self.state == SessionState::Online {
             self.flush_room_ops(now);
         }
     }
@@ -276,7 +271,7 @@ impl Session {
     /// forgotten ([`PersistOp::RoomForget`]).
     pub fn leave_room(&mut self, room: impl Into<String>, now: Instant) {
         self.room_ops.push_back(RoomOp::Leave(room.into()));
-        if self.state == ConnectionState::Online {
+        if self.state == SessionState::Online {
             self.flush_room_ops(now);
         }
     }
@@ -288,7 +283,7 @@ impl Session {
         let users: Vec<String> =
             users.into_iter().filter(|u| !u.is_empty()).collect::<BTreeSet<_>>().into_iter().collect();
         self.presence.extend(users.iter().cloned());
-        if self.state == ConnectionState::Online {
+        if self.state == SessionState::Online {
             self.transmit_presence(users, true, now);
         }
     }
@@ -297,7 +292,7 @@ impl Session {
     pub fn unsubscribe_presence(&mut self, users: Vec<String>, now: Instant) {
         let removed: Vec<String> =
             users.into_iter().collect::<BTreeSet<_>>().into_iter().filter(|u| self.presence.remove(u)).collect();
-        if self.state == ConnectionState::Online {
+        if self.state == SessionState::Online {
             self.transmit_presence(removed, false, now);
         }
     }
@@ -316,7 +311,7 @@ impl Session {
     pub fn sync_room(&mut self, room: impl Into<String>, after: u64, now: Instant) {
         let room = room.into();
         self.left_rooms.remove(&room);
-        let online = self.state == ConnectionState::Online;
+        let online = self.state == SessionState::Online;
         let cursor = match self.rooms.get(&room) {
             Some(tracker) => tracker.cursor(),
             None => {
@@ -339,11 +334,11 @@ impl Session {
     /// [`Action::Disconnect`] with [`CloseCode::Normal`]; state `LoggedOut`, no reconnect. The
     /// outbox and cursor stay persisted for a later [`Session::start`].
     pub fn close(&mut self, now: Instant) {
-        if self.state == ConnectionState::LoggedOut {
+        if self.state == SessionState::LoggedOut {
             return;
         }
         self.leave_politely(now);
-        self.set_state(ConnectionState::LoggedOut);
+        self.set_state(SessionState::LoggedOut);
     }
 
     /// Leaves whatever connection there is on purpose: when online, acks what was handed to
@@ -352,8 +347,8 @@ impl Session {
     fn leave_politely(&mut self, now: Instant) {
         let was = self.state.clone();
         match was {
-            ConnectionState::Online | ConnectionState::LoggingIn => {
-                let ack = (was == ConnectionState::Online).then(|| self.take_acks(now, true)).flatten();
+            SessionState::Online | SessionState::LoggingIn => {
+                let ack = (was == SessionState::Online).then(|| self.take_acks(now, true)).flatten();
                 self.go_offline();
                 if let Some(ack) = ack {
                     self.transmit(Frame::Ack(ack), now);
@@ -361,7 +356,7 @@ impl Session {
                 self.transmit(Frame::Logout(Logout {}), now);
                 self.disconnect(CloseCode::Normal);
             }
-            ConnectionState::Connecting => {
+            SessionState::Connecting => {
                 self.go_offline();
                 self.disconnect(CloseCode::Normal);
             }
@@ -376,22 +371,19 @@ impl Session {
     pub fn pause(&mut self, now: Instant) {
         if matches!(
             self.state,
-            ConnectionState::Kicked(_)
-                | ConnectionState::AuthFailed(_)
-                | ConnectionState::LoggedOut
-                | ConnectionState::Paused
+            SessionState::Kicked(_) | SessionState::AuthFailed(_) | SessionState::LoggedOut | SessionState::Paused
         ) {
             return;
         }
         self.leave_politely(now);
-        self.set_state(ConnectionState::Paused);
+        self.set_state(SessionState::Paused);
     }
 
     /// The app is in the foreground again: connects at once (the backoff starts afresh), logs
     /// in with the cursors, gets what arrived meanwhile and sends the outbox. Ignored unless
     /// the state is `Paused`.
     pub fn resume(&mut self, _now: Instant) {
-        if self.state == ConnectionState::Paused {
+        if self.state == SessionState::Paused {
             self.backoff.reset();
             self.connect();
         }
@@ -404,7 +396,7 @@ impl Session {
     /// The transport asked for by [`Action::Connect`] is up: transmits `login` and waits for
     /// the answer (state `LoggingIn`). Ignored unless the state is `Connecting`.
     pub fn handle_connected(&mut self, now: Instant) {
-        if self.state != ConnectionState::Connecting {
+        if self.state != SessionState::Connecting {
             return;
         }
         let credential = self.choose_credential(now);
@@ -413,7 +405,8 @@ impl Session {
             tracker.on_login_sent();
         }
         let room_cursors = (!self.rooms.is_empty()).then(|| self.room_cursors());
-        let metadata = (!self.config.metadata.is_empty()).then(|| self.config.metadata.clone());
+        let metadata = (!self.config.metadata.is_empty())
+            .then(|| self.config.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         self.last_rx = Some(now);
         self.pinged_since_rx = false;
         self.login_deadline = Some(now + self.config.login_timeout);
@@ -430,12 +423,12 @@ impl Session {
             }),
             now,
         );
-        self.set_state(ConnectionState::LoggingIn);
+        self.set_state(SessionState::LoggingIn);
     }
 
     /// The connection attempt failed: back off. Ignored unless the state is `Connecting`.
     pub fn handle_connect_failed(&mut self, now: Instant) {
-        if self.state == ConnectionState::Connecting {
+        if self.state == SessionState::Connecting {
             self.enter_backoff(now);
         }
     }
@@ -444,7 +437,7 @@ impl Session {
     /// with backoff, except after `replaced` or `kicked` (state `Kicked`, even if the `kicked`
     /// frame was lost). Ignored unless the state is `LoggingIn` or `Online`.
     pub fn handle_disconnected(&mut self, now: Instant, close: Option<CloseCode>) {
-        if !matches!(self.state, ConnectionState::LoggingIn | ConnectionState::Online) {
+        if !matches!(self.state, SessionState::LoggingIn | SessionState::Online) {
             return;
         }
         self.go_offline();
@@ -455,9 +448,10 @@ impl Session {
         };
         match reason {
             Some(reason) => {
-                self.events
-                    .push_back(Event::Kicked(Kicked { reason, message: "connection closed by the server".to_owned() }));
-                self.set_state(ConnectionState::Kicked(reason));
+                self.events.push_back(Event::Kicked(
+                    Kicked { reason, message: "connection closed by the server".to_owned() }.into(),
+                ));
+                self.set_state(SessionState::Kicked(reason));
             }
             None => self.enter_backoff(now),
         }
@@ -467,8 +461,8 @@ impl Session {
     /// ignored.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
         let online = match self.state {
-            ConnectionState::Online => true,
-            ConnectionState::LoggingIn => false,
+            SessionState::Online => true,
+            SessionState::LoggingIn => false,
             _ => return,
         };
         self.last_rx = Some(now);
@@ -484,15 +478,15 @@ impl Session {
             Frame::RoomEvent(event) if online => self.on_room_event(event),
             // A late frame for a user unsubscribed meanwhile falls through and is dropped.
             Frame::Presence(p) if online && self.presence.contains(&p.user) => {
-                self.events.push_back(Event::Presence(p));
+                self.events.push_back(Event::Presence(p.into()));
             }
             Frame::HistoryTruncated(t) if online => self.on_history_truncated(t, now),
             Frame::Error(err) if online => self.on_error(err),
             Frame::Kicked(kicked) => {
                 let reason = kicked.reason;
                 self.go_offline();
-                self.events.push_back(Event::Kicked(kicked));
-                self.set_state(ConnectionState::Kicked(reason));
+                self.events.push_back(Event::Kicked(kicked.into()));
+                self.set_state(SessionState::Kicked(reason));
             }
             // Pong only proves liveness (recorded above); error frames are informational, a
             // fatal one is followed by the server closing the connection.
@@ -505,13 +499,13 @@ impl Session {
     /// [`Session::poll_timeout`] is reached (calling it early or late is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
-            ConnectionState::Backoff { retry_at, .. } if now >= retry_at => self.connect(),
-            ConnectionState::LoggingIn if self.login_deadline.is_some_and(|d| now >= d) => {
+            SessionState::Backoff { retry_at, .. } if now >= retry_at => self.connect(),
+            SessionState::LoggingIn if self.login_deadline.is_some_and(|d| now >= d) => {
                 self.go_offline();
                 self.disconnect(CloseCode::ProtocolError);
                 self.enter_backoff(now);
             }
-            ConnectionState::Online => {
+            SessionState::Online => {
                 if self.dead_at().is_some_and(|d| now >= d) {
                     self.go_offline();
                     self.disconnect(CloseCode::IdleTimeout);
@@ -566,9 +560,9 @@ impl Session {
     /// The earliest time [`Session::handle_timeout`] must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            ConnectionState::Backoff { retry_at, .. } => Some(retry_at),
-            ConnectionState::LoggingIn => self.login_deadline,
-            ConnectionState::Online => [
+            SessionState::Backoff { retry_at, .. } => Some(retry_at),
+            SessionState::LoggingIn => self.login_deadline,
+            SessionState::Online => [
                 self.dead_at(),
                 self.ping_at(),
                 self.outbox.next_deadline(),
@@ -588,7 +582,7 @@ impl Session {
     // ------------------------------------------------------------------------------------
 
     /// The connection state.
-    pub fn state(&self) -> &ConnectionState {
+    pub fn state(&self) -> &SessionState {
         &self.state
     }
 
@@ -638,15 +632,15 @@ impl Session {
     // Internals
     // ------------------------------------------------------------------------------------
 
-    fn set_state(&mut self, state: ConnectionState) {
+    fn set_state(&mut self, state: SessionState) {
         if self.state != state {
             self.state = state.clone();
-            self.events.push_back(Event::State(state));
+            self.events.push_back(Event::State((&state).into()));
         }
     }
 
     fn connect(&mut self) {
-        self.set_state(ConnectionState::Connecting);
+        self.set_state(SessionState::Connecting);
         self.actions.push_back(Action::Connect);
     }
 
@@ -656,7 +650,7 @@ impl Session {
 
     fn enter_backoff(&mut self, now: Instant) {
         let (attempt, delay) = self.backoff.next_delay(&mut self.rng);
-        self.set_state(ConnectionState::Backoff { attempt, retry_at: now + delay });
+        self.set_state(SessionState::Backoff { attempt, retry_at: now + delay, delay });
     }
 
     /// Forgets everything about the current connection. Unsent frames are dropped: the outbox
@@ -774,8 +768,8 @@ impl Session {
         }
         // A new connection carries no late deliveries of rooms left on the last one.
         self.left_rooms.clear();
-        self.set_state(ConnectionState::Online);
-        self.events.push_back(Event::LoggedIn(ok));
+        self.set_state(SessionState::Online);
+        self.events.push_back(Event::LoggedIn { user: ok.user, session_id: ok.session_id });
         // Membership first, so that a queued message to a room just joined is accepted.
         self.flush_room_ops(now);
         let users: Vec<String> = self.presence.iter().cloned().collect();
@@ -820,7 +814,7 @@ impl Session {
             // Retrying the same login would be refused again (a bad credential, version, or
             // field such as oversized metadata).
             self.events.push_back(Event::LoginFailed { code: err.code, message: err.message });
-            self.set_state(ConnectionState::AuthFailed(err.code));
+            self.set_state(SessionState::AuthFailed(err.code));
         } else {
             self.enter_backoff(now);
         }
@@ -832,7 +826,7 @@ impl Session {
         };
         self.persist(PersistOp::OutboxRemove(ack.client_msg_id.clone()));
         let seq = ack.seq;
-        self.events.push_back(Event::SendAcked(ack));
+        self.events.push_back(Event::SendAcked(ack.into()));
         if seq > 0 {
             // The seq is in the room's log for a room message, in our inbox otherwise.
             let room = (entry.to.kind == AddressKind::Room).then_some(entry.to.id);
@@ -879,13 +873,16 @@ impl Session {
         // Our own message came back (a backlog after a lost send_ack): it completes the send.
         if self.outbox.remove(&msg.client_msg_id).is_some() {
             self.persist(PersistOp::OutboxRemove(msg.client_msg_id.clone()));
-            self.events.push_back(Event::SendAcked(SendAck {
-                client_msg_id: msg.client_msg_id,
-                msg_id: msg.msg_id,
-                seq: msg.seq,
-                ts: msg.ts,
-                duplicate: true,
-            }));
+            self.events.push_back(Event::SendAcked(
+                SendAck {
+                    client_msg_id: msg.client_msg_id,
+                    msg_id: msg.msg_id,
+                    seq: msg.seq,
+                    ts: msg.ts,
+                    duplicate: true,
+                }
+                .into(),
+            ));
             self.flush_outbox(now);
         }
         self.receive(room, msg.seq, None, now);
@@ -904,7 +901,7 @@ impl Session {
         if fetch.last >= fetch.until {
             self.history.remove(room);
         }
-        self.events.push_back(Event::Message(msg));
+        self.events.push_back(Event::Message(msg.into()));
         None
     }
 
@@ -955,7 +952,7 @@ impl Session {
     /// (persisted, then acknowledged when due).
     fn after_receive(&mut self, room: Option<&str>, received: Received, now: Instant) {
         let Received { handed, advanced, sync } = received;
-        self.events.extend(handed.into_iter().map(Event::Message));
+        self.events.extend(handed.into_iter().map(|d| Event::Message(d.into())));
         if let Some(sync) = sync {
             self.transmit(Frame::Sync(sync), now);
         }
@@ -1054,7 +1051,7 @@ impl Session {
         // A new member starts at the head; a device that already follows the room keeps its
         // cursor (and gets what it missed).
         self.ensure_room(&joined.room, joined.head);
-        self.events.push_back(Event::RoomJoined(joined));
+        self.events.push_back(Event::RoomJoined(joined.into()));
     }
 
     fn on_room_left(&mut self, room: String) {
@@ -1077,7 +1074,7 @@ impl Session {
                 _ => {}
             }
         }
-        self.events.push_back(Event::RoomEvent(event));
+        self.events.push_back(Event::RoomEvent(event.into()));
     }
 
     fn on_history_truncated(&mut self, t: HistoryTruncated, now: Instant) {
@@ -1092,7 +1089,7 @@ impl Session {
             }
         }
         let room = t.room.clone();
-        self.events.push_back(Event::HistoryTruncated(t));
+        self.events.push_back(Event::HistoryTruncated(t.into()));
         self.ensure_room(&room, kept_from);
         let Some(tracker) = self.rooms.get_mut(&room) else {
             return;

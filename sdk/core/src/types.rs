@@ -1,14 +1,13 @@
 //! Plain data types of the session core: configuration, persisted state, and what the session
 //! hands to its driver (actions, events, persistence operations).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether_proto::{
-    Address, CloseCode, Deliver, ErrorCode, HistoryTruncated, KickReason, LoginOk, Presence, RoomEvent, RoomJoined,
-    SendAck,
-};
+use tether_proto::{Address, CloseCode, ErrorCode, KickReason};
+
+use crate::model::{ConnectionState, HistoryTruncated, Kicked, Message, Presence, RoomEvent, RoomJoined, SendAck};
 
 /// Tunables of a [`Session`](super::Session). Build one with [`SessionConfig::new`] and adjust
 /// the public fields.
@@ -57,7 +56,7 @@ pub struct SessionConfig {
     /// most [`METADATA_MAX_VALUE`] bytes, [`METADATA_MAX_TOTAL`] bytes in all (see
     /// [`check_metadata`]); the server refuses a larger one with `login_error{invalid_field}`.
     /// Default empty (not sent).
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: HashMap<String, String>,
 }
 
 impl SessionConfig {
@@ -78,7 +77,7 @@ impl SessionConfig {
             gap_timeout: Duration::from_secs(3),
             max_reorder: 10_000,
             client_name: Some(concat!("tether-sdk/", env!("CARGO_PKG_VERSION")).to_owned()),
-            metadata: BTreeMap::new(),
+            metadata: HashMap::new(),
         }
     }
 }
@@ -89,8 +88,11 @@ pub use tether_proto::metadata::{
 
 /// Checks connection metadata against the limits the server enforces at login, so that an app
 /// learns about a bad value before it connects rather than from a refused login.
-pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), MetadataError> {
-    tether_proto::metadata::check_metadata(metadata, METADATA_MAX_TOTAL)
+pub fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), MetadataError> {
+    tether_proto::metadata::check_metadata(
+        &metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        METADATA_MAX_TOTAL,
+    )
 }
 
 /// A message waiting in the outbox until the server acknowledges it.
@@ -203,9 +205,10 @@ pub enum Action {
     },
 }
 
-/// Where the session is in its connection lifecycle.
+/// Where the session is in its connection lifecycle (the session's own view, with the deadline
+/// it schedules on; apps see it as [`ConnectionState`] in [`Event::State`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionState {
+pub enum SessionState {
     /// Created, not started.
     Idle,
     /// Waiting for the transport to come up.
@@ -221,6 +224,8 @@ pub enum ConnectionState {
         attempt: u32,
         /// When the next attempt starts.
         retry_at: Instant,
+        /// How long the wait is (`retry_at` minus the time it started).
+        delay: Duration,
     },
     /// The server ended the session; no reconnect until [`Session::start`](super::Session::start).
     Kicked(KickReason),
@@ -234,16 +239,26 @@ pub enum ConnectionState {
     Paused,
 }
 
-/// Something the app should learn about.
+/// Something the app should learn about: the one event type of the SDK. The session core
+/// produces every variant but [`Event::StorageError`], which the driver (the `tether-sdk`
+/// client, which owns the state journal) adds. Every payload is an SDK model type
+/// ([`crate::model`]), not a wire struct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The connection state changed.
     State(ConnectionState),
-    /// The next message of the inbox or of a room (`to.kind` tells which), in order per inbox
-    /// and per room, exactly once. Messages fetched with
+    /// Logged in.
+    LoggedIn {
+        /// The authenticated user.
+        user: String,
+        /// The server's id for this session.
+        session_id: String,
+    },
+    /// The next message of the inbox or of a room (`to` tells which), in order per inbox and
+    /// per room, exactly once. Messages fetched with
     /// [`Session::sync_room`](super::Session::sync_room) from before the room's cursor
     /// (history) come as this event too, with a `seq` at or below messages already handed over.
-    Message(Deliver),
+    Message(Message),
     /// A sent message is durable on the server and left the outbox.
     SendAcked(SendAck),
     /// A sent message was refused for good and left the outbox.
@@ -263,17 +278,17 @@ pub enum Event {
         maybe_delivered: bool,
     },
     /// The server ended the session (also synthesized when the server closed the connection
-    /// with `replaced` or `kicked` and the frame itself was lost).
-    Kicked(tether_proto::Kicked),
-    /// Login was refused for good (the state is now [`ConnectionState::AuthFailed`]).
+    /// with `replaced` or `kicked` and the frame itself was lost). No reconnect until the app
+    /// starts the session again.
+    Kicked(Kicked),
+    /// Login was refused for good (the state is now [`ConnectionState::AuthFailed`]): give a
+    /// new credential.
     LoginFailed {
         /// Why.
         code: ErrorCode,
         /// Human-readable detail.
         message: String,
     },
-    /// Login succeeded.
-    LoggedIn(LoginOk),
     /// The device's user is a member of the room (answer to
     /// [`Session::join_room`](super::Session::join_room)). Room messages after `head` follow.
     RoomJoined(RoomJoined),
@@ -296,6 +311,9 @@ pub enum Event {
     /// Room messages the device had not seen are past the room's retention and gone:
     /// `after + 1 .. first_seq` will never arrive. Messages from `first_seq` on follow.
     HistoryTruncated(HistoryTruncated),
+    /// Writing the state journal failed (added by the driver, which owns the journal): what
+    /// happened since may be lost on restart.
+    StorageError(String),
 }
 
 /// Base64 (standard alphabet, padded) for byte fields in JSON.

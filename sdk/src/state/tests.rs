@@ -226,8 +226,9 @@ fn crash_between_snapshot_and_truncation_replays_harmlessly() {
 
 #[test]
 fn session_state_survives_a_restart_through_the_store() {
-    use crate::core::{Credential, Frame, LoginOk, SendAck, Session, SessionConfig};
+    use crate::core::{Credential, Frame, LoginOk, Session, SessionConfig};
     use std::time::Instant;
+    use tether_proto::SendAck;
 
     fn drive(s: &mut Session, store: &mut StateStore) -> Vec<Frame> {
         let ops: Vec<_> = std::iter::from_fn(|| s.poll_persist()).collect();
@@ -377,8 +378,9 @@ fn room_ops_replay_idempotently_onto_their_result() {
 
 #[test]
 fn session_room_cursors_survive_a_restart_through_the_store() {
-    use crate::core::{Credential, Deliver, Frame, LoginOk, RoomJoined, Session, SessionConfig};
+    use crate::core::{Credential, Deliver, Frame, LoginOk, Session, SessionConfig};
     use std::time::Instant;
+    use tether_proto::RoomJoined;
 
     fn drive(s: &mut Session, store: &mut StateStore) -> Vec<Frame> {
         let ops: Vec<_> = std::iter::from_fn(|| s.poll_persist()).collect();

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde::Serialize;
 use tether_proto::{CloseCode, Decoded, Decoder, Frame};
-use tether_sdk::{Client, ClientConfig, ClientEvent, Credential, Events, Trust};
+use tether_sdk::{Client, ClientConfig, Credential, Event, Events, Trust};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -171,7 +171,7 @@ pub async fn next_message(events: &mut Events, secs: u64) -> tether_sdk::Message
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(ClientEvent::Message(d))) => return d,
+            Ok(Some(Event::Message(d))) => return d,
             Ok(Some(_)) => continue,
             Ok(None) => panic!("client stopped"),
             Err(_) => panic!("no message within {secs}s"),
@@ -180,7 +180,7 @@ pub async fn next_message(events: &mut Events, secs: u64) -> tether_sdk::Message
 }
 
 /// Waits for the first event matching `f`; panics after `secs`.
-pub async fn wait_event<T>(events: &mut Events, secs: u64, mut f: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+pub async fn wait_event<T>(events: &mut Events, secs: u64, mut f: impl FnMut(&Event) -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         match tokio::time::timeout_at(deadline, events.next()).await {

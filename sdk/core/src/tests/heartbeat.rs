@@ -52,7 +52,7 @@ fn pings_keep_a_quiet_connection_alive_for_hours() {
         pings += pong_for_pings(&mut h);
     }
     assert!(h.actions.is_empty(), "{:?}", h.actions);
-    assert_eq!(h.s.state(), &ConnectionState::Online);
+    assert_eq!(h.s.state(), &SessionState::Online);
     assert_eq!(pings, 3 * 3600 / 20);
 }
 
@@ -65,13 +65,13 @@ fn dead_connection_detected_after_interval_plus_timeout() {
     h.run_until(t + secs(30) - ms(1));
     assert_eq!(h.pings(), 1, "one ping, no answer");
     assert!(h.actions.is_empty());
-    assert_eq!(h.s.state(), &ConnectionState::Online);
+    assert_eq!(h.s.state(), &SessionState::Online);
     h.run_until(t + secs(30));
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::IdleTimeout }]);
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
     // The driver's late report of the closed connection is ignored.
     h.disconnected(None);
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
     h.advance(secs(1));
     assert_eq!(h.connects(), 1);
 }

@@ -36,7 +36,7 @@ fn replayed_deliveries_reach_the_app_once() {
     h.frame(Frame::Deliver(deliver(2)));
     h.frame(Frame::Deliver(deliver(1)));
     assert_eq!(h.messages(), [1, 2]);
-    assert_eq!(h.events[0], Event::Message(deliver(1)));
+    assert_eq!(h.events[0], Event::Message(deliver(1).into()));
     // A reconnect replays from the cursor; what was seen is not seen again.
     h.disconnected(None);
     h.advance(secs(1));

@@ -18,7 +18,7 @@ fn ceiling(n: u32) -> Duration {
 #[test]
 fn start_connect_login() {
     let mut h = H::new();
-    assert_eq!(h.s.state(), &ConnectionState::Idle);
+    assert_eq!(h.s.state(), &SessionState::Idle);
     assert_eq!(h.s.poll_timeout(), None);
     h.start();
     assert_eq!(h.take_actions(), [Action::Connect]);
@@ -26,7 +26,7 @@ fn start_connect_login() {
     h.clear();
 
     h.connected();
-    assert_eq!(h.s.state(), &ConnectionState::LoggingIn);
+    assert_eq!(h.s.state(), &SessionState::LoggingIn);
     let login = h.login_frame();
     assert_eq!(login.version, PROTOCOL_VERSION);
     assert_eq!(login.credential, Credential::Token("jwt".into()));
@@ -38,9 +38,15 @@ fn start_connect_login() {
     h.clear();
 
     h.frame(Frame::LoginOk(login_ok(0)));
-    assert_eq!(h.s.state(), &ConnectionState::Online);
+    assert_eq!(h.s.state(), &SessionState::Online);
     assert_eq!(h.s.user(), Some(USER));
-    assert_eq!(h.take_events(), [Event::State(ConnectionState::Online), Event::LoggedIn(login_ok(0))]);
+    assert_eq!(
+        h.take_events(),
+        [
+            Event::State(ConnectionState::Online),
+            Event::LoggedIn { user: USER.into(), session_id: login_ok(0).session_id }
+        ]
+    );
     // start() while online changes nothing.
     h.start();
     assert!(h.take_actions().is_empty());
@@ -55,7 +61,7 @@ fn backoff_schedule_has_equal_jitter_and_resets_after_login() {
             h.clear();
             let failed_at = h.now;
             h.connect_failed();
-            let ConnectionState::Backoff { attempt, retry_at } = h.s.state().clone() else {
+            let SessionState::Backoff { attempt, retry_at, .. } = h.s.state().clone() else {
                 panic!("not backing off: {:?}", h.s.state())
             };
             assert_eq!(attempt, n);
@@ -68,14 +74,14 @@ fn backoff_schedule_has_equal_jitter_and_resets_after_login() {
             assert_eq!(h.connects(), 0);
             h.run_until(retry_at);
             assert_eq!(h.take_actions(), [Action::Connect]);
-            assert_eq!(h.s.state(), &ConnectionState::Connecting);
+            assert_eq!(h.s.state(), &SessionState::Connecting);
         }
         // A successful login resets the schedule.
         h.connected();
         h.frame(Frame::LoginOk(login_ok(0)));
         let lost_at = h.now;
         h.disconnected(None);
-        let ConnectionState::Backoff { attempt, retry_at } = h.s.state().clone() else { panic!("not backing off") };
+        let SessionState::Backoff { attempt, retry_at, .. } = h.s.state().clone() else { panic!("not backing off") };
         assert_eq!(attempt, 0);
         assert!(retry_at - lost_at >= ms(250) && retry_at - lost_at <= ms(500));
     }
@@ -129,7 +135,7 @@ fn reconnect_storm_over_hours_then_recovery() {
     // And the backoff starts from scratch again.
     let lost_at = h.now;
     h.disconnected(None);
-    let ConnectionState::Backoff { attempt, retry_at } = h.s.state().clone() else { panic!() };
+    let SessionState::Backoff { attempt, retry_at, .. } = h.s.state().clone() else { panic!() };
     assert_eq!(attempt, 0);
     assert!(retry_at - lost_at <= ms(500));
 }
@@ -143,13 +149,13 @@ fn login_timeout_disconnects_and_backs_off() {
     assert_eq!(h.s.poll_timeout(), Some(h.now + secs(10)));
     h.advance(secs(10) - ms(1));
     assert!(h.take_actions().is_empty());
-    assert_eq!(h.s.state(), &ConnectionState::LoggingIn);
+    assert_eq!(h.s.state(), &SessionState::LoggingIn);
     h.advance(ms(1));
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::ProtocolError }]);
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
     // A late report of the abandoned connection's end is ignored.
     h.disconnected(None);
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
 }
 
 #[test]
@@ -167,14 +173,14 @@ fn auth_failure_stops_reconnecting_until_started_again() {
         h.connected();
         h.clear();
         h.frame(login_error(code));
-        assert_eq!(h.s.state(), &ConnectionState::AuthFailed(code));
+        assert_eq!(h.s.state(), &SessionState::AuthFailed(code));
         assert!(h.take_events().contains(&Event::LoginFailed { code, message: format!("{code:?}") }));
         assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
         assert_eq!(h.s.poll_timeout(), None);
         h.disconnected(Some(CloseCode::AuthFailed));
         h.advance(secs(24 * 3600));
         assert_eq!(h.connects(), 0, "{code:?}: reconnected after auth failure");
-        assert_eq!(h.s.state(), &ConnectionState::AuthFailed(code));
+        assert_eq!(h.s.state(), &SessionState::AuthFailed(code));
 
         // A new credential and start() try again.
         h.s.set_credential(Credential::Token("fresh".into()));
@@ -193,7 +199,7 @@ fn transient_login_errors_back_off() {
         h.connected();
         h.clear();
         h.frame(login_error(code));
-        assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+        assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
         assert!(!h.events.iter().any(|e| matches!(e, Event::LoginFailed { .. })));
         h.advance(secs(1));
         assert_eq!(h.connects(), 1);
@@ -208,8 +214,11 @@ fn kicked_frame_stops_reconnecting_and_keeps_the_outbox() {
     h.clear();
     let kicked = Kicked { reason: KickReason::Replaced, message: "another phone logged in".into() };
     h.frame(Frame::Kicked(kicked.clone()));
-    assert_eq!(h.s.state(), &ConnectionState::Kicked(KickReason::Replaced));
-    assert_eq!(h.take_events(), [Event::Kicked(kicked), Event::State(ConnectionState::Kicked(KickReason::Replaced))]);
+    assert_eq!(h.s.state(), &SessionState::Kicked(KickReason::Replaced));
+    assert_eq!(
+        h.take_events(),
+        [Event::Kicked(kicked.into()), Event::State(ConnectionState::Kicked { reason: KickReason::Replaced.into() })]
+    );
     assert!(h.take_actions().is_empty(), "the server closes");
     assert_eq!(h.s.poll_timeout(), None);
     h.disconnected(Some(CloseCode::Replaced));
@@ -233,8 +242,8 @@ fn replaced_or_kicked_close_without_frame_stops_reconnecting() {
         h.online(0);
         h.clear();
         h.disconnected(Some(code));
-        assert_eq!(h.s.state(), &ConnectionState::Kicked(reason));
-        assert!(h.events.iter().any(|e| matches!(e, Event::Kicked(k) if k.reason == reason)));
+        assert_eq!(h.s.state(), &SessionState::Kicked(reason));
+        assert!(h.events.iter().any(|e| matches!(e, Event::Kicked(k) if k.reason == reason.into())));
         h.advance(secs(3600));
         assert_eq!(h.connects(), 0);
     }
@@ -262,7 +271,7 @@ fn close_logs_out_and_never_reconnects() {
         [Frame::Ack(tether_proto::Ack { inbox: 1, rooms: None }), Frame::Logout(tether_proto::Logout {})]
     );
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
-    assert_eq!(h.s.state(), &ConnectionState::LoggedOut);
+    assert_eq!(h.s.state(), &SessionState::LoggedOut);
     h.disconnected(Some(CloseCode::Normal));
     h.advance(secs(3600));
     assert!(h.actions.is_empty() && h.tx.is_empty());
@@ -276,7 +285,7 @@ fn close_logs_out_and_never_reconnects() {
     h.drain();
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
     h.connected();
-    assert_eq!(h.s.state(), &ConnectionState::LoggedOut);
+    assert_eq!(h.s.state(), &SessionState::LoggedOut);
     let mut h = H::new();
     h.start();
     h.connect_failed();
@@ -295,7 +304,7 @@ fn stale_transport_reports_are_ignored() {
     h.connect_failed();
     h.disconnected(None);
     h.frame(Frame::LoginOk(login_ok(0)));
-    assert_eq!(h.s.state(), &ConnectionState::Idle);
+    assert_eq!(h.s.state(), &SessionState::Idle);
     assert!(h.tx.is_empty() && h.actions.is_empty() && h.events.is_empty());
 
     h.online(0);
@@ -303,7 +312,7 @@ fn stale_transport_reports_are_ignored() {
     h.connected();
     h.connect_failed();
     h.frame(Frame::LoginOk(login_ok(5)));
-    assert_eq!(h.s.state(), &ConnectionState::Online);
+    assert_eq!(h.s.state(), &SessionState::Online);
     assert!(h.tx.is_empty() && h.events.is_empty());
 }
 
@@ -314,7 +323,7 @@ fn disconnect_while_logging_in_backs_off() {
     h.connected();
     h.clear();
     h.disconnected(Some(CloseCode::LoginTimeout));
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { attempt: 0, .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { attempt: 0, .. }));
 }
 
 fn ticket_session() -> H {
@@ -358,13 +367,13 @@ fn refused_resume_token_is_dropped_and_the_app_credential_retried_at_once() {
     h.frame(login_error(ErrorCode::InvalidToken));
     assert_eq!(h.take_persists(), [PersistOp::Resume(None)]);
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }, Action::Connect]);
-    assert_eq!(h.s.state(), &ConnectionState::Connecting);
+    assert_eq!(h.s.state(), &SessionState::Connecting);
     assert!(!h.events.iter().any(|e| matches!(e, Event::LoginFailed { .. })));
     h.connected();
     assert_eq!(h.login_frame().credential, Credential::Ticket("ticket-1".into()));
     // The (used) ticket fails too: now it is final.
     h.frame(login_error(ErrorCode::TicketInvalid));
-    assert_eq!(h.s.state(), &ConnectionState::AuthFailed(ErrorCode::TicketInvalid));
+    assert_eq!(h.s.state(), &SessionState::AuthFailed(ErrorCode::TicketInvalid));
 }
 
 #[test]
@@ -376,7 +385,7 @@ fn expired_resume_token_is_not_presented() {
     let later = h.now + secs(90_000);
     h.run_until(later);
     h.s.set_wall_clock(h.now, 1_700_000_000_000 + 90_000_000);
-    assert_eq!(h.s.state(), &ConnectionState::Connecting);
+    assert_eq!(h.s.state(), &SessionState::Connecting);
     h.connected();
     assert_eq!(h.login_frame().credential, Credential::Ticket("ticket-1".into()));
     assert!(h.persists.contains(&PersistOp::Resume(None)));
@@ -396,7 +405,7 @@ fn expired_jwt_falls_back_to_the_resume_token() {
     assert_eq!(h.login_frame().credential, Credential::Token("jwt".into()));
     h.clear();
     h.frame(login_error(ErrorCode::TokenExpired));
-    assert_eq!(h.s.state(), &ConnectionState::Connecting);
+    assert_eq!(h.s.state(), &SessionState::Connecting);
     h.connected();
     assert_eq!(h.login_frame().credential, Credential::Resume("resume-9".into()));
     h.frame(Frame::LoginOk(login_ok(0)));
@@ -450,7 +459,7 @@ fn pause_closes_politely_keeps_the_outbox_and_resume_reconnects_at_once() {
     assert_eq!(h.s.outbox_len(), 1);
     // The transport's late report of the close changes nothing.
     h.disconnected(Some(CloseCode::Normal));
-    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    assert_eq!(h.s.state(), &SessionState::Paused);
     h.clear();
 
     // Back in the foreground: connect at once, log in from the cursor, send the outbox.
@@ -469,10 +478,10 @@ fn pause_from_any_connecting_state_and_resume_only_from_paused() {
     let mut h = H::new();
     h.start();
     h.connect_failed();
-    assert!(matches!(h.s.state(), ConnectionState::Backoff { .. }));
+    assert!(matches!(h.s.state(), SessionState::Backoff { .. }));
     h.s.pause(h.now);
     h.drain();
-    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    assert_eq!(h.s.state(), &SessionState::Paused);
     h.advance(secs(60));
     h.run_until(h.now);
     assert_eq!(h.connects(), 1, "no reconnect while paused");
@@ -484,7 +493,7 @@ fn pause_from_any_connecting_state_and_resume_only_from_paused() {
     h.drain();
     assert_eq!(h.take_actions(), [Action::Disconnect { code: CloseCode::Normal }]);
     h.connected();
-    assert_eq!(h.s.state(), &ConnectionState::Paused);
+    assert_eq!(h.s.state(), &SessionState::Paused);
     assert!(h.tx.is_empty(), "no login on a connection that came up after the pause");
     // Resume is ignored unless paused; pause is ignored after a close.
     let mut h = H::new();
@@ -496,5 +505,5 @@ fn pause_from_any_connecting_state_and_resume_only_from_paused() {
     h.s.close(h.now);
     h.s.pause(h.now);
     h.drain();
-    assert_eq!(h.s.state(), &ConnectionState::LoggedOut);
+    assert_eq!(h.s.state(), &SessionState::LoggedOut);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tether_proto::{Address, CloseCode, Credential, Deliver, Frame, LoginOk, SendAck, PROTOCOL_VERSION};
 
-use super::{Action, ConnectionState, Event, PersistOp, PersistedState, Session, SessionConfig};
+use super::{Action, ConnectionState, Event, PersistOp, PersistedState, Session, SessionConfig, SessionState};
 
 pub(super) const USER: &str = "alice";
 pub(super) const DEVICE: &str = "alice-phone";
@@ -164,12 +164,12 @@ impl H {
 
     /// start -> connected -> login_ok with `inbox_head`; clears the outputs of getting there.
     pub(super) fn online(&mut self, inbox_head: u64) {
-        if *self.s.state() != ConnectionState::Connecting {
+        if *self.s.state() != SessionState::Connecting {
             self.start();
         }
         self.connected();
         self.frame(Frame::LoginOk(login_ok(inbox_head)));
-        assert_eq!(self.s.state(), &ConnectionState::Online);
+        assert_eq!(self.s.state(), &SessionState::Online);
     }
 
     pub(super) fn sends(&self) -> Vec<String> {

@@ -81,7 +81,7 @@ fn send_ack_removes_once_and_duplicates_are_ignored() {
     h.clear();
     h.frame(Frame::SendAck(send_ack(&id, 1)));
     assert_eq!(h.take_persists(), [PersistOp::OutboxRemove(id.clone()), PersistOp::Cursor(1)]);
-    assert_eq!(h.take_events(), [Event::SendAcked(send_ack(&id, 1))]);
+    assert_eq!(h.take_events(), [Event::SendAcked(send_ack(&id, 1).into())]);
     assert_eq!(h.s.inbox_cursor(), 1, "own copy counts as received");
 
     let mut dup = send_ack(&id, 1);
@@ -213,13 +213,9 @@ fn own_message_in_the_inbox_completes_the_outbox_entry() {
     own.client_msg_id = id.clone();
     h.frame(Frame::Deliver(own.clone()));
     assert_eq!(h.messages(), [1], "own copy is not handed to the app");
-    assert!(h.events.contains(&Event::SendAcked(SendAck {
-        client_msg_id: id.clone(),
-        msg_id: own.msg_id,
-        seq: 2,
-        ts: own.ts,
-        duplicate: true,
-    })));
+    assert!(h.events.contains(&Event::SendAcked(
+        SendAck { client_msg_id: id.clone(), msg_id: own.msg_id, seq: 2, ts: own.ts, duplicate: true }.into()
+    )));
     assert!(h.persists.contains(&PersistOp::OutboxRemove(id.clone())));
     assert_eq!(h.s.outbox_len(), 0);
     assert_eq!(h.s.inbox_cursor(), 2);

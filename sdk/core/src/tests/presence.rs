@@ -44,7 +44,7 @@ fn subscriptions_are_sent_at_once_and_again_after_every_login() {
     assert_eq!(h.take_tx(), [subscribe(&["bob", "dave"])]);
     assert_eq!(h.s.presence_subscriptions(), users(&["bob", "carol", "dave"]));
     h.frame(Frame::Presence(presence("bob", true)));
-    assert_eq!(h.take_events(), [Event::Presence(presence("bob", true))]);
+    assert_eq!(h.take_events(), [Event::Presence(presence("bob", true).into())]);
 
     // The server forgets subscriptions with the connection: the session sends them again.
     h.disconnected(None);
@@ -66,7 +66,7 @@ fn subscriptions_are_sent_at_once_and_again_after_every_login() {
     assert!(h.tx.is_empty());
     h.frame(Frame::Presence(presence("carol", false)));
     h.frame(Frame::Presence(presence("dave", false)));
-    assert_eq!(h.take_events(), [Event::Presence(presence("dave", false))]);
+    assert_eq!(h.take_events(), [Event::Presence(presence("dave", false).into())]);
     h.disconnected(None);
     h.clear();
     h.advance(secs(1));

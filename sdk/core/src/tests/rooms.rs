@@ -47,7 +47,10 @@ impl H {
             .iter()
             .filter_map(|e| match e {
                 Event::Message(d) => {
-                    let r = (d.to.kind == tether_proto::AddressKind::Room).then_some(d.to.id.as_str());
+                    let r = match &d.to {
+                        crate::Target::Room(r) => Some(r.as_str()),
+                        crate::Target::User(_) => None,
+                    };
                     (r == room).then_some(d.seq)
                 }
                 _ => None,
@@ -105,14 +108,17 @@ fn join_starts_the_room_at_its_head_and_persists_it() {
     h.frame(joined("r1", 57));
     assert_eq!(h.s.room_cursor("r1"), Some(57));
     assert_eq!(h.take_persists(), [PersistOp::RoomCursor { room: "r1".into(), seq: 57 }]);
-    assert_eq!(h.take_events(), [Event::RoomJoined(RoomJoined { room: "r1".into(), head: 57, members: 2, online: 1 })]);
+    assert_eq!(
+        h.take_events(),
+        [Event::RoomJoined(RoomJoined { room: "r1".into(), head: 57, members: 2, online: 1 }.into())]
+    );
     // Older messages are not handed over (a new member starts at the head)...
     h.frame(Frame::Deliver(room_msg("r1", 57)));
     assert!(h.events.is_empty());
     // ...the following ones are.
     h.frame(Frame::Deliver(room_msg("r1", 58)));
     assert_eq!(h.messages_of(Some("r1")), [58]);
-    assert_eq!(h.take_events(), [Event::Message(room_msg("r1", 58))]);
+    assert_eq!(h.take_events(), [Event::Message(room_msg("r1", 58).into())]);
     // Joining again keeps the cursor.
     h.s.join_room("r1", h.now);
     h.drain();
@@ -278,7 +284,7 @@ fn history_truncated_moves_the_cursor_and_is_reported() {
     for seq in 50..=52 {
         h.frame(Frame::Deliver(room_msg("r1", seq)));
     }
-    assert_eq!(h.events[0], Event::HistoryTruncated(t));
+    assert_eq!(h.events[0], Event::HistoryTruncated(t.into()));
     assert_eq!(h.messages_of(Some("r1")), [50, 51, 52]);
     assert!(h.syncs().is_empty(), "the cut is not a gap");
     assert_eq!(h.durable.room_cursors, cursors(&[("r1", 52)]));
@@ -431,7 +437,7 @@ fn a_room_joined_elsewhere_is_adopted_at_its_first_message() {
     let ev = RoomEvent { room: "r9".into(), kind: RoomEventKind::Offline, user: "bob".into(), members: 2, online: 0 };
     h.clear();
     h.frame(Frame::RoomEvent(ev.clone()));
-    assert_eq!(h.take_events(), [Event::RoomEvent(ev)]);
+    assert_eq!(h.take_events(), [Event::RoomEvent(ev.into())]);
     assert!(h.persists.is_empty());
 }
 
@@ -497,7 +503,7 @@ fn refused_join_is_reported_and_not_retried() {
         h.take_events(),
         [
             Event::RoomJoinFailed { room: "nope".into(), code: ErrorCode::NoSuchRoom, message: "NoSuchRoom".into() },
-            Event::RoomJoined(RoomJoined { room: "ok".into(), head: 1, members: 2, online: 1 }),
+            Event::RoomJoined(RoomJoined { room: "ok".into(), head: 1, members: 2, online: 1 }.into()),
             Event::RoomLeft("never-joined".into()),
         ]
     );
@@ -582,13 +588,13 @@ fn metadata_goes_into_every_login_and_a_refused_one_is_not_retried() {
     let mut h = H::with_config(cfg.clone());
     h.start();
     h.connected();
-    assert_eq!(h.login_frame().metadata, Some(cfg.metadata.clone()));
+    assert_eq!(h.login_frame().metadata, Some(cfg.metadata.clone().into_iter().collect()));
     h.frame(Frame::LoginOk(login_ok(0)));
     h.disconnected(None);
     h.clear();
     h.advance(secs(1));
     h.connected();
-    assert_eq!(h.login_frame().metadata, Some(cfg.metadata.clone()));
+    assert_eq!(h.login_frame().metadata, Some(cfg.metadata.clone().into_iter().collect()));
     // Without metadata the field is left out.
     let mut h = H::new();
     h.start();
@@ -600,7 +606,7 @@ fn metadata_goes_into_every_login_and_a_refused_one_is_not_retried() {
         code: ErrorCode::InvalidField,
         message: "metadata too large".into(),
     }));
-    assert_eq!(h.s.state(), &ConnectionState::AuthFailed(ErrorCode::InvalidField));
+    assert_eq!(h.s.state(), &SessionState::AuthFailed(ErrorCode::InvalidField));
     assert!(h
         .events
         .contains(&Event::LoginFailed { code: ErrorCode::InvalidField, message: "metadata too large".into() }));
@@ -611,8 +617,8 @@ fn metadata_goes_into_every_login_and_a_refused_one_is_not_retried() {
 #[test]
 fn metadata_limits() {
     use crate::{check_metadata, MetadataError};
-    let m = |pairs: Vec<(String, String)>| pairs.into_iter().collect::<BTreeMap<_, _>>();
-    assert_eq!(check_metadata(&BTreeMap::new()), Ok(()));
+    let m = |pairs: Vec<(String, String)>| pairs.into_iter().collect::<std::collections::HashMap<_, _>>();
+    assert_eq!(check_metadata(&Default::default()), Ok(()));
     let full = m((0..16).map(|i| (format!("k{i:02}"), "v".repeat(120))).collect());
     assert_eq!(check_metadata(&full), Ok(()), "16 x 123 bytes = 1968 <= 2048");
     let too_many = m((0..17).map(|i| (format!("k{i}"), String::new())).collect());

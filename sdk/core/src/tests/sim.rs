@@ -297,9 +297,9 @@ impl Sim {
         let mut room = vec![];
         for e in &self.h.events {
             if let Event::Message(d) = e {
-                match d.to.kind {
-                    AddressKind::Room => room.push(d.seq),
-                    AddressKind::User => inbox.push(d.seq),
+                match d.to {
+                    crate::Target::Room(_) => room.push(d.seq),
+                    crate::Target::User(_) => inbox.push(d.seq),
                 }
             }
         }
@@ -425,7 +425,7 @@ impl Sim {
             self.deliver_frames(1000);
             self.h.advance(secs(1));
             self.pump();
-            let done = self.h.s.state() == &ConnectionState::Online
+            let done = self.h.s.state() == &SessionState::Online
                 && self.h.s.outbox_len() == 0
                 && self.h.s.inbox_cursor() == self.server.log.len() as u64
                 && self.h.s.room_cursor(ROOM) == Some(self.server.room_log.len() as u64)
@@ -473,8 +473,8 @@ impl Sim {
         assert_eq!(self.handed(), self.expected());
         for e in &self.h.events {
             if let Event::Message(d) = e {
-                let log = if d.to.kind == AddressKind::Room { &self.server.room_log } else { &self.server.log };
-                assert_eq!(d, &log[d.seq as usize - 1]);
+                let log = if d.to.is_room() { &self.server.room_log } else { &self.server.log };
+                assert_eq!(d, &crate::Message::from(log[d.seq as usize - 1].clone()));
             }
         }
         self.check_stored();

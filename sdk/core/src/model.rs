@@ -35,7 +35,8 @@ impl Target {
         matches!(self, Target::Room(_))
     }
 
-    pub(crate) fn to_wire(&self) -> Address {
+    /// The wire address.
+    pub fn to_wire(&self) -> Address {
         match self {
             Target::User(u) => Address::user(u.clone()),
             Target::Room(r) => Address::room(r.clone()),
@@ -303,7 +304,7 @@ pub enum ConnectionState {
         /// Time until the next attempt, in ms, when the state was entered.
         retry_in_ms: u64,
     },
-    /// The server ended the session; no reconnect until [`crate::Client::restart`].
+    /// The server ended the session; no reconnect until `Client::restart` (tether-sdk).
     Kicked {
         /// Why.
         reason: KickReason,
@@ -313,25 +314,24 @@ pub enum ConnectionState {
         /// Why.
         code: ErrorCode,
     },
-    /// [`crate::Client::close`] was called.
+    /// `Client::close` was called.
     LoggedOut,
-    /// [`crate::Client::pause`] was called.
+    /// `Client::pause` was called.
     Paused,
 }
 
-impl ConnectionState {
-    /// The app-facing state of the core's state at `now`.
-    pub(crate) fn from_core(s: &crate::core::ConnectionState, now: std::time::Instant) -> Self {
-        use crate::core::ConnectionState as C;
+impl From<&crate::SessionState> for ConnectionState {
+    /// The app-facing state of the session's state.
+    fn from(s: &crate::SessionState) -> Self {
+        use crate::SessionState as C;
         match s {
             C::Idle => ConnectionState::Idle,
             C::Connecting => ConnectionState::Connecting,
             C::LoggingIn => ConnectionState::LoggingIn,
             C::Online => ConnectionState::Online,
-            C::Backoff { attempt, retry_at } => ConnectionState::Backoff {
-                attempt: *attempt,
-                retry_in_ms: retry_at.saturating_duration_since(now).as_millis() as u64,
-            },
+            C::Backoff { attempt, delay, .. } => {
+                ConnectionState::Backoff { attempt: *attempt, retry_in_ms: delay.as_millis() as u64 }
+            }
             C::Kicked(r) => ConnectionState::Kicked { reason: (*r).into() },
             C::AuthFailed(code) => ConnectionState::AuthFailed { code: *code },
             C::LoggedOut => ConnectionState::LoggedOut,
@@ -355,8 +355,8 @@ pub struct PendingMessage {
     pub created_ms: u64,
 }
 
-impl From<crate::core::OutboxEntry> for PendingMessage {
-    fn from(e: crate::core::OutboxEntry) -> Self {
+impl From<crate::OutboxEntry> for PendingMessage {
+    fn from(e: crate::OutboxEntry) -> Self {
         PendingMessage {
             client_msg_id: e.client_msg_id,
             to: e.to.into(),
