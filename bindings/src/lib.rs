@@ -136,8 +136,34 @@ pub trait CredentialProvider: Send + Sync {
 /// Swift (the Kotlin and Swift adapters turn it into a `Flow` / an `AsyncStream`).
 #[uniffi::export(with_foreign)]
 pub trait EventListener: Send + Sync {
-    /// One event.
-    fn on_event(&self, event: Event);
+    /// The events that were waiting when the listener's thread woke up, in order: one, or a
+    /// burst of up to 256 (a sync after a reconnect) in one call, so that a burst costs one
+    /// crossing of the language boundary instead of one per event.
+    fn on_events(&self, events: Vec<Event>);
+}
+
+/// A message to send (see [`TetherClient::send_batch`]).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct OutgoingMessage {
+    /// A user or a room.
+    pub to: Target,
+    /// Payload type, e.g. `text/plain`.
+    pub content_type: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// Hands the SDK's event batches to a foreign listener.
+struct ForeignListener(Arc<dyn EventListener>);
+
+impl tether_sdk::EventListener for ForeignListener {
+    fn on_event(&self, event: tether_sdk::Event) {
+        self.0.on_events(vec![event.into()]);
+    }
+
+    fn on_events(&self, events: Vec<tether_sdk::Event>) {
+        self.0.on_events(events.into_iter().map(Into::into).collect());
+    }
 }
 
 /// How to reach a node and who this device is.
@@ -200,7 +226,10 @@ impl SendHandle {
     pub async fn ack(&self) -> Result<SendAck, TetherError> {
         let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else { return Err(TetherError::Closed) };
-        Ok(on_runtime(handle).await?.into())
+        // The handle is a channel the client answers on: awaited where the foreign side polls,
+        // it needs no runtime, and an answer that is already there completes on the first poll
+        // (no hop to a runtime thread and back).
+        Ok(handle.await?.into())
     }
 
     /// Cancels the message if it is still in the outbox: `None` when it was not any more,
@@ -271,7 +300,7 @@ impl TetherClient {
     /// Registers a listener for every event from now on; it stops when the registration is
     /// stopped or collected.
     pub fn add_listener(&self, listener: Arc<dyn EventListener>) -> Arc<ListenerRegistration> {
-        let handle = self.client.add_listener(move |ev: tether_sdk::Event| listener.on_event(ev.into()));
+        let handle = self.client.add_listener(ForeignListener(listener));
         Arc::new(ListenerRegistration { handle: Mutex::new(Some(handle)) })
     }
 
@@ -283,6 +312,12 @@ impl TetherClient {
             handle: Mutex::new(Some(handle)),
             client: self.client.clone(),
         })
+    }
+
+    /// Queues several messages in one call (a forward to many, an import): the same as calling
+    /// [`TetherClient::send`] for each, in order, with one crossing of the language boundary.
+    pub fn send_batch(&self, messages: Vec<OutgoingMessage>) -> Vec<Arc<SendHandle>> {
+        messages.into_iter().map(|m| self.send(m.to, m.content_type, m.payload)).collect()
     }
 
     /// Queues a `text/plain` message to a user.

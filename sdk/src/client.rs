@@ -227,7 +227,20 @@ pub struct Client {
 pub trait EventListener: Send + Sync + 'static {
     /// One event; called on the listener's own thread, in order.
     fn on_event(&self, event: Event);
+
+    /// The events that were waiting when the listener's thread woke up (at least one, at most
+    /// [`LISTENER_BATCH`]), in order. The default hands them to [`EventListener::on_event`] one
+    /// by one; a listener across a language boundary takes them in one call, so that a burst
+    /// (a sync after a reconnect) costs one crossing per batch instead of one per event.
+    fn on_events(&self, events: Vec<Event>) {
+        for ev in events {
+            self.on_event(ev);
+        }
+    }
 }
+
+/// At most this many events are handed to [`EventListener::on_events`] in one call.
+pub const LISTENER_BATCH: usize = 256;
 
 impl<F: Fn(Event) + Send + Sync + 'static> EventListener for F {
     fn on_event(&self, event: Event) {
@@ -509,8 +522,15 @@ impl Client {
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         lock_listeners(&self.listeners).push((id, tx));
         let spawned = std::thread::Builder::new().name(format!("tether-listener-{id}")).spawn(move || {
-            while let Ok(ev) = rx.recv() {
-                listener.on_event(ev);
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < LISTENER_BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => batch.push(ev),
+                        Err(_) => break,
+                    }
+                }
+                listener.on_events(batch);
             }
         });
         if let Err(e) = spawned {

@@ -34,7 +34,7 @@ pub mod tls;
 
 pub use client::{
     Client, ClientConfig, CredentialProvider, EventListener, Events, ListenerHandle, RoomFailure, SendFailure,
-    SendHandle, Status,
+    SendHandle, Status, LISTENER_BATCH,
 };
 pub use core::{model, Event, SessionConfig};
 pub use model::{

@@ -13,13 +13,22 @@ import kotlinx.coroutines.flow.callbackFlow
  * client (every message is still handed over exactly once, in order).
  */
 fun TetherClient.events(): Flow<Event> = callbackFlow {
-    val registration = addListener(object : EventListener {
-        override fun onEvent(event: Event) {
-            trySend(event)
-        }
-    })
+    val registration = addListener(eventListener { trySend(it) })
     awaitClose { registration.stop() }
 }.buffer(Channel.UNLIMITED)
+
+/**
+ * An [EventListener] from a function called once per event, in order, on the listener's
+ * thread. The SDK hands events over in batches (one call per burst); this unpacks them. The
+ * listener's thread is a native thread: it is kept attached to the JVM
+ * (`Native.detach(false)`), else JNA would attach and detach it around every batch.
+ */
+fun eventListener(onEvent: (Event) -> Unit): EventListener = object : EventListener {
+    override fun onEvents(events: List<Event>) {
+        com.sun.jna.Native.detach(false)
+        events.forEach(onEvent)
+    }
+}
 
 /** A credential provider from a Kotlin function (e.g. one that asks the app's backend for a JWT). */
 fun credentialProvider(get: () -> Credential?): CredentialProvider = object : CredentialProvider {

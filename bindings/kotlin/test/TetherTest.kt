@@ -171,6 +171,33 @@ fun main(args: Array<String>) {
         alice.client.stop(); bob.client.stop()
     }
 
+    test("presence through the Flow: online with metadata, then offline; a batch send in order") {
+        val alice = peer(scope, config(node, "alice9-phone")) { Credential.Token(jwt("alice9")) }
+        alice.client.subscribePresence(listOf("bob9"))
+        suspend fun presence(): Presence = withTimeout(15_000) {
+            while (true) {
+                val e = alice.events.receive()
+                if (e is Event.Presence && e.presence.user == "bob9") return@withTimeout e.presence
+            }
+            @Suppress("UNREACHABLE_CODE") error("unreachable")
+        }
+        check(!presence().online) { "bob9 starts offline" }
+        val bob = peer(scope, config(node, "bob9-phone")) { Credential.Token(jwt("bob9")) }
+        val online = presence()
+        check(online.online) { "bob9 online: $online" }
+        check(online.devices.any { it.deviceType == "phone" && it.metadata["app"] == "kotlin-test" }) { "device and metadata: $online" }
+        // Several messages in one call arrive in the order of the list.
+        val handles = alice.client.sendBatch(List(20) { OutgoingMessage(Target.User("bob9"), "text/plain", "batch $it".toByteArray()) })
+        check(handles.size == 20) { "one handle per message" }
+        handles.forEach { it.ack() }
+        for (i in 0 until 20) check(bob.nextText() == "batch $i") { "batch message $i in order" }
+        bob.client.stop()
+        var offline = presence()
+        while (offline.online) offline = presence()
+        check(offline.lastSeenMs > 0uL) { "last seen when offline: $offline" }
+        alice.client.stop()
+    }
+
     test("a typed error surfaces as a Kotlin exception") {
         val alice = peer(scope, config(node, "alice4-desktop")) { Credential.Token(jwt("alice4")) }
         try {
