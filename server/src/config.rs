@@ -32,9 +32,24 @@ pub struct Config {
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
     pub data_dir: PathBuf,
 
-    /// Database URL. Default: `sqlite://<data dir>/tether.db`.
+    /// Database URL. Default: `sqlite://<data dir>/tether.db`. `postgres://user:pass@host/db`
+    /// for a shared store (several nodes on one database); TLS with `?sslmode=require` or
+    /// `verify-full` (rustls).
     #[arg(long, env = "TETHER_DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// Connections per node to a shared database (PostgreSQL).
+    #[arg(long, env = "TETHER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a store request waits for a database connection before it fails: with the
+    /// database down, sends are refused (transient) this fast.
+    #[arg(long, env = "TETHER_DB_ACQUIRE_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    pub db_acquire_timeout: Duration,
+
+    /// Longest a statement may run on a shared database (`statement_timeout`).
+    #[arg(long, env = "TETHER_DB_STATEMENT_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub db_statement_timeout: Duration,
 
     /// PEM certificate chain for QUIC/TLS. Without it a self-signed dev certificate is written
     /// to `<data dir>/dev-cert.pem` (key `dev-key.pem`) and used.

@@ -35,6 +35,7 @@ use crate::ids::MsgIdGen;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::store::faults::Faults;
+use crate::store::postgres::{PgStore, PoolSettings};
 use crate::store::sqlite::{SqliteStore, StoreHooks};
 use crate::store::Store;
 
@@ -190,18 +191,27 @@ impl Node {
     pub async fn start(cfg: Config) -> Result<Node, StartError> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let url = cfg.database_url();
-        if !url.starts_with("sqlite:") {
-            return Err(StartError::Config(format!(
-                "database `{url}`: this build supports sqlite:// URLs (PostgreSQL and MySQL are planned)"
-            )));
-        }
         let metrics = Arc::new(Metrics::new());
         let faults = Arc::new(Faults::new());
         if cfg.fault_injection {
             tracing::warn!("fault injection is on: /v1/faults can make the store fail (tests only)");
         }
         let hooks = StoreHooks { faults: faults.clone(), metrics: metrics.clone() };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(&url, cfg.store_sync, hooks).await?);
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::open_with(&url, cfg.store_sync, hooks).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PoolSettings {
+                max_connections: cfg.db_max_connections,
+                acquire_timeout: cfg.db_acquire_timeout,
+                statement_timeout: cfg.db_statement_timeout,
+            };
+            Arc::new(PgStore::open(&url, &pool, hooks).await?)
+        } else {
+            return Err(StartError::Config(format!(
+                "database `{}`: supported are sqlite:// and postgres:// URLs (MySQL is planned)",
+                url.split('@').next_back().unwrap_or_default()
+            )));
+        };
         let admin_token = match &cfg.admin_token {
             Some(t) => t.clone(),
             None => {

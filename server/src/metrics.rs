@@ -64,6 +64,9 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Store operations that failed, by operation (`append`, `checkpoint`, `consume_ticket`...).
     pub store_errors: Family<OpLabel, Counter>,
+    /// Store writes run again after a conflict with another writer (deadlock, serialization
+    /// failure, a duplicate committed meanwhile by another node), by operation.
+    pub store_retries: Family<OpLabel, Counter>,
     /// 1 while the store's writer commits, 0 from a failed write until one succeeds again.
     pub store_writer_ready: Gauge,
     /// Connection attempts by admission result (`accepted`, `retry`, `refused_*`).
@@ -107,6 +110,7 @@ impl Metrics {
             store_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             store_errors: Family::default(),
+            store_retries: Family::default(),
             store_writer_ready: Gauge::default(),
             bad_frames: Counter::default(),
             admission: Family::default(),
@@ -136,6 +140,11 @@ impl Metrics {
         registry.register("store_latency_seconds", "Store operation latency", m.store_latency.clone());
         registry.register("store_batch_messages", "Messages per store batch", m.store_batch.clone());
         registry.register("store_errors", "Store operations that failed, by operation", m.store_errors.clone());
+        registry.register(
+            "store_retries",
+            "Store writes run again after a conflict with another writer, by operation",
+            m.store_retries.clone(),
+        );
         registry.register("store_writer_ready", "1 while the store writer commits", m.store_writer_ready.clone());
         registry.register("admission", "Connection attempts by admission result", m.admission.clone());
         registry.register("pending_logins", "Connections not logged in yet", m.pending_logins.clone());
@@ -164,6 +173,11 @@ impl Metrics {
     /// Counts a failed store operation.
     pub fn store_error(&self, op: &str) {
         self.store_errors.get_or_create(&OpLabel { op: op.to_owned() }).inc();
+    }
+
+    /// Counts a store write run again after a conflict.
+    pub fn store_retry(&self, op: &str) {
+        self.store_retries.get_or_create(&OpLabel { op: op.to_owned() }).inc();
     }
 
     /// Renders the text exposition format.

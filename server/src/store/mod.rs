@@ -6,6 +6,7 @@
 //! transaction.
 
 pub mod faults;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
