@@ -17,6 +17,9 @@ pub struct Postgres {
     pub port: u16,
     child: Child,
     next_db: AtomicU32,
+    bin: PathBuf,
+    root: bool,
+    durable: bool,
 }
 
 /// The directory of the newest installed PostgreSQL server binaries.
@@ -80,32 +83,50 @@ impl Postgres {
             .expect("run initdb");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let port = free_port();
+        let child = Self::spawn(&bin, root, dir.path(), port, durable);
+        let pg = Postgres { dir, port, child, next_db: AtomicU32::new(0), bin, root, durable };
+        pg.wait_ready();
+        pg
+    }
+
+    fn spawn(bin: &std::path::Path, root: bool, dir: &std::path::Path, port: u16, durable: bool) -> Child {
         let mut cmd = as_pg_user(root, bin.join("postgres"));
-        cmd.arg("-D").arg(&data).args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"]).arg(dir.path());
+        cmd.arg("-D").arg(dir.join("data")).args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"]).arg(dir);
         cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
         if !durable {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start postgres");
-        let pg = Postgres { dir, port, child, next_db: AtomicU32::new(0) };
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log")).expect("log file");
+        // Its own process group, so that a kill takes the backends with the postmaster.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start postgres")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                let ok = Command::new(bin.join("psql"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-c", "select 1"])
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let ok = Command::new(self.bin.join("psql"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", "select 1"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status()
                     .map(|s| s.success())
                     .unwrap_or(false);
                 if ok {
-                    return pg;
+                    return;
                 }
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", pg.log());
+            assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the server again on the same data and port (after [`Postgres::kill`]).
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.bin, self.root, self.dir.path(), self.port, self.durable);
+        self.wait_ready();
     }
 
     /// The server's log so far.
@@ -133,12 +154,11 @@ impl Postgres {
         pidfile.lines().next().map(|l| l.trim().to_owned())
     }
 
-    /// Stops the server abruptly (SIGKILL of the postmaster), for outage tests.
+    /// Stops the server abruptly (SIGKILL of the postmaster and every backend), for outage
+    /// tests.
     pub fn kill(&mut self) {
-        if let Some(pid) = self.postmaster_pid() {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        }
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -156,7 +176,8 @@ impl Drop for Postgres {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
