@@ -389,3 +389,47 @@ async fn postgres_conforms() {
     assert!(retries.contains("tether_store_retries_total{op=\"append\"}"), "no append was retried:\n{retries}");
     drop(pg);
 }
+
+/// A database migrated by a newer build (a migration this one does not know) is refused.
+async fn newer_schema_is_refused(opened: Result<Arc<dyn Store>, tether_server::store::StoreError>) {
+    match opened {
+        Err(tether_server::store::StoreError::SchemaTooNew(v)) => assert_eq!(v, 9999),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a store opened a database with a newer schema"),
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    use sqlx::Connection;
+    // SQLite.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    SqliteStore::open(&url, tether_server::config::StoreSync::Full).await.expect("open").close().await;
+    let mut c = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)")
+        .execute(&mut c)
+        .await
+        .expect("mark");
+    c.close().await.expect("close");
+    newer_schema_is_refused(
+        SqliteStore::open(&url, tether_server::config::StoreSync::Full).await.map(|s| Arc::new(s) as Arc<dyn Store>),
+    )
+    .await;
+    // PostgreSQL.
+    let pg = postgres::Postgres::start(false);
+    let url = pg.fresh_db().await;
+    PgStore::open(&url, &PoolSettings::default(), StoreHooks::default()).await.expect("open").close().await;
+    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', true, '\\x00', 0)")
+        .execute(&mut c)
+        .await
+        .expect("mark");
+    c.close().await.expect("close");
+    newer_schema_is_refused(
+        PgStore::open(&url, &PoolSettings::default(), StoreHooks::default())
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>),
+    )
+    .await;
+}

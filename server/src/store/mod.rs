@@ -23,7 +23,11 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     /// Applying migrations failed.
     #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer build: this one does not know its schema and
+    /// refuses to run on it.
+    #[error("the database schema has migration {0}, which this build does not know: run a tether-server at least as new as the one that migrated it")]
+    SchemaTooNew(i64),
     /// A stored row does not fit the schema (negative seq, unknown address kind...).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -37,6 +41,15 @@ pub enum StoreError {
     /// not known to be durable.
     #[error("not committed: {0}")]
     NotCommitted(String),
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::SchemaTooNew(v),
+            e => StoreError::Migrate(e),
+        }
+    }
 }
 
 /// A message to append, as accepted from a session or the admin API: it has exactly the
