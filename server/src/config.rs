@@ -16,6 +16,37 @@ pub enum StoreSync {
     Normal,
 }
 
+/// Commands besides running a node.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Store maintenance.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        op: StoreCommand,
+    },
+}
+
+/// `tether-server store ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Copies an embedded node's SQLite data into a shared database (PostgreSQL): messages,
+    /// inboxes, rooms, members, room logs, cursors and tickets. Idempotent and resumable: run
+    /// it again to finish an interrupted copy or to catch up; run the last pass with the node
+    /// stopped.
+    Copy {
+        /// Source, `sqlite://PATH`.
+        #[arg(long)]
+        from: String,
+        /// Target, `postgres://...`.
+        #[arg(long)]
+        to: String,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 2000)]
+        chunk: u32,
+    },
+}
+
 /// Configuration of one gateway node. Defaults start a complete single node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tether-server", version, about = "Tether gateway node")]
@@ -31,6 +62,10 @@ pub struct Config {
     /// Directory for the SQLite database, the dev certificate and generated secrets.
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
     pub data_dir: PathBuf,
+
+    /// What to do instead of running a node.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Database URL. Default: `sqlite://<data dir>/tether.db`. `postgres://user:pass@host/db`
     /// for a shared store (several nodes on one database); TLS with `?sslmode=require` or

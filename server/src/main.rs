@@ -10,6 +10,9 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(tether_server::config::Command::Store { op }) = &cfg.command {
+        return store_command(op).await;
+    }
     let node = match Node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -23,6 +26,40 @@ async fn main() -> std::process::ExitCode {
     tracing::info!("shutting down");
     node.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Runs a `tether-server store ...` command.
+async fn store_command(op: &tether_server::config::StoreCommand) -> std::process::ExitCode {
+    use std::io::Write;
+    let tether_server::config::StoreCommand::Copy { from, to, chunk } = op;
+    let mut last = String::new();
+    let mut progress = |table: &str, done: u64, total: u64| {
+        // A progress bar on stderr, redrawn in place.
+        let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
+        let filled = (pct / 5) as usize;
+        let line = format!("{table:>15} [{}{}] {pct:>3}% {done}/{total}", "#".repeat(filled), ".".repeat(20 - filled));
+        if line != last {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{line}");
+            if done >= total {
+                let _ = writeln!(err);
+            }
+            last = line;
+        }
+    };
+    match tether_server::store::copy::copy(from, to, *chunk, &mut progress).await {
+        Ok(r) => {
+            println!(
+                "copied: {} messages, {} room log entries, {} rooms, {} members, {} cursors, {} tickets (rows already there not counted)",
+                r.messages, r.room_log, r.rooms, r.members, r.cursors, r.tickets
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\ntether-server store copy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

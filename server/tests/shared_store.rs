@@ -83,3 +83,98 @@ async fn a_database_outage_loses_and_duplicates_nothing() {
     assert!(errors >= 1.0, "the outage was seen by the writer ({errors} failed appends)");
     store.close().await;
 }
+
+/// Everything a device needs to resume, with room history, moves from an embedded node's
+/// SQLite file to PostgreSQL with `tether-server store copy`; the device then resumes against
+/// a node on PostgreSQL with nothing missed or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_copy_moves_a_node_to_postgres_and_devices_resume_where_they_were() {
+    let pg = postgres::Postgres::start(false);
+    let target = pg.fresh_db().await;
+    let mut server = Server::start(&[]);
+    let bob_state = tempfile::tempdir().expect("state dir");
+    let bob_config = |server: &Server| {
+        let mut c = server.client_config(tether_sdk::Credential::Token(token("bob", 3600)), "phone", "bob-1");
+        c.state_dir = Some(bob_state.path().display().to_string());
+        c
+    };
+    let (alice, _alice_events) = server.client("alice", "phone", "alice-1").await;
+    alice.join_room("club").await.expect("alice joins");
+    // Bob reads part of the history, then goes offline.
+    let (bob, mut bob_events) = tether_sdk::Client::start(bob_config(&server)).await.expect("bob");
+    bob.wait_online().await.expect("online");
+    bob.join_room("club").await.expect("bob joins");
+    for i in 0..5 {
+        alice.send_text("bob", &format!("before {i}")).await.expect("ack");
+        alice
+            .send(tether_sdk::Target::Room("club".into()), "text/plain", format!("room before {i}").into_bytes())
+            .await
+            .expect("ack");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        seen.push(String::from_utf8_lossy(&next_message(&mut bob_events, 20).await.payload).into_owned());
+    }
+    bob.close().await;
+    // While bob is away: more to him and to the room.
+    for i in 0..7 {
+        alice.send_text("bob", &format!("missed {i}")).await.expect("ack");
+        alice
+            .send(tether_sdk::Target::Room("club".into()), "text/plain", format!("room missed {i}").into_bytes())
+            .await
+            .expect("ack");
+    }
+    alice.close().await;
+    server.kill();
+
+    // Copy, twice: the second run finds everything there.
+    let bin = env!("CARGO_BIN_EXE_tether-server");
+    let run = || {
+        let out = std::process::Command::new(bin)
+            .args(["store", "copy", "--from", &server.db_url(), "--to", &target, "--chunk", "4"])
+            .output()
+            .expect("run store copy");
+        assert!(out.status.success(), "store copy: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (first, bar) = run();
+    assert!(first.contains("copied: 12 messages, 12 room log entries, 1 rooms, 2 members"), "{first}");
+    assert!(bar.contains("100%"), "a progress bar: {bar}");
+    let (second, _) = run();
+    assert!(
+        second.contains("copied: 0 messages, 0 room log entries, 0 rooms, 0 members, 0 cursors, 0 tickets"),
+        "{second}"
+    );
+
+    // The node comes back on PostgreSQL (same data dir: certificate, secrets).
+    server.extra = vec!["--database-url".into(), target.clone()];
+    server.restart();
+    let (bob, mut bob_events) = tether_sdk::Client::start(bob_config(&server)).await.expect("bob again");
+    bob.wait_online().await.expect("online on postgres");
+    let mut got = Vec::new();
+    while got.len() < 14 {
+        let m = next_message(&mut bob_events, 30).await;
+        got.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    let mut expected: Vec<String> = (0..7).map(|i| format!("missed {i}")).collect();
+    expected.extend((0..7).map(|i| format!("room missed {i}")));
+    let mut sorted = got.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "what bob missed, each once, nothing he had seen");
+    // New traffic continues the same inbox and room seqs.
+    let (alice, _e) = server.client("alice", "phone", "alice-1").await;
+    let ack = alice.send_text("bob", "after the move").await.expect("ack");
+    assert_eq!(ack.seq, 13, "alice's inbox continues after 12 copied entries");
+    let m = next_message(&mut bob_events, 20).await;
+    assert_eq!(m.payload, b"after the move");
+    assert_eq!(m.seq, 13);
+    let extra = tokio::time::timeout(Duration::from_millis(1000), next_message(&mut bob_events, 2)).await;
+    assert!(extra.is_err(), "nothing repeated: {extra:?}");
+    // It went to PostgreSQL (the node is not on the old file).
+    let store = PgStore::open(&target, &PoolSettings::default(), StoreHooks::default()).await.expect("open");
+    assert_eq!(store.count_from("alice").await.expect("count"), 13);
+    store.close().await;
+    bob.close().await;
+    alice.close().await;
+}

@@ -5,6 +5,7 @@
 //! above the trait, in [`crate::pipeline`]: a backend gets whole batches and commits each in one
 //! transaction.
 
+pub mod copy;
 pub mod faults;
 pub mod postgres;
 pub mod sqlite;
