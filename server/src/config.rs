@@ -198,6 +198,12 @@ pub struct Config {
     #[arg(long, env = "TETHER_STORE_BATCH", default_value_t = 2048)]
     pub store_batch: usize,
 
+    /// Write pipelines (concurrent store transactions) per node; 0 = automatic: 1 on SQLite
+    /// (one writer connection), 4 on a shared database. A sender always uses the same one, so
+    /// its messages are stored in order.
+    #[arg(long, env = "TETHER_STORE_WRITERS", default_value_t = 0)]
+    pub store_writers: usize,
+
     /// SQLite durability of a commit.
     #[arg(long, env = "TETHER_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
     pub store_sync: StoreSync,

@@ -256,8 +256,20 @@ impl Node {
         let node_name = format!("node-{}", cfg.node_id);
         let hub = Arc::new(Hub::new(node_name.clone()));
         let rooms = Arc::new(rooms::Rooms::new(store.clone(), cfg.rooms_auto_create));
-        let pipeline =
-            Pipeline::start(store.clone(), hub.clone(), rooms.clone(), metrics.clone(), 65_536, cfg.store_batch);
+        let writers = match cfg.store_writers {
+            0 if url.starts_with("sqlite:") => 1,
+            0 => 4,
+            n => n,
+        };
+        let pipeline = Pipeline::start(
+            store.clone(),
+            hub.clone(),
+            rooms.clone(),
+            metrics.clone(),
+            65_536,
+            cfg.store_batch,
+            writers,
+        );
         let webhooks = webhook::Webhooks::start(
             cfg.webhook_url.clone(),
             cfg.webhook_secret.clone(),

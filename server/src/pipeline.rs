@@ -1,6 +1,13 @@
-//! The write pipeline: every send and cursor update of the node goes through one task that
+//! The write pipeline: every send and cursor update of the node goes through a writer task that
 //! groups what arrived while the previous batch was committing into the next transaction
 //! (group commit), then fans the results out in commit order.
+//!
+//! One writer on SQLite (one writer connection). On a shared database a node runs several,
+//! each owning the senders that hash to it: a sender's messages stay in one writer, so they
+//! are stored in the order they came; batches of different writers commit concurrently. Seqs
+//! stay in order per inbox because the database hands them out under the inbox's head-row lock;
+//! a session that gets a later seq first reads the earlier one from the store (it is committed:
+//! its batch held the lock the later one waited for).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +49,7 @@ pub enum Job {
 /// Handle for submitting jobs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    tx: mpsc::Sender<Job>,
+    writers: Vec<mpsc::Sender<Job>>,
 }
 
 /// The pipeline is shut down.
@@ -51,8 +58,8 @@ pub struct Pipeline {
 pub struct Closed;
 
 impl Pipeline {
-    /// Starts the pipeline task. `queue` bounds the jobs waiting (senders wait beyond it),
-    /// `batch` the messages per transaction.
+    /// Starts `writers` writer tasks (at least one). `queue` bounds the jobs waiting per writer
+    /// (senders wait beyond it), `batch` the messages per transaction.
     pub fn start(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
@@ -60,15 +67,35 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         queue: usize,
         batch: usize,
+        writers: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue);
-        tokio::spawn(run(rx, store, hub, rooms, metrics, batch.max(1)));
-        Pipeline { tx }
+        let writers = (0..writers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(queue);
+                tokio::spawn(run(rx, store.clone(), hub.clone(), rooms.clone(), metrics.clone(), batch.max(1)));
+                tx
+            })
+            .collect();
+        Pipeline { writers }
     }
 
-    /// Submits a job, waiting while the queue is full.
+    /// Submits a job to the writer of its user (the sender, or the cursor's owner), waiting
+    /// while that writer's queue is full.
     pub async fn submit(&self, job: Job) -> Result<(), Closed> {
-        self.tx.send(job).await.map_err(|_| Closed)
+        let user = match &job {
+            Job::Send(m, _) => &m.sender,
+            Job::Cursor(c) => &c.user,
+        };
+        let i = if self.writers.len() == 1 {
+            0
+        } else {
+            use std::hash::BuildHasher;
+            // A fixed hasher: a user always goes to the same writer.
+            let h =
+                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(user);
+            (h % self.writers.len() as u64) as usize
+        };
+        self.writers[i].send(job).await.map_err(|_| Closed)
     }
 }
 
