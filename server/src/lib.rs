@@ -206,9 +206,16 @@ impl Node {
                 statement_timeout: cfg.db_statement_timeout,
             };
             Arc::new(PgStore::open(&url, &pool, hooks).await?)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            let pool = PoolSettings {
+                max_connections: cfg.db_max_connections,
+                acquire_timeout: cfg.db_acquire_timeout,
+                statement_timeout: cfg.db_statement_timeout,
+            };
+            Arc::new(crate::store::mysql::MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), &pool, hooks).await?)
         } else {
             return Err(StartError::Config(format!(
-                "database `{}`: supported are sqlite:// and postgres:// URLs (MySQL is planned)",
+                "database `{}`: supported are sqlite://, postgres:// and mysql:// URLs",
                 url.split('@').next_back().unwrap_or_default()
             )));
         };

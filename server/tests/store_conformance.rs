@@ -6,12 +6,16 @@
 #[path = "support/postgres.rs"]
 mod postgres;
 
+#[path = "support/mariadb.rs"]
+mod mariadb;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tether_proto::{Address, AddressKind, ErrorCode};
+use tether_server::store::mysql::MySqlStore;
 use tether_server::store::postgres::{PgStore, PoolSettings};
 use tether_server::store::sqlite::{SqliteStore, StoreHooks};
 use tether_server::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, TicketUse};
@@ -388,6 +392,44 @@ async fn postgres_conforms() {
     let retries = metrics.render();
     assert!(retries.contains("tether_store_retries_total{op=\"append\"}"), "no append was retried:\n{retries}");
     drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_conforms() {
+    let db = Arc::new(mariadb::MariaDb::start());
+    let server = db.clone();
+    let metrics = Arc::new(tether_server::metrics::Metrics::new());
+    let counted = metrics.clone();
+    run_suite(Backend {
+        name: "mariadb",
+        shared: true,
+        fresh: Box::new(move || {
+            let db = server.clone();
+            let metrics = counted.clone();
+            Box::pin(async move {
+                let url = db.fresh_db().await;
+                Box::new(move || {
+                    let url = url.clone();
+                    let metrics = metrics.clone();
+                    Box::pin(async move {
+                        Arc::new(
+                            MySqlStore::open(
+                                &url,
+                                &PoolSettings::default(),
+                                StoreHooks { faults: Default::default(), metrics: metrics.clone() },
+                            )
+                            .await
+                            .expect("open mariadb"),
+                        ) as Arc<dyn Store>
+                    }) as BoxFut<Arc<dyn Store>>
+                }) as Opener
+            })
+        }),
+    })
+    .await;
+    let retries = metrics.render();
+    assert!(retries.contains("tether_store_retries_total{op=\"append\"}"), "no append was retried:\n{retries}");
+    drop(db);
 }
 
 /// A database migrated by a newer build (a migration this one does not know) is refused.

@@ -7,6 +7,7 @@
 
 pub mod copy;
 pub mod faults;
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
