@@ -24,7 +24,25 @@ use super::sqlite::StoreHooks;
 use super::*;
 
 /// Rows per multi-row statement (MySQL allows 65,535 placeholders per statement).
-const CHUNK_ROWS: usize = 500;
+const CHUNK_ROWS: usize = 512;
+
+/// `items` cut into full chunks and then powers of two, so that only a handful of statement
+/// shapes exist and all stay prepared: a statement the cache evicts is closed and the next one
+/// prepared, two writes before a read, which Nagle's algorithm and delayed ACKs turn into a
+/// 40 ms stall (sqlx does not set TCP_NODELAY).
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let left = items.len() - at;
+        if left == 0 {
+            return None;
+        }
+        let n = if left >= CHUNK_ROWS { CHUNK_ROWS } else { 1 << (usize::BITS - 1 - left.leading_zeros()) };
+        let c = &items[at..at + n];
+        at += n;
+        Some(c)
+    })
+}
 
 /// The MySQL / MariaDB store.
 pub struct MySqlStore {
@@ -107,7 +125,7 @@ impl MySqlStore {
     /// Connects to `url` (`mysql://...`), applies the embedded migrations, refuses a newer
     /// schema.
     pub async fn open(url: &str, settings: &PoolSettings, hooks: StoreHooks) -> Result<Self, StoreError> {
-        let opts = MySqlConnectOptions::from_str(url)?.charset("utf8mb4");
+        let opts = MySqlConnectOptions::from_str(url)?.charset("utf8mb4").statement_cache_capacity(512);
         let timeout_ms = settings.statement_timeout.as_millis();
         let pool = MySqlPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
@@ -190,7 +208,7 @@ impl MySqlStore {
         batch: &[NewMessage],
     ) -> Result<HashMap<DedupKey, (Arc<StoredMessage>, u64)>, StoreError> {
         let mut existing = HashMap::new();
-        for chunk in batch.chunks(CHUNK_ROWS) {
+        for chunk in chunks(batch) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new("SELECT ");
             q.push(MESSAGE_COLS).push(", m.sender_seq FROM messages m WHERE (m.sender, m.client_msg_id) IN (");
             let mut sep = q.separated(", ");
@@ -228,18 +246,29 @@ impl MySqlStore {
         rooms: &BTreeMap<String, u64>,
     ) -> Result<(HashMap<String, u64>, HashMap<String, u64>), StoreError> {
         let mut user_next = HashMap::new();
-        for (user, n) in users {
-            // One upsert per inbox, in key order: creates the row if missing and locks it.
-            sqlx::query("INSERT INTO inbox_heads (user_id, head) VALUES (?, ?) ON DUPLICATE KEY UPDATE head = head + VALUES(head)")
-                .bind(user)
-                .bind(to_i64(*n))
-                .execute(&mut **tx)
-                .await?;
-            let head: i64 = sqlx::query_scalar("SELECT head FROM inbox_heads WHERE user_id = ?")
-                .bind(user)
-                .fetch_one(&mut **tx)
-                .await?;
-            user_next.insert(user.clone(), to_u64(head, "inbox head")? - n + 1);
+        let names: Vec<&String> = users.keys().collect();
+        for chunk in chunks(&names) {
+            // One upsert for the batch's inboxes, rows in key order (the lock order), then one
+            // read of the heads it left (this transaction's own writes).
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new("INSERT INTO inbox_heads (user_id, head) ");
+            q.push_values(chunk, |mut b, u| {
+                b.push_bind(*u).push_bind(to_i64(users.get(*u).copied().unwrap_or(0)));
+            });
+            q.push(" ON DUPLICATE KEY UPDATE head = head + VALUES(head)");
+            q.build().execute(&mut **tx).await?;
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("SELECT user_id, head FROM inbox_heads WHERE user_id IN (");
+            let mut sep = q.separated(", ");
+            for u in chunk {
+                sep.push_bind(*u);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let user: String = row.try_get(0)?;
+                let head = to_u64(row.try_get(1)?, "inbox head")?;
+                let n = users.get(&user).copied().unwrap_or(0);
+                user_next.insert(user, head - n + 1);
+            }
         }
         let mut room_next = HashMap::new();
         for (room, n) in rooms {
@@ -332,7 +361,7 @@ impl MySqlStore {
             fresh.push((msg.clone(), sender_seq, to_seq));
             results.push(Ok(Appended { msg, sender_seq, recipients, duplicate: false }));
         }
-        for chunk in fresh.chunks(CHUNK_ROWS) {
+        for chunk in chunks(&fresh) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                 "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) ",
             );
@@ -351,7 +380,7 @@ impl MySqlStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in fresh_rooms.chunks(CHUNK_ROWS) {
+        for chunk in chunks(&fresh_rooms) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                 "INSERT INTO room_log (room, seq, id, sender, sender_device, client_msg_id, ts, content_type, payload) ",
             );
@@ -384,7 +413,7 @@ impl MySqlStore {
         }
         let (inbox, rooms): (Vec<&CursorUpdate>, Vec<&CursorUpdate>) =
             best.into_values().partition(|c| c.room.is_none());
-        for chunk in inbox.chunks(CHUNK_ROWS) {
+        for chunk in chunks(&inbox) {
             let mut q: QueryBuilder<MySql> =
                 QueryBuilder::new("INSERT INTO device_cursors (user_id, device_id, seq, updated_ms) ");
             q.push_values(chunk, |mut b, c| {
@@ -393,7 +422,7 @@ impl MySqlStore {
             q.push(" ON DUPLICATE KEY UPDATE updated_ms = IF(VALUES(seq) > seq, VALUES(updated_ms), updated_ms), seq = GREATEST(seq, VALUES(seq))");
             q.build().execute(&mut **tx).await?;
         }
-        for chunk in rooms.chunks(CHUNK_ROWS) {
+        for chunk in chunks(&rooms) {
             let mut q: QueryBuilder<MySql> =
                 QueryBuilder::new("INSERT INTO room_cursors (user_id, device_id, room, seq, updated_ms) ");
             q.push_values(chunk, |mut b, c| {
