@@ -27,6 +27,10 @@ use crate::ClientError;
 pub struct ClientConfig {
     /// Server address, `host:port`.
     pub server: String,
+    /// Other nodes of the same service, tried in turn when the current one cannot be reached
+    /// or its connection ends (the next attempt goes to the next address). Until clients
+    /// discover nodes through the registry, this is how a device fails over to another node.
+    pub fallback_servers: Vec<String>,
     /// Name checked against the server certificate (default: the host part of `server`).
     pub server_name: Option<String>,
     /// Which certificates to trust.
@@ -71,6 +75,7 @@ impl ClientConfig {
     pub fn new(server: impl Into<String>, trust: Trust, credential: Credential) -> Self {
         ClientConfig {
             server: server.into(),
+            fallback_servers: Vec::new(),
             server_name: None,
             trust,
             credential,
@@ -361,6 +366,13 @@ impl Client {
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         client_config.transport_config(Arc::new(transport()));
+        let mut servers = vec![server_addr];
+        for other in &cfg.fallback_servers {
+            match tokio::net::lookup_host(other).await.map(|mut a| a.next()) {
+                Ok(Some(a)) => servers.push(a),
+                Ok(None) | Err(_) => warn!(server = %other, "fallback server does not resolve; left out"),
+            }
+        }
         let mut endpoint = quinn::Endpoint::client(bind_addr(server_addr)).map_err(ClientError::Io)?;
         endpoint.set_default_client_config(client_config);
 
@@ -379,7 +391,8 @@ impl Client {
             credential_provider: cfg.credential_provider.clone(),
             store,
             endpoint,
-            server_addr,
+            servers,
+            current: 0,
             server_name,
             device_id,
             live: None,
@@ -636,7 +649,9 @@ struct Driver {
     credential_provider: Option<CredentialProvider>,
     store: Option<StateStore>,
     endpoint: quinn::Endpoint,
-    server_addr: SocketAddr,
+    /// The server and the fallbacks; `current` is the one connections go to.
+    servers: Vec<SocketAddr>,
+    current: usize,
     server_name: String,
     device_id: String,
     live: Option<Live>,
@@ -660,6 +675,14 @@ struct Todo {
 }
 
 impl Driver {
+    /// The next attempt goes to the next server (after a failed attempt or a lost connection).
+    fn next_server(&mut self) {
+        if self.servers.len() > 1 {
+            self.current = (self.current + 1) % self.servers.len();
+            info!(server = %self.servers[self.current], "trying the next server");
+        }
+    }
+
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
         let (io_tx, mut io_rx) = mpsc::unbounded_channel::<Io>();
         let mut connecting: Option<Connecting> = None;
@@ -687,7 +710,11 @@ impl Driver {
                 connecting = None;
             }
             if todo.connect {
-                connecting = Some(Box::pin(connect(self.endpoint.clone(), self.server_addr, self.server_name.clone())));
+                connecting = Some(Box::pin(connect(
+                    self.endpoint.clone(),
+                    self.servers[self.current],
+                    self.server_name.clone(),
+                )));
             }
             if closing.is_some() {
                 break;
@@ -731,6 +758,7 @@ impl Driver {
                         }
                         Err(e) => {
                             debug!(error = %e, "connect failed");
+                            self.next_server();
                             self.session.handle_connect_failed(Instant::now());
                         }
                     }
@@ -740,6 +768,7 @@ impl Driver {
                     Io::Closed(g, code) if g == self.gen && self.live.is_some() => {
                         info!(?code, "disconnected");
                         self.live = None;
+                        self.next_server();
                         self.session.handle_disconnected(Instant::now(), code);
                     }
                     _ => {}
@@ -791,7 +820,7 @@ impl Driver {
             Command::UnsubscribePresence(users) => self.session.unsubscribe_presence(users, now),
             Command::SyncRoom { room, after } => self.session.sync_room(room, after, now),
             Command::NetworkChanged { reply } => {
-                let r = std::net::UdpSocket::bind(bind_addr(self.server_addr))
+                let r = std::net::UdpSocket::bind(bind_addr(self.servers[self.current]))
                     .and_then(|s| {
                         self.endpoint.rebind(s)?;
                         self.endpoint.local_addr()
@@ -879,6 +908,9 @@ impl Driver {
                     todo.abandon = true;
                     if let Some(live) = self.live.take() {
                         let _ = live.out.send(Out::Close(code));
+                        // A connection the session gave up on (no answer to heartbeats, or
+                        // the app paused): the next one may go to another node.
+                        self.next_server();
                     }
                 }
             }
