@@ -30,7 +30,7 @@ pub enum Command {
 /// `tether-server store ...`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum StoreCommand {
-    /// Copies an embedded node's SQLite data into a shared database (PostgreSQL): messages,
+    /// Copies an embedded node's SQLite data into a shared database (PostgreSQL, MySQL): messages,
     /// inboxes, rooms, members, room logs, cursors and tickets. Idempotent and resumable: run
     /// it again to finish an interrupted copy or to catch up; run the last pass with the node
     /// stopped.
@@ -38,7 +38,7 @@ pub enum StoreCommand {
         /// Source, `sqlite://PATH`.
         #[arg(long)]
         from: String,
-        /// Target, `postgres://...`.
+        /// Target, `postgres://...` or `mysql://...`.
         #[arg(long)]
         to: String,
         /// Rows per transaction.

@@ -4,6 +4,9 @@
 #[path = "support/postgres.rs"]
 mod postgres;
 
+#[path = "support/mariadb.rs"]
+mod mariadb;
+
 mod common;
 
 use std::time::Duration;
@@ -90,7 +93,29 @@ async fn a_database_outage_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_copy_moves_a_node_to_postgres_and_devices_resume_where_they_were() {
     let pg = postgres::Postgres::start(false);
-    let target = pg.fresh_db().await;
+    copy_then_resume(pg.fresh_db().await).await;
+}
+
+/// The same move into MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_copy_moves_a_node_to_mariadb_and_devices_resume_where_they_were() {
+    let db = mariadb::MariaDb::start();
+    copy_then_resume(db.fresh_db().await).await;
+}
+
+async fn open_shared(url: &str) -> std::sync::Arc<dyn tether_server::store::Store> {
+    if url.starts_with("mysql:") {
+        std::sync::Arc::new(
+            tether_server::store::mysql::MySqlStore::open(url, &PoolSettings::default(), StoreHooks::default())
+                .await
+                .expect("open"),
+        )
+    } else {
+        std::sync::Arc::new(PgStore::open(url, &PoolSettings::default(), StoreHooks::default()).await.expect("open"))
+    }
+}
+
+async fn copy_then_resume(target: String) {
     let mut server = Server::start(&[]);
     let bob_state = tempfile::tempdir().expect("state dir");
     let bob_config = |server: &Server| {
@@ -146,7 +171,7 @@ async fn store_copy_moves_a_node_to_postgres_and_devices_resume_where_they_were(
         "{second}"
     );
 
-    // The node comes back on PostgreSQL (same data dir: certificate, secrets).
+    // The node comes back on the shared database (same data dir: certificate, secrets).
     server.extra = vec!["--database-url".into(), target.clone()];
     server.restart();
     let (bob, mut bob_events) = tether_sdk::Client::start(bob_config(&server)).await.expect("bob again");
@@ -171,10 +196,9 @@ async fn store_copy_moves_a_node_to_postgres_and_devices_resume_where_they_were(
     assert_eq!(m.seq, 13);
     let extra = tokio::time::timeout(Duration::from_millis(1000), next_message(&mut bob_events, 2)).await;
     assert!(extra.is_err(), "nothing repeated: {extra:?}");
-    // It went to PostgreSQL (the node is not on the old file).
-    let store = PgStore::open(&target, &PoolSettings::default(), StoreHooks::default()).await.expect("open");
+    // It went to the shared database (the node is not on the old file).
+    let store = open_shared(&target).await;
     assert_eq!(store.count_from("alice").await.expect("count"), 13);
-    store.close().await;
     bob.close().await;
     alice.close().await;
 }

@@ -57,7 +57,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
 }
 
-/// Copies `from` (`sqlite://...`) into `to` (`postgres://...`), `chunk` rows per transaction.
+/// Copies `from` (`sqlite://...`) into `to` (`postgres://...` or `mysql://...`), `chunk` rows per transaction.
 /// `progress(table, done, total)` is called after every chunk.
 pub async fn copy(
     from: &str,
@@ -68,18 +68,28 @@ pub async fn copy(
     if !from.starts_with("sqlite:") {
         return Err(CopyError::Unsupported(format!("copy from `{from}`: the source must be a sqlite:// URL")));
     }
-    if !(to.starts_with("postgres:") || to.starts_with("postgresql:")) {
-        return Err(CopyError::Unsupported("copy to: the target must be a postgres:// URL".into()));
+    let mysql = to.starts_with("mysql:") || to.starts_with("mariadb:");
+    if !(to.starts_with("postgres:") || to.starts_with("postgresql:") || mysql) {
+        return Err(CopyError::Unsupported("copy to: the target must be a postgres:// or mysql:// URL".into()));
     }
     // Both schemas at this build's version (an older node's file is migrated first).
     SqliteStore::open(from, StoreSync::Full).await?.close().await;
-    PgStore::open(to, &PoolSettings::default(), StoreHooks::default()).await?.close().await;
     let src = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(SqliteConnectOptions::from_str(from)?.read_only(true))
         .await?;
-    let dst = PgPoolOptions::new().max_connections(2).connect(to).await?;
     let chunk = i64::from(chunk.max(1));
+    if mysql {
+        let to = to.replacen("mariadb:", "mysql:", 1);
+        super::mysql::MySqlStore::open(&to, &PoolSettings::default(), StoreHooks::default()).await?.close().await;
+        let dst = sqlx::mysql::MySqlPoolOptions::new().max_connections(2).connect(&to).await?;
+        let report = copy_to_mysql(&src, &dst, chunk, progress).await;
+        src.close().await;
+        dst.close().await;
+        return report;
+    }
+    PgStore::open(to, &PoolSettings::default(), StoreHooks::default()).await?.close().await;
+    let dst = PgPoolOptions::new().max_connections(2).connect(to).await?;
 
     let mut report = CopyReport {
         messages: copy_messages(&src, &dst, chunk, progress).await?,
@@ -310,4 +320,199 @@ async fn copy_room_log(
         progress("room log", done, total);
     }
     Ok(inserted)
+}
+
+/// The same copy into MySQL / MariaDB: multi-row `INSERT IGNORE` (rows already there are kept)
+/// and `ON DUPLICATE KEY UPDATE ... GREATEST` (heads and cursors only move forward).
+async fn copy_to_mysql(
+    src: &SqlitePool,
+    dst: &sqlx::MySqlPool,
+    chunk: i64,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<CopyReport, CopyError> {
+    use sqlx::{MySql, QueryBuilder};
+    let chunk = chunk.clamp(1, 2000);
+    let mut report = CopyReport::default();
+
+    // Messages, with the inbox heads each chunk implies, in id order from the target's highest.
+    let total = to_u64(sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(src).await?);
+    let mut after: i64 =
+        sqlx::query_scalar("SELECT CAST(coalesce(max(id), 0) AS SIGNED) FROM messages").fetch_one(dst).await?;
+    let mut done =
+        to_u64(sqlx::query_scalar("SELECT count(*) FROM messages WHERE id <= ?").bind(after).fetch_one(src).await?);
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload \
+             FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(chunk)
+        .fetch_all(src)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get(0)?;
+        let mut heads: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for r in &rows {
+            let (sender, sender_seq): (String, i64) = (r.try_get(1)?, r.try_get(6)?);
+            let h = heads.entry(sender).or_default();
+            *h = (*h).max(sender_seq);
+            if r.try_get::<&str, _>(4)? == "user" {
+                let (to, to_seq): (String, i64) = (r.try_get(5)?, r.try_get(7)?);
+                let h = heads.entry(to).or_default();
+                *h = (*h).max(to_seq);
+            }
+        }
+        let mut tx = dst.begin().await?;
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT IGNORE INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) ",
+        );
+        let mut bad = None;
+        q.push_values(&rows, |mut b, r| {
+            let cols = (|| -> Result<_, sqlx::Error> {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<String, _>(2)?,
+                    r.try_get::<String, _>(3)?,
+                    r.try_get::<String, _>(4)?,
+                    r.try_get::<String, _>(5)?,
+                    r.try_get::<i64, _>(6)?,
+                    r.try_get::<i64, _>(7)?,
+                    r.try_get::<i64, _>(8)?,
+                    r.try_get::<String, _>(9)?,
+                    r.try_get::<Vec<u8>, _>(10)?,
+                ))
+            })();
+            match cols {
+                Ok(c) => {
+                    b.push_bind(c.0).push_bind(c.1).push_bind(c.2).push_bind(c.3).push_bind(c.4).push_bind(c.5);
+                    b.push_bind(c.6).push_bind(c.7).push_bind(c.8).push_bind(c.9).push_bind(c.10);
+                }
+                Err(e) => bad = Some(e),
+            }
+        });
+        if let Some(e) = bad {
+            return Err(e.into());
+        }
+        report.messages += q.build().execute(&mut *tx).await?.rows_affected();
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("INSERT INTO inbox_heads (user_id, head) ");
+        q.push_values(&heads, |mut b, (u, h)| {
+            b.push_bind(u.as_str()).push_bind(*h);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE head = GREATEST(head, VALUES(head))");
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        done += rows.len() as u64;
+        progress("messages", done, total);
+    }
+
+    // Room log entries, in id order from the target's highest.
+    let total = to_u64(sqlx::query_scalar("SELECT count(*) FROM room_log").fetch_one(src).await?);
+    let mut after: i64 =
+        sqlx::query_scalar("SELECT CAST(coalesce(max(id), 0) AS SIGNED) FROM room_log").fetch_one(dst).await?;
+    let mut done =
+        to_u64(sqlx::query_scalar("SELECT count(*) FROM room_log WHERE id <= ?").bind(after).fetch_one(src).await?);
+    loop {
+        let rows = sqlx::query(
+            "SELECT room, seq, id, sender, sender_device, client_msg_id, ts, content_type, payload \
+             FROM room_log WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(chunk)
+        .fetch_all(src)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get(2)?;
+        let mut cols = Vec::with_capacity(rows.len());
+        for r in &rows {
+            cols.push((
+                r.try_get::<String, _>(0)?,
+                r.try_get::<i64, _>(1)?,
+                r.try_get::<i64, _>(2)?,
+                r.try_get::<String, _>(3)?,
+                r.try_get::<String, _>(4)?,
+                r.try_get::<String, _>(5)?,
+                r.try_get::<i64, _>(6)?,
+                r.try_get::<String, _>(7)?,
+                r.try_get::<Vec<u8>, _>(8)?,
+            ));
+        }
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT IGNORE INTO room_log (room, seq, id, sender, sender_device, client_msg_id, ts, content_type, payload) ",
+        );
+        q.push_values(cols, |mut b, c| {
+            b.push_bind(c.0).push_bind(c.1).push_bind(c.2).push_bind(c.3).push_bind(c.4);
+            b.push_bind(c.5).push_bind(c.6).push_bind(c.7).push_bind(c.8);
+        });
+        report.room_log += q.build().execute(dst).await?.rows_affected();
+        done += rows.len() as u64;
+        progress("room log", done, total);
+    }
+
+    // The small tables, whole. MySQL reports a row found unchanged like a new one, so rooms
+    // and cursors are counted as rows the table gained.
+    let count = |table: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(dst).await
+    };
+    let (rooms_before, cursors_before, room_cursors_before) =
+        (count("rooms").await?, count("device_cursors").await?, count("room_cursors").await?);
+    let rooms: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT room, created_ms, head FROM rooms").fetch_all(src).await?;
+    for part in rooms.chunks(chunk as usize) {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("INSERT INTO rooms (room, created_ms, head) ");
+        q.push_values(part, |mut b, r| {
+            b.push_bind(&r.0).push_bind(r.1).push_bind(r.2);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE head = GREATEST(head, VALUES(head))");
+        q.build().execute(dst).await?;
+    }
+    report.rooms = to_u64(count("rooms").await? - rooms_before);
+    progress("rooms", rooms.len() as u64, rooms.len() as u64);
+    let members: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT room, user, joined_ms FROM room_members").fetch_all(src).await?;
+    for part in members.chunks(chunk as usize) {
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("INSERT IGNORE INTO room_members (room, user_id, joined_ms) ");
+        q.push_values(part, |mut b, r| {
+            b.push_bind(&r.0).push_bind(&r.1).push_bind(r.2);
+        });
+        report.members += q.build().execute(dst).await?.rows_affected();
+    }
+    progress("members", members.len() as u64, members.len() as u64);
+    let cursors: Vec<(String, String, i64, i64)> =
+        sqlx::query_as("SELECT user, device_id, seq, updated_ms FROM device_cursors").fetch_all(src).await?;
+    for part in cursors.chunks(chunk as usize) {
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("INSERT INTO device_cursors (user_id, device_id, seq, updated_ms) ");
+        q.push_values(part, |mut b, r| {
+            b.push_bind(&r.0).push_bind(&r.1).push_bind(r.2).push_bind(r.3);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE updated_ms = IF(VALUES(seq) > seq, VALUES(updated_ms), updated_ms), seq = GREATEST(seq, VALUES(seq))");
+        q.build().execute(dst).await?;
+    }
+    let room_cursors: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as("SELECT user, device_id, room, seq, updated_ms FROM room_cursors").fetch_all(src).await?;
+    for part in room_cursors.chunks(chunk as usize) {
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("INSERT INTO room_cursors (user_id, device_id, room, seq, updated_ms) ");
+        q.push_values(part, |mut b, r| {
+            b.push_bind(&r.0).push_bind(&r.1).push_bind(&r.2).push_bind(r.3).push_bind(r.4);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE updated_ms = IF(VALUES(seq) > seq, VALUES(updated_ms), updated_ms), seq = GREATEST(seq, VALUES(seq))");
+        q.build().execute(dst).await?;
+    }
+    report.cursors = to_u64(count("device_cursors").await? - cursors_before)
+        + to_u64(count("room_cursors").await? - room_cursors_before);
+    progress("cursors", (cursors.len() + room_cursors.len()) as u64, (cursors.len() + room_cursors.len()) as u64);
+    let tickets: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT hash, user, expires_ms FROM tickets").fetch_all(src).await?;
+    for part in tickets.chunks(chunk as usize) {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new("INSERT IGNORE INTO tickets (hash, user_id, expires_ms) ");
+        q.push_values(part, |mut b, r| {
+            b.push_bind(&r.0).push_bind(&r.1).push_bind(r.2);
+        });
+        report.tickets += q.build().execute(dst).await?.rows_affected();
+    }
+    progress("tickets", tickets.len() as u64, tickets.len() as u64);
+    Ok(report)
 }
