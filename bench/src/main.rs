@@ -66,6 +66,10 @@ enum Cmd {
         /// Extra flags for the node (e.g. `--store-sync normal`), space separated.
         #[arg(long, default_value = "")]
         server_args: String,
+        /// Prefix of the generated user names (distinct per run when several runs share one
+        /// database, e.g. two nodes on one PostgreSQL).
+        #[arg(long, default_value = "t")]
+        user_prefix: String,
     },
     /// Memory per idle session with heartbeats.
     Idle {
@@ -281,7 +285,7 @@ fn main() {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::RelayServer { addr, data_dir } => relay::serve(addr, &data_dir).await,
-            Cmd::Pairs { server_bin, pairs, messages, window, rate, payload, no_relay, server_args } => {
+            Cmd::Pairs { server_bin, pairs, messages, window, rate, payload, no_relay, server_args, user_prefix } => {
                 let shape = Shape { pairs, messages, window, rate, payload };
                 println!(
                     "shape: pairs={pairs} messages/sender={messages} window={window} payload={payload}B mode={}",
@@ -292,7 +296,7 @@ fn main() {
                 let pid = node.child.id();
                 let me = std::process::id();
                 let (cpu0, gen0) = (idle::cpu_secs(pid), idle::cpu_secs(me));
-                let tether = load::run(target, shape, "t").await;
+                let tether = load::run(target, shape, &user_prefix).await;
                 print_report("tether", &tether, idle::cpu_secs(pid) - cpu0, idle::cpu_secs(me) - gen0);
                 println!("tether_server_rss_mb={:.1}", idle::rss_bytes(pid) as f64 / 1048576.0);
                 if let Some(admin) = node.admin {
