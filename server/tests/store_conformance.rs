@@ -475,3 +475,20 @@ async fn a_newer_schema_is_refused() {
     )
     .await;
 }
+
+/// TLS to PostgreSQL with rustls: `verify-full` against the server's CA works, against another
+/// CA it is refused.
+#[tokio::test]
+async fn postgres_over_tls_checks_the_server_certificate() {
+    let pg = postgres::Postgres::start(false);
+    let url = pg.fresh_db().await.replace("127.0.0.1", "localhost");
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", pg.ca_file().display());
+    let s = PgStore::open(&verified, &PoolSettings::default(), StoreHooks::default()).await.expect("verified TLS");
+    s.create_room("tls", 1).await.expect("a write over TLS");
+    assert_eq!(s.room_head("tls").await.expect("a read over TLS"), Some(0));
+    s.close().await;
+    let other = postgres::Postgres::start(false);
+    let wrong = format!("{url}?sslmode=verify-full&sslrootcert={}", other.ca_file().display());
+    let refused = PgStore::open(&wrong, &PoolSettings::default(), StoreHooks::default()).await;
+    assert!(refused.is_err(), "a server certificate from another CA was accepted");
+}

@@ -82,6 +82,30 @@ impl Postgres {
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        // A test CA and a server certificate it signed, for TLS (clients choose; tests of
+        // `sslmode=verify-full` trust the CA).
+        let script = "set -e; cd \"$1\"; EC='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
+            openssl req -x509 $EC -keyout ca.key -out ca.crt -subj /CN=tether-test-ca -days 2; \
+            openssl req $EC -keyout data/server.key -out server.csr -subj /CN=localhost; \
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext; \
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+              -extfile server.ext -out data/server.crt";
+        let ok = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(ok.success(), "openssl could not make the test certificates");
+        if root {
+            let _ = Command::new("chown")
+                .args(["postgres"])
+                .arg(data.join("server.key"))
+                .arg(data.join("server.crt"))
+                .status();
+        }
+        let _ = Command::new("chmod").arg("600").arg(data.join("server.key")).status();
         let port = free_port();
         let child = Self::spawn(&bin, root, dir.path(), port, durable);
         let pg = Postgres { dir, port, child, next_db: AtomicU32::new(0), bin, root, durable };
@@ -92,7 +116,7 @@ impl Postgres {
     fn spawn(bin: &std::path::Path, root: bool, dir: &std::path::Path, port: u16, durable: bool) -> Child {
         let mut cmd = as_pg_user(root, bin.join("postgres"));
         cmd.arg("-D").arg(dir.join("data")).args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"]).arg(dir);
-        cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
+        cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=128MB", "-c", "ssl=on"]);
         if !durable {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
@@ -132,6 +156,11 @@ impl Postgres {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// The test CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// URL of the `postgres` maintenance database.
