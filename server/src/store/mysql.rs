@@ -134,9 +134,16 @@ impl MySqlStore {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-                    // Lock waits bounded like statements (seconds, at least 1).
+                    // Lock waits bounded like statements (seconds, at least 1), and statements
+                    // themselves: MariaDB's max_statement_time (seconds), else MySQL's
+                    // max_execution_time (milliseconds, read-only statements).
                     let secs = (timeout_ms / 1000).max(1);
                     conn.execute(sqlx::AssertSqlSafe(format!("SET SESSION innodb_lock_wait_timeout = {secs}"))).await?;
+                    let maria = format!("SET SESSION max_statement_time = {}", timeout_ms as f64 / 1000.0);
+                    if conn.execute(sqlx::AssertSqlSafe(maria)).await.is_err() {
+                        conn.execute(sqlx::AssertSqlSafe(format!("SET SESSION max_execution_time = {timeout_ms}")))
+                            .await?;
+                    }
                     Ok(())
                 })
             })
