@@ -219,6 +219,33 @@ impl Node {
                 url.split('@').next_back().unwrap_or_default()
             )));
         };
+        // Message ids embed the node id: on a shared store, claim it for this node (identified by
+        // its data dir, so the same node restarting keeps it) and keep the claim alive.
+        const NODE_LEASE_MS: u64 = 30_000;
+        let instance = secret_file(&cfg.data_dir.join("instance-id"))?;
+        if !store.claim_node_id(cfg.node_id, &instance, NODE_LEASE_MS, ids::now_ms()).await? {
+            return Err(StartError::Config(format!(
+                "node id {} is held by another live node on this database: give each node its own --node-id",
+                cfg.node_id
+            )));
+        }
+        {
+            let (store, node_id) = (store.clone(), cfg.node_id);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(NODE_LEASE_MS / 3));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match store.claim_node_id(node_id, &instance, NODE_LEASE_MS, ids::now_ms()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(node_id, "another node took over this node id: message ids may collide")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not renew the node id lease"),
+                    }
+                }
+            });
+        }
         let admin_token = match &cfg.admin_token {
             Some(t) => t.clone(),
             None => {

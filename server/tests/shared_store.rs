@@ -318,3 +318,26 @@ async fn two_nodes_on_one_database_exactly_once_across_a_node_kill() {
     alice.close().await;
     bob.close().await;
 }
+
+/// Message ids embed the node id: a second node with the same `--node-id` on one database is
+/// refused at start with a message that says so; the node itself restarting keeps its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_in_use_on_the_database_is_refused() {
+    let pg = postgres::Postgres::start(false);
+    let url = pg.fresh_db().await;
+    let mut first = Server::start(&["--database-url", &url, "--node-id", "7"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-server"))
+        .args(["--data-dir", &dir.path().display().to_string(), "--quic-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0", "--database-url", &url, "--node-id", "7", "--log", "warn"])
+        .args(["--jwt-secret", JWT_SECRET])
+        .output()
+        .expect("run a second node");
+    assert!(!out.status.success(), "a second node with the same id started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node id 7 is held by another live node"), "{err}");
+    // The node itself, killed and started again at once, keeps its id.
+    first.restart();
+    let (status, _) = http(first.admin, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
+}

@@ -305,6 +305,18 @@ async fn a_ticket_is_consumed_once_across_nodes(a: Arc<dyn Store>, b: Arc<dyn St
     assert_eq!(valid, 1);
 }
 
+/// A node id is held by one live instance at a time; its holder renews it; a lapsed lease can
+/// be taken over.
+async fn a_node_id_is_held_by_one_live_instance(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    assert!(a.claim_node_id(3, "node-a", 30_000, 1_000).await.expect("claim"));
+    assert!(!b.claim_node_id(3, "node-b", 30_000, 2_000).await.expect("claim"), "held by node-a");
+    assert!(b.claim_node_id(4, "node-b", 30_000, 2_000).await.expect("claim"), "another id is free");
+    assert!(a.claim_node_id(3, "node-a", 30_000, 20_000).await.expect("renew"), "the holder renews");
+    assert!(!b.claim_node_id(3, "node-b", 30_000, 40_000).await.expect("claim"), "renewed until 50,000");
+    assert!(b.claim_node_id(3, "node-b", 30_000, 60_000).await.expect("claim"), "a lapsed lease is taken over");
+    assert!(!a.claim_node_id(3, "node-a", 30_000, 61_000).await.expect("claim"), "and is node-b's now");
+}
+
 async fn run_suite(backend: Backend) {
     macro_rules! case {
         ($name:ident) => {{
@@ -326,7 +338,11 @@ async fn run_suite(backend: Backend) {
     eprintln!("{}: concurrent_writers_keep_seqs_gapless_and_dedup", backend.name);
     concurrent_writers_keep_seqs_gapless_and_dedup(a.clone(), b.clone()).await;
     eprintln!("{}: a_ticket_is_consumed_once_across_nodes", backend.name);
-    a_ticket_is_consumed_once_across_nodes(a, b).await;
+    a_ticket_is_consumed_once_across_nodes(a.clone(), b.clone()).await;
+    if backend.shared {
+        eprintln!("{}: a_node_id_is_held_by_one_live_instance", backend.name);
+        a_node_id_is_held_by_one_live_instance(a, b).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

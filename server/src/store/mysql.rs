@@ -751,6 +751,33 @@ impl Store for MySqlStore {
         v.map(|v| to_u64(v, "room cursor")).transpose()
     }
 
+    async fn claim_node_id(&self, node_id: u16, instance: &str, ttl_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        // Taken when free, lapsed, or already ours (the row lock orders racing claims).
+        let mut tx = self.pool.begin().await?;
+        let holder: Option<(String, i64)> =
+            sqlx::query_as("SELECT instance, expires_ms FROM node_leases WHERE node_id = ? FOR UPDATE")
+                .bind(i32::from(node_id))
+                .fetch_optional(&mut *tx)
+                .await?;
+        let free = match &holder {
+            None => true,
+            Some((who, expires)) => who == instance || *expires < to_i64(now_ms),
+        };
+        if free {
+            sqlx::query(
+                "INSERT INTO node_leases (node_id, instance, expires_ms) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE instance = VALUES(instance), expires_ms = VALUES(expires_ms)",
+            )
+            .bind(i32::from(node_id))
+            .bind(instance)
+            .bind(to_i64(now_ms.saturating_add(ttl_ms)))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(free)
+    }
+
     async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError> {
         self.write("prune_rooms", || async {
             // A named lock on one connection: one pruner at a time across nodes.

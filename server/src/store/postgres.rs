@@ -905,6 +905,23 @@ impl Store for PgStore {
         v.map(|v| to_u64(v, "room cursor")).transpose()
     }
 
+    async fn claim_node_id(&self, node_id: u16, instance: &str, ttl_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        // Taken when free, lapsed, or already ours; a row comes back only then.
+        let row: Option<String> = sqlx::query_scalar(
+            "INSERT INTO node_leases (node_id, instance, expires_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id) DO UPDATE SET instance = EXCLUDED.instance, expires_ms = EXCLUDED.expires_ms \
+             WHERE node_leases.instance = EXCLUDED.instance OR node_leases.expires_ms < $4 \
+             RETURNING instance",
+        )
+        .bind(i32::from(node_id))
+        .bind(instance)
+        .bind(to_i64(now_ms.saturating_add(ttl_ms)))
+        .bind(to_i64(now_ms))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError> {
         self.write("prune_rooms", || async {
             let mut tx = self.begin().await?;

@@ -1,0 +1,7 @@
+-- Which live process holds each node id (message ids embed the node id, so two live nodes must
+-- never share one). A lease is renewed while the node runs and lapses when it stops.
+CREATE TABLE node_leases (
+    node_id    INTEGER PRIMARY KEY,
+    instance   TEXT    NOT NULL,
+    expires_ms BIGINT  NOT NULL
+);
