@@ -197,21 +197,17 @@ impl Node {
             tracing::warn!("fault injection is on: /v1/faults can make the store fail (tests only)");
         }
         let hooks = StoreHooks { faults: faults.clone(), metrics: metrics.clone() };
+        // Connection settings of a shared database (unused by the embedded SQLite store).
+        let pool = PoolSettings {
+            max_connections: cfg.db_max_connections,
+            acquire_timeout: cfg.db_acquire_timeout,
+            statement_timeout: cfg.db_statement_timeout,
+        };
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open_with(&url, cfg.store_sync, hooks).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool = PoolSettings {
-                max_connections: cfg.db_max_connections,
-                acquire_timeout: cfg.db_acquire_timeout,
-                statement_timeout: cfg.db_statement_timeout,
-            };
             Arc::new(PgStore::open(&url, &pool, hooks).await?)
         } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            let pool = PoolSettings {
-                max_connections: cfg.db_max_connections,
-                acquire_timeout: cfg.db_acquire_timeout,
-                statement_timeout: cfg.db_statement_timeout,
-            };
             Arc::new(crate::store::mysql::MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), &pool, hooks).await?)
         } else {
             return Err(StartError::Config(format!(

@@ -54,6 +54,47 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+/// An id, seq or ms timestamp for a signed 64-bit column (values we write are far below 2^63).
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A signed 64-bit column read back; negative means the row does not fit the schema.
+pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+/// The `to_kind` column of an address kind.
+pub(crate) fn kind_str(k: tether_proto::AddressKind) -> &'static str {
+    match k {
+        tether_proto::AddressKind::User => "user",
+        tether_proto::AddressKind::Room => "room",
+    }
+}
+
+/// An address kind read back from `to_kind`.
+pub(crate) fn kind_from(s: &str) -> Result<tether_proto::AddressKind, StoreError> {
+    match s {
+        "user" => Ok(tether_proto::AddressKind::User),
+        "room" => Ok(tether_proto::AddressKind::Room),
+        other => Err(StoreError::Corrupt(format!("address kind {other}"))),
+    }
+}
+
+/// The highest update per device (inbox cursors) and per device and room (room cursors), each
+/// in key order: an upsert may not touch a row twice, and key order is the lock order.
+pub(crate) fn coalesce_cursors(cursors: &[CursorUpdate]) -> (Vec<&CursorUpdate>, Vec<&CursorUpdate>) {
+    let mut best: std::collections::BTreeMap<(&str, &str, Option<&str>), &CursorUpdate> =
+        std::collections::BTreeMap::new();
+    for c in cursors {
+        let e = best.entry((&c.user, &c.device_id, c.room.as_deref())).or_insert(c);
+        if c.seq > e.seq {
+            *e = c;
+        }
+    }
+    best.into_values().partition(|c| c.room.is_none())
+}
+
 /// A message to append, as accepted from a session or the admin API: it has exactly the
 /// fields it is stored with.
 pub type NewMessage = StoredMessage;

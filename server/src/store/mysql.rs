@@ -57,29 +57,6 @@ const MESSAGE_COLS: &str =
 const ROOM_COLS: &str =
     "l.room, l.seq, l.id, l.sender, l.sender_device, l.client_msg_id, l.ts, l.content_type, l.payload";
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
-}
-
-fn kind_str(k: AddressKind) -> &'static str {
-    match k {
-        AddressKind::User => "user",
-        AddressKind::Room => "room",
-    }
-}
-
-fn kind_from(s: &str) -> Result<AddressKind, StoreError> {
-    match s {
-        "user" => Ok(AddressKind::User),
-        "room" => Ok(AddressKind::Room),
-        other => Err(StoreError::Corrupt(format!("address kind {other}"))),
-    }
-}
-
 fn message_from_row(row: &MySqlRow, at: usize) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
         msg_id: to_u64(row.try_get(at)?, "msg id")?,
@@ -411,15 +388,7 @@ impl MySqlStore {
     }
 
     async fn write_cursors(tx: &mut Transaction<'static, MySql>, cursors: &[CursorUpdate]) -> Result<(), StoreError> {
-        let mut best: BTreeMap<(&str, &str, Option<&str>), &CursorUpdate> = BTreeMap::new();
-        for c in cursors {
-            let e = best.entry((&c.user, &c.device_id, c.room.as_deref())).or_insert(c);
-            if c.seq > e.seq {
-                *e = c;
-            }
-        }
-        let (inbox, rooms): (Vec<&CursorUpdate>, Vec<&CursorUpdate>) =
-            best.into_values().partition(|c| c.room.is_none());
+        let (inbox, rooms) = coalesce_cursors(cursors);
         for chunk in chunks(&inbox) {
             let mut q: QueryBuilder<MySql> =
                 QueryBuilder::new("INSERT INTO device_cursors (user_id, device_id, seq, updated_ms) ");

@@ -77,30 +77,6 @@ const MESSAGE_COLS: &str =
 const ROOM_COLS: &str =
     "l.room, l.seq, l.id, l.sender, l.sender_device, l.client_msg_id, l.ts, l.content_type, l.payload";
 
-fn to_i64(v: u64) -> i64 {
-    // Values we write (snowflake ids, seqs, ms timestamps) are far below 2^63.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
-}
-
-fn kind_str(k: AddressKind) -> &'static str {
-    match k {
-        AddressKind::User => "user",
-        AddressKind::Room => "room",
-    }
-}
-
-fn kind_from(s: &str) -> Result<AddressKind, StoreError> {
-    match s {
-        "user" => Ok(AddressKind::User),
-        "room" => Ok(AddressKind::Room),
-        other => Err(StoreError::Corrupt(format!("address kind {other}"))),
-    }
-}
-
 fn message_from_row(row: &PgRow, at: usize) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
         msg_id: to_u64(row.try_get(at)?, "msg id")?,
@@ -142,19 +118,6 @@ fn retryable(e: &StoreError) -> bool {
 }
 
 type DedupKey = (String, String);
-
-/// The highest update per device (inbox) and per device and room, in key order: an upsert may
-/// not touch a row twice, and key order is the lock order.
-fn coalesce_cursors(cursors: &[CursorUpdate]) -> (Vec<&CursorUpdate>, Vec<&CursorUpdate>) {
-    let mut best: BTreeMap<(&str, &str, Option<&str>), &CursorUpdate> = BTreeMap::new();
-    for c in cursors {
-        let e = best.entry((&c.user, &c.device_id, c.room.as_deref())).or_insert(c);
-        if c.seq > e.seq {
-            *e = c;
-        }
-    }
-    best.into_values().partition(|c| c.room.is_none())
-}
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://...`), applies the embedded migrations,
@@ -568,15 +531,7 @@ impl PgStore {
         tx: &mut Transaction<'static, Postgres>,
         cursors: &[CursorUpdate],
     ) -> Result<(), StoreError> {
-        let mut best: BTreeMap<(&str, &str, Option<&str>), &CursorUpdate> = BTreeMap::new();
-        for c in cursors {
-            let e = best.entry((&c.user, &c.device_id, c.room.as_deref())).or_insert(c);
-            if c.seq > e.seq {
-                *e = c;
-            }
-        }
-        let (inbox, rooms): (Vec<&CursorUpdate>, Vec<&CursorUpdate>) =
-            best.into_values().partition(|c| c.room.is_none());
+        let (inbox, rooms) = coalesce_cursors(cursors);
         if !inbox.is_empty() {
             sqlx::query(
                 "INSERT INTO device_cursors (user_id, device_id, seq, updated_ms) \

@@ -72,30 +72,6 @@ impl Writer {
 const MESSAGE_COLS: &str =
     "m.id, m.sender, m.sender_device, m.client_msg_id, m.to_kind, m.to_id, m.ts, m.content_type, m.payload";
 
-fn to_i64(v: u64) -> i64 {
-    // Values we write (snowflake ids, seqs, ms timestamps) are far below 2^63.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
-}
-
-fn kind_str(k: AddressKind) -> &'static str {
-    match k {
-        AddressKind::User => "user",
-        AddressKind::Room => "room",
-    }
-}
-
-fn kind_from(s: &str) -> Result<AddressKind, StoreError> {
-    match s {
-        "user" => Ok(AddressKind::User),
-        "room" => Ok(AddressKind::Room),
-        other => Err(StoreError::Corrupt(format!("address kind {other}"))),
-    }
-}
-
 /// Reads the [`MESSAGE_COLS`] of a row, starting at column `at`.
 fn message_from_row(row: &SqliteRow, at: usize) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
@@ -610,15 +586,7 @@ impl Store for SqliteStore {
         }
 
         // Coalesce cursor updates: the highest per device (and room).
-        let mut best: HashMap<(&str, &str, Option<&str>), &CursorUpdate> = HashMap::new();
-        for c in &cursors {
-            let e = best.entry((&c.user, &c.device_id, c.room.as_deref())).or_insert(c);
-            if c.seq > e.seq {
-                *e = c;
-            }
-        }
-        let (inbox, rooms): (Vec<&CursorUpdate>, Vec<&CursorUpdate>) =
-            best.into_values().partition(|c| c.room.is_none());
+        let (inbox, rooms) = coalesce_cursors(&cursors);
         for chunk in chunks(&inbox) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO device_cursors (user, device_id, seq, updated_ms) ");
