@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tether_proto::{Address, KickReason};
+use tether_proto::{Address, AddressKind, KickReason};
 use tokio::sync::oneshot;
 
 use crate::auth::{new_ticket, ticket_hash};
@@ -260,7 +260,12 @@ async fn store_message(ctx: &Ctx, to: Address, req: PushBody) -> Result<PushResp
     };
     let (tx, rx) = oneshot::channel();
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
-    ctx.pipeline.submit(Job::Send(msg, Origin::Admin(tx))).await.map_err(|e| unavailable(e.to_string()))?;
+    // A room message carries the room's membership to the fan-out.
+    let members = match msg.to.kind {
+        AddressKind::Room => ctx.rooms.members(&msg.to.id).await.map_err(|e| unavailable(e.to_string()))?,
+        _ => None,
+    };
+    ctx.pipeline.submit(Job::Send(msg, Origin::Admin(tx), members)).await.map_err(|e| unavailable(e.to_string()))?;
     let a = rx.await.map_err(|e| unavailable(e.to_string()))?.map_err(unavailable)?;
     let a = a.map_err(|r| ApiError::new(StatusCode::NOT_FOUND, "no_such_room", r.message))?;
     let seq = if a.msg.to.kind == tether_proto::AddressKind::Room {
@@ -318,7 +323,8 @@ async fn delete_room(
             members: 0,
             online: 0,
         });
-        ctx.hub.send_frame_to(std::iter::once(user.as_str()), &event);
+        ctx.hub.membership_changed(&room, user, false).await;
+        ctx.hub.send_to_users(std::slice::from_ref(user), event).await;
         ctx.webhooks.emit("room.quit", serde_json::json!({ "room": room, "user": user }));
     }
     Ok(Json(serde_json::json!({ "room": room, "deleted": true, "members": members.len() })))
@@ -343,7 +349,8 @@ async fn add_member(
     }
     let (added, _) = ctx.rooms.join(&room, &req.user, now_ms()).await.map_err(room_err)?;
     if added {
-        ctx.rooms.announce(&ctx.hub, &room, RoomEventKind::Enter, &req.user, None).await;
+        ctx.hub.membership_changed(&room, &req.user, true).await;
+        ctx.hub.room_event(&room, RoomEventKind::Enter, &req.user, None).await;
         ctx.webhooks.emit("room.entered", serde_json::json!({ "room": room, "user": req.user }));
     }
     Ok(Json(serde_json::json!({ "room": room, "user": req.user, "added": added })))
@@ -357,7 +364,8 @@ async fn remove_member(
     check_len("user", &user)?;
     let removed = ctx.rooms.leave(&room, &user).await.map_err(room_err)?;
     if removed {
-        ctx.rooms.announce(&ctx.hub, &room, RoomEventKind::Quit, &user, Some(&user)).await;
+        ctx.hub.membership_changed(&room, &user, false).await;
+        ctx.hub.room_event(&room, RoomEventKind::Quit, &user, Some(&user)).await;
         ctx.webhooks.emit("room.quit", serde_json::json!({ "room": room, "user": user }));
     }
     Ok(Json(serde_json::json!({ "room": room, "user": user, "removed": removed })))
@@ -371,10 +379,11 @@ async fn list_members(
     let Some(members) = ctx.rooms.members(&room).await.map_err(store_err)? else {
         return Err(room_err(RoomError::NoSuchRoom(room)));
     };
+    let online = ctx.hub.online_among(&members).await;
     let mut list: Vec<serde_json::Value> =
-        members.iter().map(|u| serde_json::json!({ "user": u, "online": ctx.hub.is_online(u) })).collect();
+        members.iter().map(|u| serde_json::json!({ "user": u, "online": online.contains(u) })).collect();
     list.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
-    let (count, online) = ctx.rooms.counts(&members, &ctx.hub);
+    let (count, online) = (members.len(), online.len());
     Ok(Json(serde_json::json!({ "room": room, "members": list, "count": count, "online": online })))
 }
 
@@ -484,7 +493,7 @@ async fn presence(
     for u in &req.users {
         check_len("users[]", u)?;
     }
-    let list: Vec<tether_proto::Presence> = req.users.iter().map(|u| ctx.hub.presence(u)).collect();
+    let list: Vec<tether_proto::Presence> = ctx.hub.presence(&req.users).await;
     Ok(Json(serde_json::json!({ "presence": list })))
 }
 
@@ -549,7 +558,7 @@ async fn kick(
     if let Some(d) = &req.device_id {
         check_len("device_id", d)?;
     }
-    let n = ctx.hub.kick(&user, req.device_id.as_deref(), KickReason::Admin);
+    let n = ctx.hub.kick(&user, req.device_id.as_deref(), KickReason::Admin).await;
     Ok(Json(serde_json::json!({ "user": user, "kicked": n })))
 }
 
@@ -566,6 +575,6 @@ pub struct SessionsResponse {
 
 async fn sessions(State(ctx): State<Arc<Ctx>>, Path(user): Path<String>) -> Result<Json<SessionsResponse>, ApiError> {
     check_len("user", &user)?;
-    let sessions = ctx.hub.sessions(&user);
+    let sessions = ctx.hub.sessions(&user).await;
     Ok(Json(SessionsResponse { user, online: !sessions.is_empty(), sessions }))
 }

@@ -9,6 +9,7 @@
 //! a session that gets a later seq first reads the earlier one from the store (it is committed:
 //! its batch held the lock the later one waited for).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use tether_proto::AddressKind;
 
-use crate::hub::{Hub, RoomDelivery, SessionCmd, SessionTx};
+use crate::hub::{Hub, RoomDelivery, SessionCmd, SessionTx, UserDelivery};
 use crate::metrics::Metrics;
-use crate::rooms::Rooms;
 use crate::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, StoreError};
 
 /// Who asked for a send and wants its answer.
@@ -40,8 +40,9 @@ pub enum Origin {
 /// One unit of work for the pipeline.
 #[derive(Debug)]
 pub enum Job {
-    /// Store a message and deliver it.
-    Send(NewMessage, Origin),
+    /// Store a message and deliver it; a room message carries the room's membership as the
+    /// sender's session checked it, for the fan-out.
+    Send(NewMessage, Origin, Option<Arc<HashSet<String>>>),
     /// Store a device's cumulative ack.
     Cursor(CursorUpdate),
 }
@@ -62,8 +63,7 @@ impl Pipeline {
     /// (senders wait beyond it), `batch` the messages per transaction.
     pub fn start(
         store: Arc<dyn Store>,
-        hub: Arc<Hub>,
-        rooms: Arc<Rooms>,
+        hub: Arc<dyn Hub>,
         metrics: Arc<Metrics>,
         queue: usize,
         batch: usize,
@@ -72,7 +72,7 @@ impl Pipeline {
         let writers = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(queue);
-                tokio::spawn(run(rx, store.clone(), hub.clone(), rooms.clone(), metrics.clone(), batch.max(1)));
+                tokio::spawn(run(rx, store.clone(), hub.clone(), metrics.clone(), batch.max(1)));
                 tx
             })
             .collect();
@@ -83,7 +83,7 @@ impl Pipeline {
     /// while that writer's queue is full.
     pub async fn submit(&self, job: Job) -> Result<(), Closed> {
         let user = match &job {
-            Job::Send(m, _) => &m.sender,
+            Job::Send(m, _, _) => &m.sender,
             Job::Cursor(c) => &c.user,
         };
         let i = if self.writers.len() == 1 {
@@ -102,8 +102,7 @@ impl Pipeline {
 async fn run(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    rooms: Arc<Rooms>,
+    hub: Arc<dyn Hub>,
     metrics: Arc<Metrics>,
     batch: usize,
 ) {
@@ -118,9 +117,9 @@ async fn run(
         let mut cursors = Vec::new();
         for job in jobs.drain(..) {
             match job {
-                Job::Send(m, o) => {
+                Job::Send(m, o, members) => {
                     msgs.push(m);
-                    origins.push(o);
+                    origins.push((o, members));
                 }
                 Job::Cursor(c) => cursors.push(c),
             }
@@ -133,12 +132,20 @@ async fn run(
         metrics.store_batch.observe(n as f64);
         match res {
             Ok(appended) => {
-                for ((a, origin), client_msg_id) in appended.into_iter().zip(origins).zip(client_ids) {
-                    dispatch(&hub, &rooms, &metrics, a, origin, client_msg_id).await;
+                // Message by message, its deliveries before its answer: a session then never
+                // sees a later entry of its inbox before the ack of its own earlier one. (A
+                // cluster hub batches what goes to other nodes on its own.)
+                let mut deliveries = Vec::new();
+                for ((a, (origin, members)), client_msg_id) in appended.into_iter().zip(origins).zip(client_ids) {
+                    let answer = fan_out(&*hub, &metrics, a, origin, members, client_msg_id, &mut deliveries);
+                    if !deliveries.is_empty() {
+                        hub.deliver(std::mem::take(&mut deliveries));
+                    }
+                    answer.send();
                 }
             }
             Err(e) => {
-                fail(&metrics, e, origins, client_ids);
+                fail(&metrics, e, origins.into_iter().map(|(o, _)| o).collect(), client_ids);
                 // The batch may have committed although the store could not say so (a failed
                 // fsync): nobody was told, and its recipients got nothing live. The senders
                 // retry and get the original ack; the recipients read their inboxes again.
@@ -148,14 +155,40 @@ async fn run(
     }
 }
 
-async fn dispatch(
-    hub: &Hub,
-    rooms: &Rooms,
+/// The answer to one send, given once the batch's deliveries are handed over.
+enum Answer {
+    Ack(SessionTx, Box<SendAck>, Option<String>),
+    Refused(SessionTx, Box<SendError>),
+    Admin(oneshot::Sender<Result<Result<Appended, Refusal>, String>>, Result<Appended, Refusal>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Ack(tx, ack, room) => {
+                tx.send(SessionCmd::SendAck(ack, room));
+            }
+            Answer::Refused(tx, e) => {
+                tx.send(SessionCmd::SendError(e));
+            }
+            Answer::Admin(reply, r) => {
+                let _ = reply.send(Ok(r));
+            }
+        }
+    }
+}
+
+/// Hands one stored message to the hub (a room's at once; its inbox entries are put in
+/// `deliveries`) and returns the answer for its sender.
+fn fan_out(
+    hub: &dyn Hub,
     metrics: &Metrics,
     a: Result<Appended, Refusal>,
     origin: Origin,
+    members: Option<Arc<HashSet<String>>>,
     client_msg_id: String,
-) {
+    deliveries: &mut Vec<UserDelivery>,
+) -> Answer {
     let a = match a {
         Ok(a) => a,
         Err(refusal) => {
@@ -163,19 +196,13 @@ async fn dispatch(
                 .send_errors
                 .get_or_create(&crate::metrics::ResultLabel { result: format!("{:?}", refusal.code) })
                 .inc();
-            match origin {
-                Origin::Session { tx, .. } => {
-                    tx.send(SessionCmd::SendError(Box::new(SendError {
-                        client_msg_id,
-                        code: refusal.code,
-                        message: refusal.message,
-                    })));
-                }
-                Origin::Admin(reply) => {
-                    let _ = reply.send(Ok(Err(refusal)));
-                }
-            }
-            return;
+            return match origin {
+                Origin::Session { tx, .. } => Answer::Refused(
+                    tx,
+                    Box::new(SendError { client_msg_id, code: refusal.code, message: refusal.message }),
+                ),
+                Origin::Admin(reply) => Answer::Admin(reply, Err(refusal)),
+            };
         }
     };
     let origin_id = match &origin {
@@ -188,47 +215,42 @@ async fn dispatch(
         metrics.messages_in.inc();
         if a.msg.to.kind == AddressKind::Room {
             // Everyone in the room, the sender's other devices too; not the sending session.
-            match rooms.members(&a.msg.to.id).await {
-                Ok(Some(members)) => {
+            match members {
+                Some(members) => {
                     let mut frame = bytes::BytesMut::new();
                     let deliver = tether_proto::Frame::Deliver(a.msg.deliver(a.sender_seq));
                     if tether_proto::encode(&deliver, &mut frame).is_ok() {
                         let d = Arc::new(RoomDelivery { msg: a.msg.clone(), seq: a.sender_seq, frame: frame.freeze() });
-                        hub.deliver_room(members.iter().map(String::as_str), &d, origin_id);
+                        hub.deliver_room(d, members, origin_id);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    // Stored, but the members could not be read for live delivery: the
-                    // sessions read their rooms from the store instead.
-                    tracing::warn!(error = %e, room = %a.msg.to.id, "room members unreadable; sessions resync");
+                None => {
+                    // No membership came with the job: the sessions read their rooms from the
+                    // store instead.
+                    tracing::warn!(room = %a.msg.to.id, "room message without its membership; sessions resync");
                     hub.resync_all();
                 }
             }
         } else {
             for (user, seq) in &a.recipients {
                 let except = if *user == a.msg.sender { origin_id } else { None };
-                hub.deliver(user, &a.msg, *seq, except);
+                deliveries.push(UserDelivery { user: user.clone(), msg: a.msg.clone(), seq: *seq, except });
             }
         }
     }
     match origin {
         Origin::Session { tx, .. } => {
             let room = (a.msg.to.kind == AddressKind::Room).then(|| a.msg.to.id.clone());
-            tx.send(SessionCmd::SendAck(
-                Box::new(SendAck {
-                    client_msg_id: a.msg.client_msg_id.clone(),
-                    msg_id: a.msg.msg_id,
-                    seq: a.sender_seq,
-                    ts: a.msg.ts,
-                    duplicate: a.duplicate,
-                }),
-                room,
-            ));
+            let ack = SendAck {
+                client_msg_id: a.msg.client_msg_id.clone(),
+                msg_id: a.msg.msg_id,
+                seq: a.sender_seq,
+                ts: a.msg.ts,
+                duplicate: a.duplicate,
+            };
+            Answer::Ack(tx, Box::new(ack), room)
         }
-        Origin::Admin(reply) => {
-            let _ = reply.send(Ok(Ok(a)));
-        }
+        Origin::Admin(reply) => Answer::Admin(reply, Ok(a)),
     }
 }
 

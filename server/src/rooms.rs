@@ -1,13 +1,12 @@
 //! Rooms as this node knows them: membership (loaded from the store on first use and kept in
-//! step with every join and leave made through it) and the room events sent to online members.
+//! step with every join and leave made through it, and in a cluster with those of other nodes).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use tether_proto::{ErrorCode, Frame, RoomEvent, RoomEventKind};
+use tether_proto::ErrorCode;
 use thiserror::Error;
 
-use crate::hub::Hub;
 use crate::store::{Store, StoreError};
 
 /// Why a room operation was refused.
@@ -71,6 +70,22 @@ impl Rooms {
         Ok(self.members(room).await?.is_some_and(|m| m.contains(user)))
     }
 
+    /// Applies a membership change made elsewhere (another node) to the cached membership.
+    pub fn changed_elsewhere(&self, room: &str, user: &str, member: bool) {
+        self.edit(room, |m| {
+            if member {
+                m.insert(user.to_owned());
+            } else {
+                m.remove(user);
+            }
+        });
+    }
+
+    /// Forgets the cached membership of `room` (deleted elsewhere).
+    pub fn forget(&self, room: &str) {
+        lock(&self.members).remove(room);
+    }
+
     fn edit(&self, room: &str, f: impl FnOnce(&mut HashSet<String>)) {
         let mut all = lock(&self.members);
         if let Some(current) = all.get_mut(room) {
@@ -121,21 +136,5 @@ impl Rooms {
             m.remove(user);
         });
         Ok(was)
-    }
-
-    /// Member and online counts of `room` (distinct users).
-    pub fn counts(&self, members: &HashSet<String>, hub: &Hub) -> (u64, u64) {
-        let online = hub.count_online(members.iter().map(String::as_str));
-        (members.len() as u64, online as u64)
-    }
-
-    /// Tells every online member of `room` (and `also`, e.g. a user who just left) what
-    /// happened to `user`.
-    pub async fn announce(&self, hub: &Hub, room: &str, kind: RoomEventKind, user: &str, also: Option<&str>) {
-        let Ok(Some(members)) = self.members(room).await else { return };
-        let (count, online) = self.counts(&members, hub);
-        let event =
-            Frame::RoomEvent(RoomEvent { room: room.to_owned(), kind, user: user.to_owned(), members: count, online });
-        hub.send_frame_to(members.iter().map(String::as_str).chain(also), &event);
     }
 }

@@ -1,0 +1,239 @@
+//! Ordered delivery per log: the session's inbox and each of its rooms get their entries in
+//! seq order, exactly once, whether they come live from the hub or are read from the store
+//! to fill a gap; and the device's acknowledged cursors are written back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use tether_proto::{CloseCode, Frame, HistoryTruncated, KickReason, Kicked};
+use tracing::{info, warn};
+
+use super::io::{ByteSink, FrameWriter};
+use super::{Flow, RoomCursor, Session};
+use crate::hub::SessionCmd;
+use crate::limits::{InboxOrder, Step};
+use crate::pipeline::Job;
+use crate::store::CursorUpdate;
+use crate::Ctx;
+
+impl Session {
+    /// Writes inbox entries `(after, until]` from the store, in pages. Boxed: a catch-up is
+    /// rare, and its state should not enlarge every idle session.
+    pub(super) fn fill<'a, W: ByteSink>(
+        &'a mut self,
+        ctx: &'a Ctx,
+        writer: &'a mut FrameWriter<W>,
+        mut after: u64,
+        until: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CloseCode>> + Send + 'a>> {
+        Box::pin(async move {
+            let page = ctx.cfg.sync_page.max(1);
+            loop {
+                let started = Instant::now();
+                let entries = match ctx.store.fetch_inbox(&self.handle.user, after, until, page).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(error = %e, "store read failed while syncing");
+                        return Err(CloseCode::ServerShutdown);
+                    }
+                };
+                ctx.metrics.store_op("fetch_inbox", started.elapsed().as_secs_f64());
+                let n = entries.len();
+                ctx.metrics.sync_messages.inc_by(n as u64);
+                for e in entries {
+                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    ctx.metrics.messages_out.inc();
+                    self.order.sent(e.seq);
+                    after = e.seq;
+                }
+                if !writer.flush().await {
+                    return Err(CloseCode::Normal);
+                }
+                if n < page as usize {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    /// Writes the acked cursors that moved since the last write. False if the node is
+    /// shutting down.
+    pub(super) async fn save_cursors(&mut self, ctx: &Ctx) -> bool {
+        self.cursors_written = tokio::time::Instant::now();
+        for room in std::mem::take(&mut self.dirty) {
+            let seq = match &room {
+                None => self.acked,
+                Some(r) => match self.rooms.get(r) {
+                    Some(c) => c.acked,
+                    None => continue,
+                },
+            };
+            let c = CursorUpdate {
+                user: self.handle.user.clone(),
+                device_id: self.handle.device_id.clone(),
+                room,
+                seq,
+                at_ms: ctx.clock.now_ms(),
+            };
+            if ctx.pipeline.submit(Job::Cursor(c)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The order tracker of `room`; a room first heard of through entry `seq` (joined on
+    /// another device) starts right before it.
+    fn room_order(&mut self, room: &str, seq: u64) -> &mut InboxOrder {
+        &mut self
+            .rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| RoomCursor { order: InboxOrder::after(seq.saturating_sub(1)), acked: 0 })
+            .order
+    }
+
+    /// Writes room log entries `(after, until]` from the store, in pages, preceded by
+    /// `history_truncated` when part of the range is past retention.
+    pub(super) fn fill_room<'a, W: ByteSink>(
+        &'a mut self,
+        ctx: &'a Ctx,
+        writer: &'a mut FrameWriter<W>,
+        room: &'a str,
+        mut after: u64,
+        until: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CloseCode>> + Send + 'a>> {
+        Box::pin(async move {
+            ctx.metrics.sync_gaps.inc();
+            let page = ctx.cfg.sync_page.max(1);
+            let mut first_page = true;
+            loop {
+                let started = Instant::now();
+                let (entries, first_seq) = match ctx.store.fetch_room(room, after, until, page).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(error = %e, "store read failed while syncing a room");
+                        return Err(CloseCode::ServerShutdown);
+                    }
+                };
+                ctx.metrics.store_op("fetch_room", started.elapsed().as_secs_f64());
+                if first_page && first_seq > after.saturating_add(1) {
+                    writer.push(&Frame::HistoryTruncated(HistoryTruncated { room: room.to_owned(), after, first_seq }));
+                    self.room_order(room, first_seq).sent(first_seq - 1);
+                }
+                first_page = false;
+                let n = entries.len();
+                ctx.metrics.sync_messages.inc_by(n as u64);
+                for e in entries {
+                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    ctx.metrics.messages_out.inc();
+                    self.room_order(room, e.seq).sent(e.seq);
+                    after = e.seq;
+                }
+                if !writer.flush().await {
+                    return Err(CloseCode::Normal);
+                }
+                if n < page as usize {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    pub(super) async fn on_cmd<W: ByteSink>(
+        &mut self,
+        cmd: SessionCmd,
+        ctx: &Ctx,
+        writer: &mut FrameWriter<W>,
+    ) -> Flow {
+        match cmd {
+            SessionCmd::SendAck(ack, Some(room)) => {
+                // A room message: ack.seq is its place in the room's log.
+                let seq = ack.seq;
+                writer.push(&Frame::SendAck(*ack));
+                let step = self.room_order(&room, seq).step(seq);
+                if let Step::FillGap { after, until } = step {
+                    if let Err(c) = self.fill_room(ctx, writer, &room, after, Some(until)).await {
+                        return Flow::End(c);
+                    }
+                }
+                self.room_order(&room, seq).sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::SendAck(ack, None) => {
+                // The sender's own copy sits in its inbox at ack.seq.
+                let seq = ack.seq;
+                writer.push(&Frame::SendAck(*ack));
+                if let Step::FillGap { after, until } = self.order.step(seq) {
+                    ctx.metrics.sync_gaps.inc();
+                    if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                        return Flow::End(c);
+                    }
+                }
+                self.order.sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::SendError(e) => {
+                writer.push(&Frame::SendError(*e));
+                Flow::Continue
+            }
+            SessionCmd::RoomLive(d) => {
+                let room = &d.msg.to.id;
+                let seq = d.seq;
+                match self.room_order(room, seq).step(seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
+                    }
+                }
+                writer.push_encoded(&d.frame);
+                ctx.metrics.messages_out.inc();
+                self.room_order(room, seq).sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::Frame(f) => {
+                if matches!(*f, Frame::RoomEvent(_)) {
+                    ctx.metrics.room_events.inc();
+                }
+                writer.push(&f);
+                Flow::Continue
+            }
+            SessionCmd::Live { msg, seq } => {
+                match self.order.step(seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        ctx.metrics.sync_gaps.inc();
+                        if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
+                    }
+                }
+                writer.push(&Frame::Deliver(msg.deliver(seq)));
+                ctx.metrics.messages_out.inc();
+                self.order.sent(seq);
+                Flow::Continue
+            }
+            SessionCmd::Kick(reason) => {
+                info!(?reason, "kicked");
+                let message = match reason {
+                    KickReason::Replaced => "another device of the same type logged in",
+                    _ => "kicked by the server",
+                };
+                writer.push(&Frame::Kicked(Kicked { reason, message: message.into() }));
+                writer.linger().await;
+                Flow::End(match reason {
+                    KickReason::Replaced => CloseCode::Replaced,
+                    _ => CloseCode::Kicked,
+                })
+            }
+            SessionCmd::Superseded => {
+                info!("superseded by a new connection of the same device");
+                Flow::End(CloseCode::Superseded)
+            }
+        }
+    }
+}
