@@ -52,7 +52,7 @@ fn tether(node: &Node, dir: &std::path::Path, user: &str) -> Command {
 
 async fn wait_online(node: &Node, user: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while node.ctx.hub.sessions(user).is_empty() {
+    while node.ctx.hub.sessions(user).await.is_empty() {
         assert!(Instant::now() < deadline, "{user} never came online");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -354,7 +354,7 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
     // The join command's own session must be gone first, or the listener's login would not be
     // carl's first session (no `online` event).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !node.ctx.hub.sessions("carl").is_empty() {
+    while !node.ctx.hub.sessions("carl").await.is_empty() {
         assert!(Instant::now() < deadline, "the join command's session never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -380,5 +380,5 @@ async fn a_killed_client_process_goes_offline_in_its_rooms() {
         }
     };
     assert_eq!((gone.members, gone.online), (2, 1), "still a member, no longer online");
-    assert!(node.ctx.hub.sessions("carl").is_empty());
+    assert!(node.ctx.hub.sessions("carl").await.is_empty());
 }
