@@ -73,6 +73,27 @@ pub struct Config {
     #[arg(long, env = "TETHER_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Redis for a cluster of nodes: presence (user -> device -> node) and pub/sub routing
+    /// between nodes. Unset: the node runs alone. Several comma-separated URLs with
+    /// `--redis-cluster`: seed nodes of a Redis Cluster (sharded pub/sub).
+    #[arg(long, env = "TETHER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// `--redis-url` names seed nodes of a Redis Cluster: keys are hash-tagged and pub/sub is
+    /// sharded (SSUBSCRIBE / SPUBLISH, Redis 7).
+    #[arg(long, env = "TETHER_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key and channel of this cluster (several clusters can share a Redis).
+    #[arg(long, env = "TETHER_REDIS_PREFIX", default_value = "tether")]
+    pub redis_prefix: String,
+
+    /// How long a node's ownership of its users' presence outlives its last heartbeat to Redis:
+    /// after this, other nodes treat its sessions as gone and announce them offline. The node
+    /// renews it every third of this.
+    #[arg(long, env = "TETHER_NODE_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub node_lease: Duration,
+
     /// Connections per node to a shared database (PostgreSQL).
     #[arg(long, env = "TETHER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -81,6 +81,30 @@ pub struct Metrics {
     pub webhooks: Family<ResultLabel, Counter>,
     /// Room events sent.
     pub room_events: Counter,
+    /// Cluster: pub/sub messages this node published, by kind.
+    pub bus_published: Family<BusLabel, Counter>,
+    /// Cluster: pub/sub messages this node received, by kind and use (`needed`: it had a
+    /// session to hand it to; `unneeded`: none; `own`: its own publish coming back).
+    pub bus_received: Family<BusLabel, Counter>,
+    /// Cluster: Redis operation latency by operation.
+    pub redis_latency: Family<OpLabel, Histogram>,
+    /// Cluster: Redis operations that failed, by operation.
+    pub redis_errors: Family<OpLabel, Counter>,
+    /// Cluster: 1 while the node reaches Redis.
+    pub redis_up: Gauge,
+    /// Cluster: times this node's sessions read the store after a Redis outage.
+    pub cluster_resyncs: Counter,
+    /// Cluster: dead nodes whose sessions this node announced gone.
+    pub nodes_reaped: Counter,
+}
+
+/// Labels of the cluster's pub/sub counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BusLabel {
+    /// Message kind (`inbox`, `room`, `room_event`, `frame`, `kick`, `presence`, `member`, ...).
+    pub kind: String,
+    /// For received messages: `needed`, `unneeded` or `own`; empty when published.
+    pub used: String,
 }
 
 impl Default for Metrics {
@@ -118,6 +142,13 @@ impl Metrics {
             memory_trims: Counter::default(),
             webhooks: Family::default(),
             room_events: Counter::default(),
+            bus_published: Family::default(),
+            bus_received: Family::default(),
+            redis_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
+            redis_errors: Family::default(),
+            redis_up: Gauge::default(),
+            cluster_resyncs: Counter::default(),
+            nodes_reaped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open QUIC connections", m.connections.clone());
@@ -152,6 +183,21 @@ impl Metrics {
         registry.register("bad_frames", "Frames refused as undecodable or oversized", m.bad_frames.clone());
         registry.register("webhooks", "Webhook deliveries by result", m.webhooks.clone());
         registry.register("room_events", "Room events sent", m.room_events.clone());
+        registry.register("bus_published", "Cluster pub/sub messages published, by kind", m.bus_published.clone());
+        registry.register(
+            "bus_received",
+            "Cluster pub/sub messages received, by kind and use (needed, unneeded, own)",
+            m.bus_received.clone(),
+        );
+        registry.register("redis_latency_seconds", "Redis operation latency", m.redis_latency.clone());
+        registry.register("redis_errors", "Redis operations that failed, by operation", m.redis_errors.clone());
+        registry.register("redis_up", "1 while the node reaches Redis", m.redis_up.clone());
+        registry.register(
+            "cluster_resyncs",
+            "Store resyncs of every session after a Redis outage",
+            m.cluster_resyncs.clone(),
+        );
+        registry.register("nodes_reaped", "Dead nodes whose sessions this node announced gone", m.nodes_reaped.clone());
         Metrics { registry, ..m }
     }
 

@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::ctx::Ctx;
+use crate::hub::cluster::{ClusterHub, ClusterSettings};
 use crate::hub::{Hub, LocalHub};
 use crate::ids::MsgIdGen;
 use crate::metrics::Metrics;
@@ -267,7 +268,29 @@ impl Node {
 
         let node_name = format!("node-{}", cfg.node_id);
         let rooms = Arc::new(rooms::Rooms::new(store.clone(), cfg.rooms_auto_create));
-        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new(node_name.clone(), rooms.clone(), clock.clone()));
+        let hub: Arc<dyn Hub> = match &cfg.redis_url {
+            None => Arc::new(LocalHub::new(node_name.clone(), rooms.clone(), clock.clone())),
+            Some(url) => {
+                let settings = ClusterSettings {
+                    redis_url: url.clone(),
+                    redis_cluster: cfg.redis_cluster,
+                    prefix: cfg.redis_prefix.clone(),
+                    lease: cfg.node_lease,
+                    node_id: cfg.node_id,
+                };
+                let hub = ClusterHub::start(
+                    settings,
+                    node_name.clone(),
+                    rooms.clone(),
+                    store.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))?;
+                Arc::new(hub)
+            }
+        };
         let writers = match cfg.store_writers {
             0 if url.starts_with("sqlite:") => 1,
             0 => 4,
@@ -333,5 +356,6 @@ impl Node {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        self.ctx.hub.leave().await;
     }
 }

@@ -1,10 +1,12 @@
 //! The node-level delivery interface: everything above it (sessions, the write pipeline, the
 //! admin API) delivers to users and rooms, starts and ends sessions, asks for presence, online
 //! counts and session lists, and kicks, through the [`Hub`] trait, without knowing whether the
-//! node runs alone ([`LocalHub`]) or in a cluster (the Redis-backed hub).
+//! node runs alone ([`LocalHub`]) or in a cluster ([`cluster::ClusterHub`], Redis-backed).
 
+pub mod cluster;
 mod local;
 mod queue;
+mod redis;
 mod sessions;
 
 use std::collections::{BTreeMap, HashSet};
@@ -158,4 +160,7 @@ pub trait Hub: Send + Sync {
 
     /// Number of live sessions on this node.
     fn local_sessions(&self) -> usize;
+
+    /// The node is shutting down (its sessions have ended): leave the cluster.
+    async fn leave(&self) {}
 }

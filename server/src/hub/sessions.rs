@@ -68,18 +68,13 @@ impl Sessions {
         r
     }
 
-    /// Displaces this node's session of `user` with `device_type` other than session `keep`
-    /// (a login elsewhere in the cluster by `device_id`). Returns how many.
-    pub fn displace(&self, user: &str, device_type: &str, device_id: &str, keep: Option<u64>) -> usize {
+    /// Displaces session `sid` of `user` here, replaced by a login of `device_id` on another
+    /// node. Returns whether it was here.
+    pub fn displace_session(&self, user: &str, sid: u64, device_id: &str) -> bool {
         let users = self.users();
-        let mut n = 0;
-        for old in users.get(user).into_iter().flatten() {
-            if old.device_type == device_type && Some(old.id) != keep {
-                displace(old, device_id);
-                n += 1;
-            }
-        }
-        n
+        let Some(old) = users.get(user).and_then(|l| l.iter().find(|s| s.id == sid)) else { return false };
+        displace(old, device_id);
+        true
     }
 
     /// Removes a session if it is still registered. Returns true when that was the user's

@@ -99,8 +99,8 @@ pub(crate) fn coalesce_cursors(cursors: &[CursorUpdate]) -> (Vec<&CursorUpdate>,
 /// fields it is stored with.
 pub type NewMessage = StoredMessage;
 
-/// A message as stored (shared by all deliveries of it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message as stored (shared by all deliveries of it; carried between nodes as MessagePack).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     /// Server-wide id allocated by the node ([`crate::ids::MsgIdGen`]).
     pub msg_id: u64,
@@ -117,6 +117,7 @@ pub struct StoredMessage {
     /// Payload type.
     pub content_type: String,
     /// Payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
