@@ -139,6 +139,7 @@ pub fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
         "room_event" => Frame::RoomEvent(body_as(t, body)?),
         "presence" => Frame::Presence(body_as(t, body)?),
         "history_truncated" => Frame::HistoryTruncated(body_as(t, body)?),
+        "go_away" => Frame::GoAway(body_as(t, body)?),
         other => return Ok(Decoded::Unknown { frame_type: other.to_owned() }),
     };
     Ok(Decoded::Frame(frame))

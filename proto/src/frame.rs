@@ -62,6 +62,8 @@ pub enum Frame {
     Presence(Presence),
     /// Part of a room's history the device asked for is past retention and gone.
     HistoryTruncated(HistoryTruncated),
+    /// The node is draining: reconnect to another node now; the connection closes after it.
+    GoAway(GoAway),
 }
 
 impl Frame {
@@ -91,6 +93,7 @@ impl Frame {
             Frame::RoomEvent(_) => "room_event",
             Frame::Presence(_) => "presence",
             Frame::HistoryTruncated(_) => "history_truncated",
+            Frame::GoAway(_) => "go_away",
         }
     }
 }
@@ -511,6 +514,17 @@ pub struct Kicked {
     pub message: String,
 }
 
+/// `go_away`: the node is going away (draining for a deploy or scale-down). The connection
+/// closes after this frame with `going_away`; the client reconnects at once to another node,
+/// resuming as after any reconnect (cursors, unacknowledged sends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoAway {
+    /// Why: `"draining"`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
 /// `pong`: answer to `ping`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
@@ -555,11 +569,13 @@ pub enum CloseCode {
     Superseded = 8,
     /// The server is shutting down.
     ServerShutdown = 9,
+    /// After `go_away`: the node is draining; reconnect to another node at once.
+    GoingAway = 10,
 }
 
 impl CloseCode {
     /// All codes, for lookups and docs.
-    pub const ALL: [CloseCode; 10] = [
+    pub const ALL: [CloseCode; 11] = [
         CloseCode::Normal,
         CloseCode::ProtocolError,
         CloseCode::FrameTooLarge,
@@ -570,6 +586,7 @@ impl CloseCode {
         CloseCode::Kicked,
         CloseCode::Superseded,
         CloseCode::ServerShutdown,
+        CloseCode::GoingAway,
     ];
 
     /// Numeric code for `CONNECTION_CLOSE`.
@@ -590,6 +607,7 @@ impl CloseCode {
             CloseCode::Kicked => "kicked",
             CloseCode::Superseded => "superseded",
             CloseCode::ServerShutdown => "server_shutdown",
+            CloseCode::GoingAway => "going_away",
         }
     }
 

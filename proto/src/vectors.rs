@@ -227,6 +227,11 @@ pub fn all() -> Vec<Vector> {
             hex: "0000003484a474797065b1686973746f72795f7472756e6361746564a4726f6f6da27231a5616674657200a966697273745f736571cd01f4",
         },
         Vector {
+            name: "go_away",
+            frame: Frame::GoAway(GoAway { reason: "draining".into(), message: "node draining".into() }),
+            hex: "0000003483a474797065a7676f5f61776179a6726561736f6ea8647261696e696e67a76d657373616765ad6e6f646520647261696e696e67",
+        },
+        Vector {
             name: "deliver_room",
             frame: Frame::Deliver(Deliver {
                 msg_id: 9_000_000_002,
