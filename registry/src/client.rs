@@ -359,6 +359,12 @@ impl Heartbeat {
         self.ask(|r| Command::Metadata(entries, r)).await
     }
 
+    /// Stops renewing and cancels the lease, through a shared reference (the task ends; later
+    /// calls fail with [`ClientError::HeartbeatStopped`]).
+    pub async fn stop(&self) -> Result<(), ClientError> {
+        self.ask(Command::Shutdown).await
+    }
+
     /// Stops renewing and cancels the lease (an instance the registry no longer knows counts
     /// as cancelled).
     pub async fn shutdown(self) -> Result<(), ClientError> {

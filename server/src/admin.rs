@@ -60,7 +60,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/rooms/{room}/members", post(add_member).get(list_members))
         .route("/v1/rooms/{room}/members/{user}", axum::routing::delete(remove_member))
         .route("/v1/rooms/{room}/messages", post(push_room).get(room_history))
-        .route("/v1/presence", post(presence));
+        .route("/v1/presence", post(presence))
+        .route("/v1/drain", post(drain));
     let v1 = if ctx.cfg.fault_injection { v1.route("/v1/faults", post(inject_fault).delete(clear_faults)) } else { v1 };
     let v1 = v1.route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_admin));
     Router::new()
@@ -133,6 +134,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     match tokio::time::timeout(READY_TIMEOUT, ctx.store.ready()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
@@ -538,6 +542,15 @@ async fn ticket(State(ctx): State<Arc<Ctx>>, Json(req): Json<TicketRequest>) -> 
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
     ctx.metrics.store_op("create_ticket", started.elapsed().as_secs_f64());
     Ok(Json(TicketResponse { ticket, expires_ms }))
+}
+
+/// `POST /v1/drain`: the node stops taking connections, goes OUT_OF_SERVICE in the registry
+/// and tells every session to move to another node (`go_away`).
+async fn drain(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
+    match crate::registration::drain(&ctx).await {
+        Some(n) => Json(serde_json::json!({ "draining": true, "sessions_told": n, "already": false })),
+        None => Json(serde_json::json!({ "draining": true, "sessions_told": 0, "already": true })),
+    }
 }
 
 /// Body of `POST /v1/users/{user}/kick`.

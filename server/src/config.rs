@@ -94,6 +94,39 @@ pub struct Config {
     #[arg(long, env = "TETHER_NODE_LEASE", default_value = "10s", value_parser = parse_duration)]
     pub node_lease: Duration,
 
+    /// Eureka registries this node registers with (comma-separated base URLs such as
+    /// `http://10.0.0.5:8761/eureka/`). Unset: the node registers with its embedded registry
+    /// when that is on.
+    #[arg(long, env = "TETHER_REGISTRY_URL", value_delimiter = ',')]
+    pub registry_url: Vec<String>,
+
+    /// Serve an Eureka-compatible registry on the admin listener (`/eureka/`, `/eureka/v2/`).
+    #[arg(long, env = "TETHER_EMBEDDED_REGISTRY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub embedded_registry: bool,
+
+    /// The `host:port` clients reach this node's QUIC listener at, published in the registry.
+    /// Default: the listener's address (127.0.0.1 when it listens on every address).
+    #[arg(long, env = "TETHER_PUBLIC_QUIC_ADDR")]
+    pub public_quic_addr: Option<String>,
+
+    /// Zone published in the registry (free-form, e.g. `eu-west-1a`).
+    #[arg(long, env = "TETHER_ZONE", default_value = "default")]
+    pub zone: String,
+
+    /// How often the node renews its registration (Eureka's default: 30 s) and publishes its
+    /// live session count.
+    #[arg(long, env = "TETHER_REGISTRY_RENEW", default_value = "30s", value_parser = parse_duration)]
+    pub registry_renew: Duration,
+
+    /// Lease of an instance in the embedded registry without renewal (Eureka's default: 90 s).
+    #[arg(long, env = "TETHER_REGISTRY_LEASE", default_value = "90s", value_parser = parse_duration)]
+    pub registry_lease: Duration,
+
+    /// How long a draining node (`POST /v1/drain`, or SIGTERM) waits for its sessions to move
+    /// to other nodes after `go_away` before it closes what is left.
+    #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Connections per node to a shared database (PostgreSQL).
     #[arg(long, env = "TETHER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

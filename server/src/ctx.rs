@@ -46,4 +46,8 @@ pub struct Ctx {
     pub admission: Arc<std::sync::Mutex<Admission>>,
     /// Wall-clock time.
     pub clock: Arc<dyn Clock>,
+    /// Set once the node drains: new connections are refused, sessions were told to move.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// This node's registration with the registry (set once the node listens).
+    pub registration: std::sync::OnceLock<Arc<tether_registry::Heartbeat>>,
 }

@@ -23,8 +23,8 @@ async fn main() -> std::process::ExitCode {
     // One machine-readable line on stdout for scripts and tests.
     println!("TETHER_READY quic={} admin={}", node.quic_addr, node.admin_addr);
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
+    tracing::info!("draining, then shutting down");
+    node.drain_and_shutdown().await;
     std::process::ExitCode::SUCCESS
 }
 

@@ -109,6 +109,11 @@ pub fn transport_config(cfg: &Config) -> quinn::TransportConfig {
 /// Decides about one connection attempt before any TLS work is spent on it, and serves it
 /// when it is admitted.
 fn admit(incoming: quinn::Incoming, ctx: &Arc<Ctx>) {
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        ctx.metrics.admission.get_or_create(&metrics::ResultLabel { result: "refused_draining".into() }).inc();
+        incoming.refuse();
+        return;
+    }
     let ip = incoming.remote_address().ip();
     let verdict = ctx.admission.lock().unwrap_or_else(|e| e.into_inner()).incoming(
         ip,
@@ -163,6 +168,19 @@ impl Node {
         let listener = tokio::net::TcpListener::bind(ctx.cfg.admin_addr).await?;
         let admin_addr = listener.local_addr()?;
         let app = admin::router(ctx.clone());
+        // The embedded registry: Eureka's REST API on the admin listener, outside the admin
+        // API's auth and error shapes (Eureka clients expect Eureka's answers).
+        let app = if ctx.cfg.embedded_registry {
+            let settings = tether_registry::RegistrySettings {
+                default_lease_duration_ms: ctx.cfg.registry_lease.as_millis() as u64,
+                ..Default::default()
+            };
+            let registry = tether_registry::RegistryState::new(settings);
+            tasks.push(registry.spawn_eviction(Duration::from_secs(1).min(ctx.cfg.registry_lease)));
+            app.merge(registry.router())
+        } else {
+            app
+        };
         let admin_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "admin API stopped");
@@ -176,6 +194,7 @@ impl Node {
             }
         });
         tasks.extend([admin_task, accept_task]);
+        tasks.extend(crate::registration::start(&ctx, quic_addr, admin_addr));
         tracing::info!(%quic_addr, %admin_addr, cert = %cert.display(), "node started");
         Ok(Node { quic_addr, admin_addr, ctx, endpoint, tasks })
     }
@@ -341,6 +360,8 @@ impl Node {
             faults,
             admission,
             clock,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            registration: std::sync::OnceLock::new(),
         });
 
         let mut tasks = vec![pruner];
@@ -348,7 +369,20 @@ impl Node {
         Ok((ctx, tasks))
     }
 
-    /// Closes every connection with `server_shutdown` and stops the listeners.
+    /// Drains the node (sessions told to move to other nodes with `go_away`, OUT_OF_SERVICE in
+    /// the registry), waits up to `--drain-timeout` for them to go, then shuts down.
+    pub async fn drain_and_shutdown(self) {
+        if crate::registration::drain(&self.ctx).await.is_some() {
+            let left = crate::registration::wait_drained(&self.ctx, self.ctx.cfg.drain_timeout).await;
+            if left > 0 {
+                tracing::warn!(sessions = left, "drain timeout: closing the sessions still here");
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Closes every connection with `server_shutdown`, stops the listeners, leaves the cluster
+    /// and cancels the registration.
     pub async fn shutdown(self) {
         let code = tether_proto::CloseCode::ServerShutdown;
         self.endpoint.close(quinn::VarInt::from_u32(code.code()), code.reason().as_bytes());
@@ -357,5 +391,6 @@ impl Node {
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
         self.ctx.hub.leave().await;
+        crate::registration::deregister(&self.ctx).await;
     }
 }

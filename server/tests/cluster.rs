@@ -243,7 +243,12 @@ async fn a_node_killed_mid_traffic_loses_nothing() {
     traffic_with_a_fault(&alice, alice_ev, &bob, bob_ev, 300, || nodes[0].kill()).await;
     let p = presence_of(&mut carol_ev, "erin", false).await;
     assert!(p.devices.is_empty());
-    assert!(metric_sum(&nodes[1..], "tether_nodes_reaped_total").await >= 1.0, "a live node reaped node 1");
+    // The reaper counts the node once it has announced all of its users.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric_sum(&nodes[1..], "tether_nodes_reaped_total").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no live node reaped node 1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The same traffic between nodes 1 and 2 while Redis is killed (losing every key and
@@ -323,4 +328,99 @@ async fn traffic_with_a_fault(
         tokio::time::timeout(Duration::from_secs(90), alice_gets).await.expect("alice in time").expect("alice");
     assert_eq!(bob_got, expect("a"), "bob saw each of alice's messages once, in order");
     assert_eq!(alice_got, expect("b"), "alice saw each of bob's messages once, in order");
+}
+
+/// Instances of app TETHER in the registry at `admin`: (instance id, status, quic), read with
+/// the registry's client (Eureka JSON).
+async fn registered(admin: std::net::SocketAddr) -> Vec<(String, String, String)> {
+    let Ok(client) = tether_registry::EurekaClient::new([format!("http://{admin}/eureka/")]) else { return Vec::new() };
+    let Ok(Some(app)) = client.app("TETHER").await else { return Vec::new() };
+    let mut out: Vec<(String, String, String)> = app
+        .instances
+        .iter()
+        .map(|i| {
+            (i.instance_id.clone(), i.status.as_str().to_string(), i.metadata.get("quic").cloned().unwrap_or_default())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn wait_registered(admin: std::net::SocketAddr, want: impl Fn(&[(String, String, String)]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = registered(admin).await;
+        if want(&r) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "registry never showed what was expected: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nodes register (with the QUIC address clients reach them at), a drained node goes
+/// OUT_OF_SERVICE, stops being ready and moves its clients to other nodes with `go_away`
+/// without losing a message, and a node stopped with SIGTERM cancels its registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_register_and_a_drained_node_moves_its_clients_without_loss() {
+    let pg = postgres::Postgres::start(false);
+    let db = pg.fresh_db().await;
+    let redis = redis_server::Redis::start();
+    let mut nodes = three_nodes(&db, &redis.url(), false);
+    // Node 1's embedded registry is the cluster's registry here: nodes 2 and 3 restart onto it.
+    let registry = nodes[0].admin;
+    let url = format!("http://{registry}/eureka/");
+    for node in nodes.iter_mut().skip(1) {
+        node.extra.extend([
+            "--registry-url".to_string(),
+            url.clone(),
+            "--registry-renew".to_string(),
+            "300ms".to_string(),
+        ]);
+        node.restart();
+    }
+    let quics: Vec<String> = nodes.iter().map(|n| n.quic.to_string()).collect();
+    wait_registered(registry, |r| {
+        r.len() == 3 && r.iter().all(|(_, status, quic)| status == "UP" && quics.contains(quic))
+    })
+    .await;
+
+    let (alice, alice_ev) = client_on(&nodes, 0, "alice", "a1").await;
+    let (bob, bob_ev) = client_on(&nodes, 2, "bob", "b1").await;
+    let drain_at = nodes[0].admin;
+    // Node 1 is drained a third of the way into the traffic.
+    traffic_with_a_fault(&alice, alice_ev, &bob, bob_ev, 300, move || {
+        let (status, body) = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(admin_call(
+                drain_at,
+                "POST",
+                "/v1/drain",
+                None,
+                Some(ADMIN_TOKEN),
+            ))
+        });
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["draining"], true);
+        assert_eq!(body["sessions_told"], 1, "alice's session was told to move");
+    })
+    .await;
+    let (status, _) = http(drain_at, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 503, "a draining node is not ready");
+    wait_registered(registry, |r| r.iter().any(|(id, status, _)| id == "node-1" && status == "OUT_OF_SERVICE")).await;
+    // alice moved to another node: she can still talk to bob, and node 1 holds no session.
+    let ack = tokio::time::timeout(Duration::from_secs(30), alice.send_text("bob", "after the drain"))
+        .await
+        .expect("acked in time")
+        .expect("ack");
+    assert!(ack.seq > 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while nodes[0].metric("tether_sessions").await > 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "sessions stayed on the draining node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(nodes[0].metric("tether_session_closes_total{reason=\"going_away\"}").await >= 1.0);
+    // SIGTERM on node 2: it leaves the registry.
+    let status = nodes[1].terminate().expect("node 2 exit status");
+    assert!(status.success(), "node 2 exited cleanly: {status:?}");
+    wait_registered(registry, |r| !r.iter().any(|(id, _, _)| id == "node-2")).await;
 }

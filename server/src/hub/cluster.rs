@@ -981,6 +981,10 @@ impl Hub for ClusterHub {
         i.publish(i.keys.all_channel(), Bus::Resync { origin: i.me.clone() });
     }
 
+    fn go_away_all(&self) -> usize {
+        self.inner.local.go_away_all()
+    }
+
     fn local_sessions(&self) -> usize {
         self.inner.local.len()
     }

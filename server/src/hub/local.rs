@@ -127,6 +127,10 @@ impl Hub for LocalHub {
         self.sessions.resync_all();
     }
 
+    fn go_away_all(&self) -> usize {
+        self.sessions.go_away_all()
+    }
+
     fn local_sessions(&self) -> usize {
         self.sessions.len()
     }

@@ -161,6 +161,9 @@ pub trait Hub: Send + Sync {
     /// Number of live sessions on this node.
     fn local_sessions(&self) -> usize;
 
+    /// Tells every session of this node to move to another node (`go_away`). Returns how many.
+    fn go_away_all(&self) -> usize;
+
     /// The node is shutting down (its sessions have ended): leave the cluster.
     async fn leave(&self) {}
 }

@@ -32,6 +32,8 @@ pub enum SessionCmd {
     Kick(KickReason),
     /// The same device logged in again elsewhere: close quietly.
     Superseded,
+    /// The node is draining: send `go_away` and close.
+    GoAway,
 }
 
 /// A room message as every member's session writes it.

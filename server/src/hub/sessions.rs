@@ -279,6 +279,17 @@ impl Sessions {
         self.users().values().flatten().cloned().collect()
     }
 
+    /// Tells every session here to move to another node (`go_away`). Returns how many.
+    pub fn go_away_all(&self) -> usize {
+        let users = self.users();
+        let mut n = 0;
+        for s in users.values().flatten() {
+            s.tx.send(SessionCmd::GoAway);
+            n += 1;
+        }
+        n
+    }
+
     /// Tells every session here to read what it may have missed from the store.
     pub fn resync_all(&self) {
         for s in self.users().values().flatten() {

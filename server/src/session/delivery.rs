@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use tether_proto::{CloseCode, Frame, HistoryTruncated, KickReason, Kicked};
+use tether_proto::{CloseCode, Frame, GoAway, HistoryTruncated, KickReason, Kicked};
 use tracing::{info, warn};
 
 use super::io::{ByteSink, FrameWriter};
@@ -229,6 +229,12 @@ impl Session {
                     KickReason::Replaced => CloseCode::Replaced,
                     _ => CloseCode::Kicked,
                 })
+            }
+            SessionCmd::GoAway => {
+                info!("node draining: go_away");
+                writer.push(&Frame::GoAway(GoAway { reason: "draining".into(), message: "node draining".into() }));
+                writer.linger().await;
+                Flow::End(CloseCode::GoingAway)
             }
             SessionCmd::Superseded => {
                 info!("superseded by a new connection of the same device");

@@ -54,6 +54,14 @@ impl Server {
         }
     }
 
+    /// SIGTERM (a graceful stop: the node drains, leaves the registry and exits); waits for it.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: sending a signal to our own child process by its pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().ok()
+    }
+
     /// Starts the server again on the same data dir and QUIC port.
     pub fn restart(&mut self) {
         self.kill();
