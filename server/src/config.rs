@@ -127,6 +127,19 @@ pub struct Config {
     #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// QUIC-LB config id (0..=6) in the first octet of the connection ids this node issues
+    /// (docs/quic-lb.md): a QUIC-LB load balancer routes packets by the server id after it.
+    #[arg(long, env = "TETHER_QUIC_LB_CONFIG_ID", default_value_t = 0)]
+    pub quic_lb_config_id: u8,
+
+    /// QUIC-LB server id of this node, in hex (1..=15 bytes). Default: `--node-id` as 2 bytes.
+    #[arg(long, env = "TETHER_QUIC_LB_SERVER_ID")]
+    pub quic_lb_server_id: Option<String>,
+
+    /// Random bytes after the server id in each connection id (4..=18).
+    #[arg(long, env = "TETHER_QUIC_LB_NONCE_LEN", default_value_t = 6)]
+    pub quic_lb_nonce_len: u8,
+
     /// Connections per node to a shared database (PostgreSQL).
     #[arg(long, env = "TETHER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 mod node;
 pub mod pipeline;
+pub mod quic_lb;
 pub mod registration;
 pub mod rooms;
 pub mod session;

@@ -162,7 +162,17 @@ impl Node {
         server_config.migration(true);
         let socket = udp_socket(cfg.quic_addr, cfg.udp_buffer)?;
         let runtime = quinn::default_runtime().ok_or_else(|| StartError::Config("no async runtime for QUIC".into()))?;
-        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)?;
+        // Connection ids name this node (QUIC-LB plaintext), so a QUIC-aware load balancer
+        // routes a migrated client's packets here.
+        let lb = crate::quic_lb::QuicLbConfig::from_flags(
+            cfg.quic_lb_config_id,
+            cfg.quic_lb_server_id.as_deref(),
+            cfg.quic_lb_nonce_len,
+            cfg.node_id,
+        )
+        .map_err(|e| StartError::Config(format!("quic-lb: {e}")))?;
+        let endpoint =
+            quinn::Endpoint::new(crate::quic_lb::endpoint_config(&lb), Some(server_config), socket, runtime)?;
         let quic_addr = endpoint.local_addr()?;
 
         let listener = tokio::net::TcpListener::bind(ctx.cfg.admin_addr).await?;
