@@ -67,8 +67,14 @@ fn nanos_since(start: Instant) -> u64 {
 
 /// Runs one load against `target`; user names get `prefix` so runs don't share inboxes.
 pub async fn run(target: Target, shape: Shape, prefix: &str) -> Report {
+    run_between(target.clone(), target, shape, prefix).await
+}
+
+/// Runs one load with the senders logged in at `senders` and the recipients at `recipients`
+/// (two nodes of a cluster: every message crosses from one to the other).
+pub async fn run_between(senders: Target, recipients: Target, shape: Shape, prefix: &str) -> Report {
     // A handful of client endpoints (UDP sockets) shared by the connections.
-    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(&target.cert)).collect();
+    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| endpoint(&senders.cert)).collect();
     let barrier = Arc::new(Barrier::new(shape.pairs * 2 + 1));
     let epoch = Instant::now();
     let mut recv_tasks = Vec::new();
@@ -77,12 +83,12 @@ pub async fn run(target: Target, shape: Shape, prefix: &str) -> Report {
         let r_user = format!("{prefix}r{i}");
         let s_user = format!("{prefix}s{i}");
         let ep = endpoints[i % endpoints.len()].clone();
-        let t = target.clone();
+        let t = recipients.clone();
         let b = barrier.clone();
         let ru = r_user.clone();
         recv_tasks.push(tokio::spawn(async move { recipient(ep, t, ru, shape, b, epoch).await }));
         let ep = endpoints[(i + 3) % endpoints.len()].clone();
-        let t = target.clone();
+        let t = senders.clone();
         let b = barrier.clone();
         send_tasks.push(tokio::spawn(async move { sender(ep, t, s_user, r_user, shape, b, epoch).await }));
     }

@@ -135,6 +135,42 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         messages: u64,
     },
+    /// Cluster routing: 1:1 pairs on one node without Redis (the single-node rate), then on a
+    /// cluster of `--nodes` nodes (one database, one Redis) with sender and recipient on the
+    /// same node, then on two different nodes (every message crosses nodes); and the pub/sub
+    /// messages each node received that it did not need.
+    Cluster {
+        /// The tether-server binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// The shared database (PostgreSQL or MySQL URL; a fresh one per run is best).
+        #[arg(long)]
+        database_url: String,
+        /// Redis URL (comma-separated seeds with `--redis-cluster`).
+        #[arg(long)]
+        redis_url: String,
+        /// The Redis URLs are a Redis Cluster's.
+        #[arg(long)]
+        redis_cluster: bool,
+        /// Gateway nodes in the cluster (traffic runs between the first two).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Sender -> recipient pairs.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Messages in flight per sender.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Prefix of the generated user names (distinct per run on one database).
+        #[arg(long, default_value = "c")]
+        user_prefix: String,
+    },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
         #[arg(long)]
@@ -206,6 +242,15 @@ fn node_target(server_bin: Option<PathBuf>, dir: &Path, extra: &str) -> (Proc, T
         credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
     };
     (node, target)
+}
+
+/// The load target for a node whose certificate is in `cert_dir`.
+fn target_of(node: &Proc, cert_dir: &Path) -> Target {
+    Target {
+        addr: node.addr,
+        cert: cert_dir.join("dev-cert.pem"),
+        credential: Arc::new(|u: &str| Credential::Token(jwt(u))),
+    }
 }
 
 fn start_relay(dir: &Path) -> Proc {
@@ -321,6 +366,103 @@ fn main() {
                         tether.ms(0.99) / base.ms(0.99).max(0.001)
                     );
                 }
+            }
+            Cmd::Cluster {
+                server_bin,
+                database_url,
+                redis_url,
+                redis_cluster,
+                nodes,
+                pairs,
+                messages,
+                window,
+                payload,
+                user_prefix,
+            } => {
+                let shape = Shape { pairs, messages, window, rate: None, payload };
+                println!(
+                    "shape: pairs={pairs} messages/sender={messages} window={window} payload={payload}B nodes={nodes}"
+                );
+                let bin = server_bin.unwrap_or_else(|| sibling_bin("tether-server"));
+                let me = std::process::id();
+                // 1. One node on the same database, no Redis: the single-node rate.
+                let single_rate = {
+                    let dir = tempfile::tempdir().expect("dir");
+                    let node = start_node(&bin, dir.path(), &format!("--database-url {database_url} --node-id 90"));
+                    let t = target_of(&node, dir.path());
+                    let (cpu0, gen0) = (idle::cpu_secs(node.child.id()), idle::cpu_secs(me));
+                    let r = load::run(t, shape, &format!("{user_prefix}a")).await;
+                    print_report("single", &r, idle::cpu_secs(node.child.id()) - cpu0, idle::cpu_secs(me) - gen0);
+                    r.rate()
+                };
+                // 2. The cluster: every node on the database and Redis, one certificate.
+                let dirs: Vec<tempfile::TempDir> = (0..nodes.max(2)).map(|_| tempfile::tempdir().expect("dir")).collect();
+                let mut procs = Vec::new();
+                for (i, dir) in dirs.iter().enumerate() {
+                    let mut args = format!(
+                        "--database-url {database_url} --redis-url {redis_url} --node-id {} --resume-secret bench",
+                        i + 1
+                    );
+                    if redis_cluster {
+                        args.push_str(" --redis-cluster");
+                    }
+                    if i > 0 {
+                        let first = dirs[0].path();
+                        args.push_str(&format!(
+                            " --tls-cert {} --tls-key {}",
+                            first.join("dev-cert.pem").display(),
+                            first.join("dev-key.pem").display()
+                        ));
+                    }
+                    procs.push(start_node(&bin, dir.path(), &args));
+                }
+                let targets: Vec<Target> = procs.iter().map(|p| target_of(p, dirs[0].path())).collect();
+                let admins: Vec<SocketAddr> = procs.iter().filter_map(|p| p.admin).collect();
+                let bus = |used: &'static str| {
+                    let admins = admins.clone();
+                    async move {
+                        let mut v = Vec::new();
+                        for a in &admins {
+                            v.push(metric(*a, &format!("tether_bus_received_total{{kind=\"inbox\",used=\"{used}\"}}")).await);
+                        }
+                        v
+                    }
+                };
+                let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+                let cpu = |pids: &[u32]| pids.iter().map(|p| idle::cpu_secs(*p)).sum::<f64>();
+                let (cpu0, gen0) = (cpu(&pids), idle::cpu_secs(me));
+                let same = load::run_between(targets[0].clone(), targets[0].clone(), shape, &format!("{user_prefix}b")).await;
+                print_report("same", &same, cpu(&pids) - cpu0, idle::cpu_secs(me) - gen0);
+                let (n0, u0) = (bus("needed").await, bus("unneeded").await);
+                let (cpu0, gen0) = (cpu(&pids), idle::cpu_secs(me));
+                let cross = load::run_between(targets[0].clone(), targets[1].clone(), shape, &format!("{user_prefix}c")).await;
+                print_report("cross", &cross, cpu(&pids) - cpu0, idle::cpu_secs(me) - gen0);
+                let (n1, u1) = (bus("needed").await, bus("unneeded").await);
+                println!(
+                    "ratio cross/single: throughput={:.2} (cross {:.0} msg/s, single {:.0} msg/s, same-node on the cluster {:.0} msg/s)",
+                    cross.rate() / single_rate,
+                    cross.rate(),
+                    single_rate,
+                    same.rate()
+                );
+                for (i, _) in admins.iter().enumerate() {
+                    println!(
+                        "node-{} inbox pub/sub messages received during the cross-node run: needed={} unneeded={}",
+                        i + 1,
+                        n1[i] - n0[i],
+                        u1[i] - u0[i]
+                    );
+                }
+                // The seed design broadcasts every message to every node: each of the N nodes
+                // receives each message, and only the recipient's node needs it.
+                let n = procs.len() as u64;
+                println!(
+                    "broadcast-to-all baseline for the same run: {} deliveries to nodes, {} of them unneeded ({} per message); measured unneeded: {}",
+                    cross.delivered * n,
+                    cross.delivered * (n - 1),
+                    n - 1,
+                    u1.iter().zip(&u0).map(|(a, b)| a - b).sum::<f64>()
+                );
             }
             Cmd::Room { server_bin, members, messages, window, payload, rate } => {
                 println!(
