@@ -199,7 +199,19 @@ async fn a_relogin_on_another_node_kicks_the_old_session() {
     let pg = postgres::Postgres::start(false);
     let db = pg.fresh_db().await;
     let redis = redis_server::Redis::start();
-    let nodes = three_nodes(&db, &redis.url(), false);
+    relogin_kicks(&db, &redis.url(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relogin_on_another_node_kicks_the_old_session_on_a_redis_cluster() {
+    let pg = postgres::Postgres::start(false);
+    let db = pg.fresh_db().await;
+    let redis = redis_server::RedisCluster::start();
+    relogin_kicks(&db, &redis.urls(), true).await;
+}
+
+async fn relogin_kicks(db: &str, redis: &str, sharded: bool) {
+    let nodes = three_nodes(db, redis, sharded);
     let (_old, mut old_ev) = client_on(&nodes, 0, "dave", "d1").await;
     let (_new, _new_ev) = client_on(&nodes, 1, "dave", "d2").await;
     let kicked = wait_event(&mut old_ev, 20, |e| match e {
@@ -232,7 +244,19 @@ async fn a_node_killed_mid_traffic_loses_nothing() {
     let pg = postgres::Postgres::start(false);
     let db = pg.fresh_db().await;
     let redis = redis_server::Redis::start();
-    let mut nodes = three_nodes(&db, &redis.url(), false);
+    node_kill_loses_nothing(&db, &redis.url(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_traffic_loses_nothing_on_a_redis_cluster() {
+    let pg = postgres::Postgres::start(false);
+    let db = pg.fresh_db().await;
+    let redis = redis_server::RedisCluster::start();
+    node_kill_loses_nothing(&db, &redis.urls(), true).await;
+}
+
+async fn node_kill_loses_nothing(db: &str, redis: &str, sharded: bool) {
+    let mut nodes = three_nodes(db, redis, sharded);
     let (alice, alice_ev) = client_on(&nodes, 0, "alice", "a1").await;
     let (bob, bob_ev) = client_on(&nodes, 2, "bob", "b1").await;
     // erin's app knows node 1 only; carol on node 2 watches her.
