@@ -370,6 +370,19 @@ async fn registered(admin: std::net::SocketAddr) -> Vec<(String, String, String)
     out
 }
 
+/// (instance id, published session count) of every registered node.
+async fn sessions_in_registry(admin: std::net::SocketAddr) -> Vec<(String, u64)> {
+    let Ok(client) = tether_registry::EurekaClient::new([format!("http://{admin}/eureka/")]) else { return Vec::new() };
+    let Ok(Some(app)) = client.app("TETHER").await else { return Vec::new() };
+    let mut out: Vec<(String, u64)> = app
+        .instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.metadata.get("sessions").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)))
+        .collect();
+    out.sort();
+    out
+}
+
 async fn wait_registered(admin: std::net::SocketAddr, want: impl Fn(&[(String, String, String)]) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -392,6 +405,8 @@ async fn nodes_register_and_a_drained_node_moves_its_clients_without_loss() {
     let redis = redis_server::Redis::start();
     let mut nodes = three_nodes(&db, &redis.url(), false);
     // Node 1's embedded registry is the cluster's registry here: nodes 2 and 3 restart onto it.
+    nodes[0].extra.extend(["--registry-renew".to_string(), "300ms".to_string()]);
+    nodes[0].restart();
     let registry = nodes[0].admin;
     let url = format!("http://{registry}/eureka/");
     for node in nodes.iter_mut().skip(1) {
@@ -411,6 +426,14 @@ async fn nodes_register_and_a_drained_node_moves_its_clients_without_loss() {
 
     let (alice, alice_ev) = client_on(&nodes, 0, "alice", "a1").await;
     let (bob, bob_ev) = client_on(&nodes, 2, "bob", "b1").await;
+    // The live session counts reach the registry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sessions_in_registry(registry).await
+        != [("node-1".to_string(), 1), ("node-2".into(), 0), ("node-3".into(), 1)]
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", sessions_in_registry(registry).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let drain_at = nodes[0].admin;
     // Node 1 is drained a third of the way into the traffic.
     traffic_with_a_fault(&alice, alice_ev, &bob, bob_ev, 300, move || {

@@ -4,90 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
+#[path = "support/pipe.rs"]
+mod pipe;
+
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tether_proto::{Address, CloseCode, Credential, Decoded, Decoder, ErrorCode, Frame, KickReason, Login, Send};
-use tether_server::clock::ManualClock;
-use tether_server::session::io::Stream;
-use tether_server::session::serve_stream;
-use tether_server::{Config, Ctx, Node};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::task::JoinHandle;
-
-const T0: u64 = 1_800_000_000_000;
-
-/// A node context on a temp dir, its wall clock at `T0`.
-async fn context(dir: &std::path::Path) -> (Arc<Ctx>, Arc<ManualClock>) {
-    let mut cfg = Config::for_data_dir(dir);
-    cfg.jwt_secret = Some(common::JWT_SECRET.into());
-    cfg.idle_timeout = Duration::from_secs(30);
-    let clock = Arc::new(ManualClock::new(T0));
-    let (ctx, _tasks) = Node::context(cfg, clock.clone()).await.expect("context");
-    (ctx, clock)
-}
-
-/// The client end of an in-process session.
-struct Pipe {
-    read: ReadHalf<DuplexStream>,
-    write: WriteHalf<DuplexStream>,
-    buf: BytesMut,
-    decoder: Decoder,
-    session: JoinHandle<CloseCode>,
-}
-
-impl Pipe {
-    /// Starts a session on `ctx` and logs `user` in on (`device_type`, `device_id`).
-    async fn login(ctx: &Arc<Ctx>, user: &str, device_type: &str, device_id: &str) -> (Pipe, Frame) {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let (sr, sw) = tokio::io::split(server);
-        let session = tokio::spawn(serve_stream(Stream(sr), Stream(sw), ctx.clone()));
-        let (read, write) = tokio::io::split(client);
-        let mut pipe = Pipe { read, write, buf: BytesMut::new(), decoder: Decoder::new(1 << 20), session };
-        pipe.send(&Frame::Login(Login {
-            version: tether_proto::PROTOCOL_VERSION,
-            credential: Credential::Token(common::token(user, 3600)),
-            device_type: device_type.into(),
-            device_id: device_id.into(),
-            inbox_cursor: None,
-            client: None,
-            room_cursors: None,
-            metadata: None,
-        }))
-        .await;
-        let first = pipe.next().await.expect("an answer to login");
-        (pipe, first)
-    }
-
-    async fn send(&mut self, f: &Frame) {
-        let mut b = BytesMut::new();
-        tether_proto::encode(f, &mut b).expect("encode");
-        self.write.write_all(&b).await.expect("write");
-    }
-
-    /// The next frame, or `None` once the server ended the stream.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(Decoded::Frame(f)) = self.decoder.decode(&mut self.buf).expect("valid frame") {
-                return Some(f);
-            }
-            if self.read.read_buf(&mut self.buf).await.expect("read") == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// The next frame that is not presence or a room event.
-    async fn next_significant(&mut self) -> Option<Frame> {
-        loop {
-            match self.next().await? {
-                Frame::Presence(_) | Frame::RoomEvent(_) => {}
-                f => return Some(f),
-            }
-        }
-    }
-}
+use pipe::{context, Pipe, T0};
+use tether_proto::{Address, CloseCode, ErrorCode, Frame, KickReason, Send};
 
 fn text(to: &str, id: &str, body: &str) -> Frame {
     Frame::Send(Send {
