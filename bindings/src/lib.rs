@@ -169,7 +169,8 @@ impl tether_sdk::EventListener for ForeignListener {
 /// How to reach a node and who this device is.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct ClientConfig {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`. With `registry_urls` it may be empty (`""`): it is then
+    /// only the last resort when the registry lists no node.
     pub server: String,
     /// Name checked against the server certificate (default: the host of `server`).
     #[uniffi(default = None)]
@@ -189,6 +190,20 @@ pub struct ClientConfig {
     /// Timers; `None` keeps the SDK's defaults.
     #[uniffi(default = None)]
     pub timing: Option<Timing>,
+    /// Other nodes of the service, tried after `server` (and after every discovered node).
+    #[uniffi(default = [])]
+    pub fallback_servers: Vec<String>,
+    /// Eureka base URLs of the registries the nodes register with (e.g.
+    /// `http://10.0.0.5:8761/eureka/`): the client discovers the nodes there and connects to
+    /// the least-loaded one that is up. Empty: no discovery.
+    #[uniffi(default = [])]
+    pub registry_urls: Vec<String>,
+    /// Registry application of the gateway nodes; `None`: `TETHER`.
+    #[uniffi(default = None)]
+    pub registry_app: Option<String>,
+    /// How old the node list may get before a reconnect fetches it again, in ms; `None`: 30 s.
+    #[uniffi(default = None)]
+    pub discovery_refresh_ms: Option<u64>,
 }
 
 /// Session timers, in milliseconds.
@@ -280,6 +295,14 @@ pub async fn start_client(
     cfg.device_id = config.device_id;
     cfg.state_dir = config.state_dir;
     cfg.metadata = config.metadata;
+    cfg.fallback_servers = config.fallback_servers;
+    cfg.registry_urls = config.registry_urls;
+    if let Some(app) = config.registry_app {
+        cfg.registry_app = app;
+    }
+    if let Some(ms) = config.discovery_refresh_ms {
+        cfg.discovery.refresh_interval = std::time::Duration::from_millis(ms);
+    }
     if let Some(t) = config.timing {
         let ms = std::time::Duration::from_millis;
         cfg.session.heartbeat_interval = ms(t.heartbeat_interval_ms);

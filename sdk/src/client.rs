@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::core::{check_metadata, Action, Event, PersistOp, Session, SessionConfig};
+use crate::discovery::{
+    load_cache, save_cache, DiscoveredNode, DiscoveryConfig, NodeDirectory, RegistryClient, RegistryError,
+    DEFAULT_REGISTRY_APP,
+};
 use crate::model::{ConnectionState, PendingMessage, RoomJoined, SendAck, Target};
 use crate::state::StateStore;
 use crate::tls::{client_crypto, Trust};
@@ -25,13 +29,33 @@ use crate::ClientError;
 /// Everything needed to start a client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Server address, `host:port`.
+    /// Server address, `host:port`. With [`ClientConfig::registry_urls`] it may be empty; it is
+    /// then only the last resort when discovery yields no node (see docs/sdk.md).
     pub server: String,
-    /// Other nodes of the same service, tried in turn when the current one cannot be reached
-    /// or its connection ends (the next attempt goes to the next address). Until clients
-    /// discover nodes through the registry, this is how a device fails over to another node.
+    /// Other nodes of the same service. A node that cannot be reached, whose connection ends
+    /// or that sends `go_away` cools down ([`DiscoveryConfig::failure_cooldown`]) and the next
+    /// attempt goes to the next address; with discovery these come after every discovered
+    /// node.
     pub fallback_servers: Vec<String>,
-    /// Name checked against the server certificate (default: the host part of `server`).
+    /// Eureka base URLs of the registries the gateway nodes register with, such as
+    /// `http://10.0.0.5:8761/eureka/` (`https://` works too, verified with `trust`). Empty (the
+    /// default): no discovery. With URLs, the client fetches the node list (trying each
+    /// registry in turn), keeps it (in memory and, with a `state_dir`, on disk) and connects
+    /// to the least-loaded node that is `UP` (see [`crate::discovery`] and docs/sdk.md).
+    pub registry_urls: Vec<String>,
+    /// The registry application of the gateway nodes. Default `TETHER`.
+    pub registry_app: String,
+    /// Discovery tunables: how old the node list may get before a (re)connect fetches it again
+    /// (default 30 s), how long a node that failed is skipped (60 s), how long to wait after
+    /// a fetch that failed (5 s).
+    pub discovery: DiscoveryConfig,
+    /// Time limit of one registry request (connect, answer and body). Default 3 s.
+    pub registry_timeout: Duration,
+    /// Time limit of one connection attempt (name lookup, QUIC handshake, stream). A node that
+    /// does not answer in time counts as failed and the next one is tried. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Name checked against the server certificate (default: the host part of the address
+    /// connected to, `server` or a discovered node's).
     pub server_name: Option<String>,
     /// Which certificates to trust.
     pub trust: Trust,
@@ -76,6 +100,11 @@ impl ClientConfig {
         ClientConfig {
             server: server.into(),
             fallback_servers: Vec::new(),
+            registry_urls: Vec::new(),
+            registry_app: DEFAULT_REGISTRY_APP.to_owned(),
+            discovery: DiscoveryConfig::default(),
+            registry_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(10),
             server_name: None,
             trust,
             credential,
@@ -87,6 +116,19 @@ impl ClientConfig {
             session: SessionConfig::new("desktop", ""),
             credential_provider: None,
         }
+    }
+
+    /// A configuration that finds its nodes through the registries at `registry_urls` (Eureka
+    /// base URLs such as `http://10.0.0.5:8761/eureka/`), with no fixed server; defaults for
+    /// everything else.
+    pub fn discover(
+        registry_urls: impl IntoIterator<Item = impl Into<String>>,
+        trust: Trust,
+        credential: Credential,
+    ) -> Self {
+        let mut cfg = ClientConfig::new("", trust, credential);
+        cfg.registry_urls = registry_urls.into_iter().map(Into::into).collect();
+        cfg
     }
 }
 
@@ -171,6 +213,12 @@ pub struct Status {
     pub room_cursors: HashMap<String, u64>,
     /// Local UDP address of the endpoint.
     pub local_addr: Option<SocketAddr>,
+    /// The node (`host:port`, as configured or discovered) the current connection goes to;
+    /// `None` while there is no connection.
+    pub server: Option<String>,
+    /// The discovered nodes the client knows of (fetched, or restored from the state dir),
+    /// best first; empty without discovery.
+    pub nodes: Vec<DiscoveredNode>,
     /// The device id in use.
     pub device_id: String,
 }
@@ -338,16 +386,26 @@ fn transport() -> quinn::TransportConfig {
 impl Client {
     /// Opens the state dir, binds a UDP socket and starts connecting in the background.
     pub async fn start(cfg: ClientConfig) -> Result<(Client, Events), ClientError> {
-        let server_addr = tokio::net::lookup_host(&cfg.server)
-            .await
-            .map_err(|e| ClientError::Resolve(format!("{}: {e}", cfg.server)))?
-            .next()
-            .ok_or_else(|| ClientError::Resolve(format!("{}: no address", cfg.server)))?;
-        let server_name = match &cfg.server_name {
-            Some(n) => n.clone(),
-            None => {
-                cfg.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cfg.server).trim_matches(['[', ']']).to_string()
-            }
+        let statics: Vec<String> = std::iter::once(&cfg.server)
+            .chain(&cfg.fallback_servers)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let discovery = !cfg.registry_urls.is_empty();
+        // Without discovery the server must resolve now, so that a typo is reported at once;
+        // other addresses are looked up when they are connected to.
+        let first_addr = match statics.first() {
+            Some(server) if !discovery => Some(resolve(server).await?),
+            Some(_) => None,
+            None if discovery => None,
+            None => return Err(ClientError::Config("neither a server nor a registry URL is configured".into())),
+        };
+        let registry = if discovery {
+            let r = RegistryClient::new(&cfg.registry_urls, &cfg.registry_app, &cfg.trust, cfg.registry_timeout)
+                .map_err(|e: RegistryError| ClientError::Config(e.to_string()))?;
+            Some(r)
+        } else {
+            None
         };
         let metadata = cfg.metadata.clone();
         check_metadata(&metadata).map_err(|e| ClientError::Config(e.to_string()))?;
@@ -361,19 +419,20 @@ impl Client {
             }
             None => (None, Default::default()),
         };
+        let mut directory = NodeDirectory::new(cfg.discovery, discovery, statics);
+        let cache_dir = cfg.state_dir.as_ref().filter(|_| discovery).map(std::path::PathBuf::from);
+        if let Some(cache) = cache_dir.as_deref().and_then(load_cache) {
+            if directory.restore(cache, &cfg.registry_app) {
+                info!(nodes = directory.nodes().len(), "node list restored from the state dir");
+            }
+        }
         let crypto = client_crypto(&cfg.trust)?;
         let quic =
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         client_config.transport_config(Arc::new(transport()));
-        let mut servers = vec![server_addr];
-        for other in &cfg.fallback_servers {
-            match tokio::net::lookup_host(other).await.map(|mut a| a.next()) {
-                Ok(Some(a)) => servers.push(a),
-                Ok(None) | Err(_) => warn!(server = %other, "fallback server does not resolve; left out"),
-            }
-        }
-        let mut endpoint = quinn::Endpoint::client(bind_addr(server_addr)).map_err(ClientError::Io)?;
+        let bind = first_addr.map_or(SocketAddr::from(([0u8; 4], 0)), bind_addr);
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;
         endpoint.set_default_client_config(client_config);
 
         let mut scfg = cfg.session.clone();
@@ -391,9 +450,14 @@ impl Client {
             credential_provider: cfg.credential_provider.clone(),
             store,
             endpoint,
-            servers,
-            current: 0,
-            server_name,
+            directory,
+            registry,
+            registry_app: cfg.registry_app.clone(),
+            registry_first: 0,
+            cache_dir,
+            current: None,
+            server_name: cfg.server_name.clone(),
+            connect_timeout: cfg.connect_timeout,
             device_id,
             live: None,
             gen: 0,
@@ -642,6 +706,9 @@ type Connecting = Pin<
     Box<dyn Future<Output = Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError>> + Send>,
 >;
 
+/// A fetch of the node list under way: the registry that answered and the nodes.
+type Refreshing = Pin<Box<dyn Future<Output = Result<(usize, Vec<DiscoveredNode>), RegistryError>> + Send>>;
+
 struct Driver {
     session: Session,
     /// The app credential in use, and where fresh ones come from.
@@ -649,10 +716,20 @@ struct Driver {
     credential_provider: Option<CredentialProvider>,
     store: Option<StateStore>,
     endpoint: quinn::Endpoint,
-    /// The server and the fallbacks; `current` is the one connections go to.
-    servers: Vec<SocketAddr>,
-    current: usize,
-    server_name: String,
+    /// The node list and the choice of node (server, fallbacks, discovered nodes).
+    directory: NodeDirectory,
+    /// Where the node list comes from, with discovery.
+    registry: Option<RegistryClient>,
+    registry_app: String,
+    /// The registry that answered last (asked first next time).
+    registry_first: usize,
+    /// Where the node list is kept (the state dir, with discovery).
+    cache_dir: Option<std::path::PathBuf>,
+    /// The node the current connection, or the attempt under way, goes to.
+    current: Option<String>,
+    /// Name checked against every node's certificate, if configured.
+    server_name: Option<String>,
+    connect_timeout: Duration,
     device_id: String,
     live: Option<Live>,
     gen: u64,
@@ -675,17 +752,78 @@ struct Todo {
 }
 
 impl Driver {
-    /// The next attempt goes to the next server (after a failed attempt or a lost connection).
-    fn next_server(&mut self) {
-        if self.servers.len() > 1 {
-            self.current = (self.current + 1) % self.servers.len();
-            info!(server = %self.servers[self.current], "trying the next server");
+    /// The node of the current connection let the session down (a failed attempt, a lost
+    /// connection, `go_away`): it cools down and the next attempt goes elsewhere.
+    fn node_failed(&mut self, why: &str) {
+        if let Some(node) = &self.current {
+            info!(%node, why, "node failed; the next attempt goes to another node if there is one");
+            self.directory.mark_failed(node, Instant::now());
+        }
+    }
+
+    /// Starts a connection attempt to the node the directory chooses now.
+    fn start_connect(&mut self) -> Connecting {
+        let node = self.directory.choose(Instant::now());
+        self.current = node.clone();
+        let Some(node) = node else {
+            warn!("no node to connect to (no node UP in the registry and no server configured)");
+            return Box::pin(async { Err(ClientError::Connect("no node to connect to".into())) });
+        };
+        debug!(%node, "connecting");
+        let (endpoint, name, timeout) = (self.endpoint.clone(), self.server_name.clone(), self.connect_timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect(endpoint, node.clone(), name)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Connect(format!("{node}: no answer within {timeout:?}"))),
+            }
+        })
+    }
+
+    /// Starts fetching the node list if the directory wants a fresh one before connecting.
+    fn start_refresh(&mut self) -> Option<Refreshing> {
+        let registry = self.registry.clone()?;
+        if !self.directory.needs_refresh(Instant::now()) {
+            return None;
+        }
+        let first = self.registry_first;
+        Some(Box::pin(async move { registry.fetch(first).await }))
+    }
+
+    /// Takes the outcome of a fetch of the node list; keeps a new list in the state dir.
+    async fn refreshed(&mut self, r: Result<(usize, Vec<DiscoveredNode>), RegistryError>) {
+        let now = Instant::now();
+        match r {
+            Ok((answered, nodes)) => {
+                self.registry_first = answered;
+                let n = nodes.len();
+                if self.directory.refreshed(nodes, now, now_ms()) {
+                    debug!(nodes = n, "node list fetched");
+                    self.save_node_cache().await;
+                } else {
+                    warn!("the registry lists no node; keeping the list in hand");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, nodes = self.directory.nodes().len(), "no registry answered; using the list in hand");
+                self.directory.refresh_failed(now);
+            }
+        }
+    }
+
+    async fn save_node_cache(&self) {
+        let (Some(dir), Some(cache)) = (self.cache_dir.clone(), self.directory.cache(&self.registry_app)) else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || save_cache(&dir, &cache)).await;
+        if let Ok(Err(e)) = written {
+            warn!(error = %e, "could not keep the node list in the state dir");
         }
     }
 
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
         let (io_tx, mut io_rx) = mpsc::unbounded_channel::<Io>();
         let mut connecting: Option<Connecting> = None;
+        let mut refreshing: Option<Refreshing> = None;
         let mut closing: Option<oneshot::Sender<()>> = None;
         self.session.set_wall_clock(Instant::now(), now_ms());
         self.session.start(Instant::now());
@@ -708,13 +846,15 @@ impl Driver {
             }
             if todo.abandon {
                 connecting = None;
+                refreshing = None;
             }
             if todo.connect {
-                connecting = Some(Box::pin(connect(
-                    self.endpoint.clone(),
-                    self.servers[self.current],
-                    self.server_name.clone(),
-                )));
+                // A stale node list is fetched first; the attempt starts when it is in.
+                connecting = None;
+                refreshing = self.start_refresh();
+                if refreshing.is_none() {
+                    connecting = Some(self.start_connect());
+                }
             }
             if closing.is_some() {
                 break;
@@ -732,6 +872,12 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let refresh_fut = async {
+                match refreshing.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Close { reply }) => {
@@ -744,6 +890,13 @@ impl Driver {
                         closing = Some(oneshot::channel().0);
                     }
                 },
+                r = refresh_fut => {
+                    refreshing = None;
+                    self.refreshed(r).await;
+                    if matches!(self.session.state(), crate::core::SessionState::Connecting) {
+                        connecting = Some(self.start_connect());
+                    }
+                }
                 r = conn_fut => {
                     connecting = None;
                     match r {
@@ -752,13 +905,13 @@ impl Driver {
                             let (out_tx, out_rx) = mpsc::unbounded_channel();
                             tokio::spawn(write_loop(conn.clone(), send, out_rx));
                             tokio::spawn(read_loop(self.gen, conn.clone(), recv, io_tx.clone()));
-                            info!(remote = %conn.remote_address(), "connected");
+                            info!(remote = %conn.remote_address(), node = ?self.current, "connected");
                             self.live = Some(Live { conn, out: out_tx });
                             self.session.handle_connected(Instant::now());
                         }
                         Err(e) => {
                             debug!(error = %e, "connect failed");
-                            self.next_server();
+                            self.node_failed("connect failed");
                             self.session.handle_connect_failed(Instant::now());
                         }
                     }
@@ -768,7 +921,8 @@ impl Driver {
                     Io::Closed(g, code) if g == self.gen && self.live.is_some() => {
                         info!(?code, "disconnected");
                         self.live = None;
-                        self.next_server();
+                        let why = if code == Some(CloseCode::GoingAway) { "going away" } else { "connection lost" };
+                        self.node_failed(why);
                         self.session.handle_disconnected(Instant::now(), code);
                     }
                     _ => {}
@@ -820,7 +974,8 @@ impl Driver {
             Command::UnsubscribePresence(users) => self.session.unsubscribe_presence(users, now),
             Command::SyncRoom { room, after } => self.session.sync_room(room, after, now),
             Command::NetworkChanged { reply } => {
-                let r = std::net::UdpSocket::bind(bind_addr(self.servers[self.current]))
+                let family = self.endpoint.local_addr().unwrap_or(SocketAddr::from(([0u8; 4], 0)));
+                let r = std::net::UdpSocket::bind(bind_addr(family))
                     .and_then(|s| {
                         self.endpoint.rebind(s)?;
                         self.endpoint.local_addr()
@@ -851,6 +1006,8 @@ impl Driver {
                     outbox_len: self.session.outbox_len(),
                     room_cursors: self.session.room_cursors().into_iter().collect(),
                     local_addr: self.endpoint.local_addr().ok(),
+                    server: self.live.as_ref().and(self.current.clone()),
+                    nodes: self.directory.nodes().to_vec(),
                     device_id: self.device_id.clone(),
                 });
             }
@@ -908,9 +1065,18 @@ impl Driver {
                     todo.abandon = true;
                     if let Some(live) = self.live.take() {
                         let _ = live.out.send(Out::Close(code));
-                        // A connection the session gave up on (no answer to heartbeats, or
-                        // the app paused): the next one may go to another node.
-                        self.next_server();
+                        // A connection the session gave up on (no answer to heartbeats or to
+                        // the login) or left because the node drains (`go_away`): the next
+                        // one goes to another node. A polite leave (pause, close) is not the
+                        // node's fault.
+                        if a.marks_node_failed() {
+                            let why = if code == CloseCode::GoingAway {
+                                "go_away: the node is draining"
+                            } else {
+                                code.reason()
+                            };
+                            self.node_failed(why);
+                        }
                     }
                 }
             }
@@ -940,6 +1106,11 @@ impl Driver {
                 Event::LoginFailed { .. } => {
                     todo.refresh_credential = self.credential_provider.is_some();
                 }
+                Event::LoggedIn { .. } => {
+                    if let Some(node) = &self.current {
+                        self.directory.mark_ok(node);
+                    }
+                }
                 Event::RoomJoined(joined) => {
                     for tx in self.joins.remove(&joined.room).unwrap_or_default() {
                         let _ = tx.send(Ok(joined.clone()));
@@ -957,7 +1128,6 @@ impl Driver {
                 }
                 Event::Message(_)
                 | Event::Kicked(_)
-                | Event::LoggedIn { .. }
                 | Event::RoomEvent(_)
                 | Event::Presence(_)
                 | Event::HistoryTruncated(_)
@@ -972,17 +1142,40 @@ impl Driver {
     }
 }
 
+/// The first address `host:port` resolves to.
+async fn resolve(address: &str) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| ClientError::Resolve(format!("{address}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(format!("{address}: no address")))
+}
+
+/// The host part of `host:port` (without the brackets of an IPv6 address).
+fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(h, _)| h).trim_matches(['[', ']'])
+}
+
+/// Opens a connection to `node` (`host:port`) and its stream. The endpoint is moved to a
+/// socket of the node's address family first if need be (nothing is connected meanwhile).
 async fn connect(
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    name: String,
+    node: String,
+    name: Option<String>,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    let addr = resolve(&node).await?;
+    let local = endpoint.local_addr().map_err(ClientError::Io)?;
+    if local.is_ipv6() != addr.is_ipv6() {
+        let socket = std::net::UdpSocket::bind(bind_addr(addr)).map_err(ClientError::Io)?;
+        endpoint.rebind(socket).map_err(ClientError::Io)?;
+    }
+    let name = name.unwrap_or_else(|| host_of(&node).to_owned());
     let conn = endpoint
         .connect(addr, &name)
-        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .map_err(|e| ClientError::Connect(format!("{node}: {e}")))?
         .await
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
-    let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        .map_err(|e| ClientError::Connect(format!("{node}: {e}")))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(format!("{node}: {e}")))?;
     Ok((conn, send, recv))
 }
 

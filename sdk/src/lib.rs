@@ -6,7 +6,9 @@
 //! no I/O and reads no clock; a driver feeds it transport events and the current time and carries
 //! out what it asks for. [`state`] is the file-backed journal that makes the session's
 //! [`core::PersistOp`]s durable across restarts. [`client`] is that driver for tokio and quinn:
-//! what an app uses.
+//! what an app uses. [`discovery`] finds the gateway nodes through the registry (the HTTP
+//! fetch and the node cache; the choice of node is the core's sans-I/O
+//! [`core::NodeDirectory`]).
 //!
 //! ```no_run
 //! use tether_sdk::{Client, ClientConfig, Event, Credential, Trust};
@@ -29,6 +31,7 @@
 //! ```
 
 pub mod client;
+pub mod discovery;
 pub mod state;
 pub mod tls;
 

@@ -56,10 +56,35 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Builds the rustls client configuration: TLS 1.3, ALPN `tether/1`.
 pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let mut cfg = crypto(trust, &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// The rustls configuration for `https://` registries: the same trust as for the nodes, TLS 1.2
+/// or 1.3, no ALPN (the HTTP connector sets it).
+pub(crate) fn http_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
+    crypto(trust, &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// A rustls configuration that trusts no server: for an HTTP client that only ever speaks plain
+/// `http://` (it needs some configuration, and the trust store may be unavailable).
+pub(crate) fn http_crypto_trusting_nothing() -> Result<rustls::ClientConfig, ClientError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+fn crypto(
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig, ClientError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut cfg = match trust {
+    let cfg = match trust {
         Trust::Platform => {
             let verifier = rustls_platform_verifier::Verifier::new(provider())
                 .map_err(|e| ClientError::Tls(format!("platform verifier: {e}")))?;
@@ -96,7 +121,6 @@ pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, ClientError>
                 .with_no_client_auth()
         }
     };
-    cfg.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
     Ok(cfg)
 }
 

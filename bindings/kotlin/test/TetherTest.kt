@@ -142,6 +142,21 @@ fun main(args: Array<String>) {
         alice.client.stop(); bob.client.stop()
     }
 
+    test("discovery: given only the registry URL, the client finds the node through the registry") {
+        // The node registers itself with the registry it embeds on its admin listener.
+        val cfg = config(node, "alice8-phone").copy(
+            server = "",
+            registryUrls = listOf("http://${node.admin}/eureka/"),
+            registryApp = "TETHER",
+            discoveryRefreshMs = 1000uL,
+        )
+        val alice = peer(scope, cfg) { Credential.Token(jwt("alice8")) }
+        val bob = peer(scope, config(node, "bob8-phone")) { Credential.Token(jwt("bob8")) }
+        alice.client.sendText("bob8", "found you").ack()
+        check(bob.nextText() == "found you") { "delivered" }
+        alice.client.stop(); bob.client.stop()
+    }
+
     test("an expired JWT is refreshed through the token callback") {
         val calls = AtomicInteger()
         // The first token has expired; the provider is asked again after the refusal.

@@ -7,6 +7,7 @@
 //! tether --ca ca.pem --token $JWT room join lobby
 //! tether --ca ca.pem --token $JWT --meta app=1.2.0 --meta locale=de room send lobby hi all
 //! tether --ca ca.pem --token $JWT --state-dir ~/.tether listen --events
+//! tether --registry http://10.0.0.5:8761/eureka/ --ca ca.pem --token $JWT listen
 //! tether --ca ca.pem --token $JWT presence bob carol --count 2
 //! ```
 
@@ -30,9 +31,17 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct ConnArgs {
-    /// Server address, host:port.
-    #[arg(long, env = "TETHER_SERVER", default_value = "127.0.0.1:7443", global = true)]
-    server: String,
+    /// Server address, host:port (default 127.0.0.1:7443 without --registry; with it, the
+    /// last resort when the registry lists no node).
+    #[arg(long, env = "TETHER_SERVER", global = true)]
+    server: Option<String>,
+    /// Eureka base URL of a registry to discover nodes through, e.g.
+    /// http://10.0.0.5:8761/eureka/ (repeatable, or comma-separated).
+    #[arg(long = "registry", env = "TETHER_REGISTRY_URL", value_delimiter = ',', global = true)]
+    registry: Vec<String>,
+    /// Registry application of the gateway nodes.
+    #[arg(long, env = "TETHER_REGISTRY_APP", default_value = "TETHER", global = true)]
+    registry_app: String,
     /// Name to check in the server certificate (default: the host of --server).
     #[arg(long, env = "TETHER_SERVER_NAME", global = true)]
     server_name: Option<String>,
@@ -206,7 +215,14 @@ fn config(a: &ConnArgs) -> Result<ClientConfig, String> {
         (None, Some(p)) => Trust::pinned(p),
         _ => Trust::SystemRoots,
     };
-    let mut c = ClientConfig::new(a.server.clone(), trust, credential);
+    let server = match &a.server {
+        Some(s) => s.clone(),
+        None if a.registry.is_empty() => "127.0.0.1:7443".to_owned(),
+        None => String::new(),
+    };
+    let mut c = ClientConfig::new(server, trust, credential);
+    c.registry_urls = a.registry.clone();
+    c.registry_app = a.registry_app.clone();
     c.server_name = a.server_name.clone();
     c.state_dir = a.state_dir.as_ref().map(|d| d.display().to_string());
     c.device_type = a.device_type.clone();

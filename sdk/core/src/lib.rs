@@ -12,9 +12,10 @@
 //!    `tether_sdk::state::StateStore::apply`). This comes first so that a message is in the
 //!    journal before its `send` frame leaves, and a cursor before its `ack`.
 //! 2. [`Session::poll_transmit`]: write each frame to the current connection.
-//! 3. [`Session::poll_action`]: [`Action::Connect`] opens a connection and later reports
-//!    [`Session::handle_connected`] or [`Session::handle_connect_failed`];
-//!    [`Action::Disconnect`] closes the current connection (after the frames already written).
+//! 3. [`Session::poll_action`]: [`Action::Connect`] opens a connection (to the node a
+//!    [`NodeDirectory`] chooses) and later reports [`Session::handle_connected`] or
+//!    [`Session::handle_connect_failed`]; [`Action::Disconnect`] closes the current connection
+//!    (after the frames already written).
 //! 4. [`Session::poll_event`]: hand each [`Event`] to the app.
 //!
 //! Then it sleeps until [`Session::poll_timeout`] (calling [`Session::handle_timeout`] then),
@@ -50,12 +51,19 @@
 //!   another device) starts just before that message. `history_truncated` moves the cursor to
 //!   the oldest kept message and is reported ([`Event::HistoryTruncated`]). After `room_left`
 //!   the cursor is forgotten ([`PersistOp::RoomForget`]).
+//! * Draining nodes: `go_away` (or a close with `going_away`) ends the session on that node
+//!   and reconnects at once, without backoff; the login then carries the cursors and the
+//!   outbox is sent again, as after any reconnect, so nothing is lost. The driver lets the
+//!   node cool down ([`Action::marks_node_failed`]) and picks another one with a
+//!   [`NodeDirectory`] (module [`discovery`]: the node list from the registry, the choice,
+//!   cool-downs and staleness, sans I/O like the session).
 //! * Membership and presence requests: `join_room` / `leave_room` keep their order, are sent
 //!   after `login_ok` when made offline, before the outbox's messages, and again after a
 //!   reconnect until answered. Presence subscriptions are a set, sent again after every
 //!   `login_ok`.
 
 mod backoff;
+pub mod discovery;
 mod inbox;
 pub mod model;
 mod outbox;
@@ -66,7 +74,11 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use session::Session;
+pub use discovery::{
+    parse_application, DiscoveredNode, DiscoveryConfig, DiscoveryError, NodeCache, NodeDirectory, NodeStatus,
+    DEFAULT_REGISTRY_APP,
+};
+pub use session::{Session, GO_AWAY_WINDOW};
 pub use types::{
     check_metadata, Action, Event, MetadataError, OutboxEntry, PersistOp, PersistedState, ResumeToken, SessionConfig,
     SessionState, METADATA_MAX_ENTRIES, METADATA_MAX_KEY, METADATA_MAX_TOTAL, METADATA_MAX_VALUE,

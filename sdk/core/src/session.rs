@@ -23,6 +23,12 @@ const SEND_OVERHEAD: usize = 256;
 /// split so that a frame stays far below the server's frame limit.
 const PRESENCE_CHUNK: usize = 256;
 
+/// A `go_away` (or a close with `going_away`) within this long of the previous one is not
+/// followed by an immediate reconnect but by the usual backoff, which then keeps growing
+/// across the logins in between: a node that keeps sending clients away (the only node left,
+/// draining) is not hammered.
+pub const GO_AWAY_WINDOW: Duration = Duration::from_secs(10);
+
 /// A room membership request of the app, kept until the server answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RoomOp {
@@ -101,6 +107,8 @@ pub struct Session {
     presence: BTreeSet<String>,
     /// A wall-clock reading (instant, ms since the Unix epoch) to judge token expiry by.
     wall_clock: Option<(Instant, u64)>,
+    /// When the last `go_away` (or `going_away` close) arrived.
+    last_go_away: Option<Instant>,
     transmits: VecDeque<Frame>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -146,6 +154,7 @@ impl Session {
             left_rooms: HashSet::new(),
             presence: BTreeSet::new(),
             wall_clock: None,
+            last_go_away: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -435,12 +444,18 @@ impl Session {
 
     /// The transport is gone; `close` is the code the server closed with, if known. Reconnects
     /// with backoff, except after `replaced` or `kicked` (state `Kicked`, even if the `kicked`
-    /// frame was lost). Ignored unless the state is `LoggingIn` or `Online`.
+    /// frame was lost) and after `going_away` (the node is draining and its `go_away` frame was
+    /// lost or not read: reconnects at once, as after [`Frame::GoAway`]). Ignored unless the
+    /// state is `LoggingIn` or `Online`.
     pub fn handle_disconnected(&mut self, now: Instant, close: Option<CloseCode>) {
         if !matches!(self.state, SessionState::LoggingIn | SessionState::Online) {
             return;
         }
         self.go_offline();
+        if close == Some(CloseCode::GoingAway) {
+            self.move_to_another_node(now);
+            return;
+        }
         let reason = match close {
             Some(CloseCode::Replaced) => Some(KickReason::Replaced),
             Some(CloseCode::Kicked) => Some(KickReason::Admin),
@@ -459,6 +474,14 @@ impl Session {
 
     /// A frame arrived from the server. Frames that make no sense in the current state are
     /// ignored.
+    ///
+    /// [`Frame::GoAway`] (the node is draining, in `LoggingIn` or `Online`) ends the session on
+    /// this node: what was handed to the app is acknowledged, the connection is closed
+    /// ([`Action::Disconnect`] with [`CloseCode::GoingAway`], which tells the driver to let the
+    /// node cool down, see [`Action::marks_node_failed`]) and the session reconnects at once,
+    /// without backoff ([`Action::Connect`], state `Connecting`), then logs in as after any
+    /// reconnect: its cursors, then its unacknowledged messages again, in order. Within
+    /// [`GO_AWAY_WINDOW`] of the previous `go_away` it backs off instead.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
         let online = match self.state {
             SessionState::Online => true,
@@ -482,6 +505,7 @@ impl Session {
             }
             Frame::HistoryTruncated(t) if online => self.on_history_truncated(t, now),
             Frame::Error(err) if online => self.on_error(err),
+            Frame::GoAway(_) => self.on_go_away(online, now),
             Frame::Kicked(kicked) => {
                 let reason = kicked.reason;
                 self.go_offline();
@@ -754,7 +778,9 @@ impl Session {
 
     fn on_login_ok(&mut self, ok: LoginOk, now: Instant) {
         self.login_deadline = None;
-        self.backoff.reset();
+        if !self.in_go_away_window(now) {
+            self.backoff.reset();
+        }
         self.user = Some(ok.user.clone());
         self.heartbeat_interval = self.heartbeat_for(&ok);
         self.max_frame = Some(ok.max_frame);
@@ -783,6 +809,34 @@ impl Session {
             self.transmit(Frame::Sync(sync), now);
         }
         self.flush_outbox(now);
+    }
+
+    /// Whether a `go_away` arrived less than [`GO_AWAY_WINDOW`] before `now`.
+    fn in_go_away_window(&self, now: Instant) -> bool {
+        self.last_go_away.is_some_and(|at| now < at + GO_AWAY_WINDOW)
+    }
+
+    /// The node is draining: ack what the app has, leave, reconnect at once.
+    fn on_go_away(&mut self, online: bool, now: Instant) {
+        let ack = if online { self.take_acks(now, true) } else { None };
+        self.go_offline();
+        if let Some(ack) = ack {
+            self.transmit(Frame::Ack(ack), now);
+        }
+        self.disconnect(CloseCode::GoingAway);
+        self.move_to_another_node(now);
+    }
+
+    /// After `go_away`: connect again at once (the driver picks another node), or back off
+    /// when the previous `go_away` was recent.
+    fn move_to_another_node(&mut self, now: Instant) {
+        let rapid = self.in_go_away_window(now);
+        self.last_go_away = Some(now);
+        if rapid {
+            self.enter_backoff(now);
+        } else {
+            self.connect();
+        }
     }
 
     fn on_login_error(&mut self, err: LoginError, now: Instant) {

@@ -205,6 +205,18 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Whether the node of the connection this action ends let the session down, so that the
+    /// driver should let it cool down and connect elsewhere next
+    /// ([`NodeDirectory::mark_failed`](crate::discovery::NodeDirectory::mark_failed)): a
+    /// [`Action::Disconnect`] with any code but [`CloseCode::Normal`] (no answer to the
+    /// heartbeat or to the login, or `going_away` after a `go_away`). A polite leave (pause,
+    /// close, after a refused login) is `Normal` and does not count.
+    pub fn marks_node_failed(&self) -> bool {
+        matches!(self, Action::Disconnect { code } if *code != CloseCode::Normal)
+    }
+}
+
 /// Where the session is in its connection lifecycle (the session's own view, with the deadline
 /// it schedules on; apps see it as [`ConnectionState`] in [`Event::State`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,7 @@
 //! Tests of the session core. Time is injected: nothing sleeps; hours pass in microseconds.
 
+mod discovery;
+mod go_away;
 mod heartbeat;
 mod inbox;
 mod lifecycle;

@@ -4,7 +4,8 @@
 //! `client_msg_id`, answers `login` with the backlogs after the presented cursors and `sync`
 //! (inbox or room) with the asked range. The
 //! network between them drops connections (the server having read a random prefix of what the
-//! client wrote), fails connection attempts, reorders, duplicates and loses deliveries. At the
+//! client wrote), fails connection attempts, reorders, duplicates and loses deliveries, and the
+//! server now and then drains (`go_away`, dropping what it still had queued). At the
 //! end the faults stop and the test checks the contract: every message reaches the app exactly
 //! once and in order (per inbox and per room), every send is stored exactly once, in order, and
 //! acknowledged once.
@@ -230,6 +231,8 @@ struct Sim {
     bob_count: u64,
     /// The room's head when the device joined: it gets every room message after it.
     joined_at: u64,
+    /// `go_away` frames the client read (the node drained under it).
+    go_aways: u64,
 }
 
 impl Sim {
@@ -247,6 +250,7 @@ impl Sim {
             app_room_sent: vec![],
             bob_count: 0,
             joined_at: 0,
+            go_aways: 0,
         }
     }
 
@@ -364,6 +368,14 @@ impl Sim {
             if matches!(frame, Frame::Deliver(_)) && dup {
                 conn.to_client.push_front(frame.clone());
             }
+            if matches!(frame, Frame::GoAway(_)) {
+                // The server closes right after it: nothing behind it on this connection.
+                conn.to_client.clear();
+                self.go_aways += 1;
+                self.h.frame(frame);
+                self.pump();
+                continue;
+            }
             self.h.frame(frame);
             self.pump();
         }
@@ -394,6 +406,16 @@ impl Sim {
             let id = self.h.s.send(Address::room(ROOM), "text/plain".into(), payload, self.h.now, now_ms);
             self.h.drain();
             self.app_room_sent.push(id);
+        }
+        if self.faults && self.server.conn.as_ref().is_some_and(|c| c.logged_in) && self.chance(5) {
+            // The node drains: `go_away`, after which it closes the connection (what it had
+            // still queued is lost with it).
+            if let Some(conn) = self.server.conn.as_mut() {
+                conn.to_client.push_back(Frame::GoAway(tether_proto::GoAway {
+                    reason: "draining".into(),
+                    message: "node draining".into(),
+                }));
+            }
         }
         if self.faults && self.server.conn.is_some() && self.chance(15) {
             // The connection breaks; the server read some of what the client had written.
@@ -516,6 +538,7 @@ fn no_loss_no_duplicates_order_kept_under_faults() {
         sim.check();
         assert!(sim.server.log.len() > 100, "seed {seed}: too little traffic");
         assert!(sim.server.room_log.len() > 100, "seed {seed}: too little room traffic");
+        assert!(sim.go_aways > 0, "seed {seed}: no node drained under the client");
     }
 }
 
