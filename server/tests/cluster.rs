@@ -282,17 +282,51 @@ async fn a_redis_restart_mid_traffic_loses_nothing() {
     let pg = postgres::Postgres::start(false);
     let db = pg.fresh_db().await;
     let mut redis = redis_server::Redis::start();
-    let nodes = three_nodes(&db, &redis.url(), false);
-    let (alice, alice_ev) = client_on(&nodes, 0, "alice", "a1").await;
-    let (bob, bob_ev) = client_on(&nodes, 1, "bob", "b1").await;
-    traffic_with_a_fault(&alice, alice_ev, &bob, bob_ev, 300, || {
+    let url = redis.url();
+    redis_restart_loses_nothing(&db, &url, false, move || {
         redis.kill();
         std::thread::sleep(Duration::from_secs(2));
         redis.restart();
+        redis
+    })
+    .await;
+}
+
+/// The same with every master of a Redis Cluster killed (losing every key and subscription)
+/// and started again (the cluster's configuration survives in its nodes.conf files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_mid_traffic_loses_nothing_on_a_redis_cluster() {
+    let pg = postgres::Postgres::start(false);
+    let db = pg.fresh_db().await;
+    let mut redis = redis_server::RedisCluster::start();
+    let urls = redis.urls();
+    redis_restart_loses_nothing(&db, &urls, true, move || {
+        redis.kill_all();
+        std::thread::sleep(Duration::from_secs(2));
+        redis.restart_all();
+        redis
+    })
+    .await;
+}
+
+async fn redis_restart_loses_nothing<R: Send + 'static>(
+    db: &str,
+    redis: &str,
+    sharded: bool,
+    restart: impl FnOnce() -> R + Send + 'static,
+) {
+    let nodes = three_nodes(db, redis, sharded);
+    let (alice, alice_ev) = client_on(&nodes, 0, "alice", "a1").await;
+    let (bob, bob_ev) = client_on(&nodes, 1, "bob", "b1").await;
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = kept.clone();
+    traffic_with_a_fault(&alice, alice_ev, &bob, bob_ev, 300, move || {
+        // Keep the restarted Redis alive until the end of the test.
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(restart());
     })
     .await;
     // The nodes found their way back: presence is in Redis again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) =
             nodes[2].admin("POST", "/v1/presence", Some(serde_json::json!({"users": ["alice", "bob"]}))).await;
@@ -304,6 +338,8 @@ async fn a_redis_restart_mid_traffic_loses_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "presence not restored: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(metric_sum(&nodes, "tether_cluster_resyncs_total").await >= 2.0, "the nodes resynced their sessions");
+    drop(kept);
 }
 
 /// `n` messages each way between alice and bob, with `fault` run a third of the way in.

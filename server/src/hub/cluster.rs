@@ -38,6 +38,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How long a user's last-seen time is kept in Redis.
 const LAST_SEEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
+/// How long Redis may fail before the node replaces its connection.
+const REBUILD_AFTER: Duration = Duration::from_secs(5);
+
 /// Most queued routes handled in one round (one presence lookup and one publish round trip).
 const ROUTE_BATCH: usize = 1024;
 
@@ -182,7 +185,13 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    conn: Conn,
+    /// The Redis connection; replaced when it stays broken (see [`heartbeat_task`]).
+    conn: std::sync::RwLock<Conn>,
+    /// Where every connection sends its pushes (the subscriber task reads them).
+    pushes: mpsc::UnboundedSender<PushInfo>,
+    settings: ClusterSettings,
+    /// Since when Redis has failed without the node reconciling (monotonic).
+    down_since: Mutex<Option<std::time::Instant>>,
     keys: Keys,
     /// This node's key: its id and a boot nonce, so a restarted node never inherits the
     /// entries of its former self.
@@ -220,7 +229,7 @@ impl ClusterHub {
         metrics: Arc<Metrics>,
     ) -> Result<ClusterHub, ClusterError> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let conn = Conn::connect(&settings.redis_url, settings.redis_cluster, push_tx).await?;
+        let conn = Conn::connect(&settings.redis_url, settings.redis_cluster, push_tx.clone()).await?;
         let (routes, routes_rx) = mpsc::unbounded_channel();
         let me = format!("{}.{}", settings.node_id, hex::encode(rand::random::<[u8; 4]>()));
         let inner = Arc::new(Inner {
@@ -229,7 +238,10 @@ impl ClusterHub {
             store,
             clock,
             metrics,
-            conn,
+            conn: std::sync::RwLock::new(conn),
+            pushes: push_tx,
+            settings: settings.clone(),
+            down_since: Mutex::new(None),
             keys: Keys::new(&settings.prefix),
             me,
             lease_ms: settings.lease.as_millis().max(300) as u64,
@@ -240,9 +252,9 @@ impl ClusterHub {
             dirty: AtomicBool::new(false),
         });
         inner.heartbeat().await?;
-        inner.conn.subscribe(&[inner.keys.node_channel(&inner.me), inner.keys.all_channel()]).await?;
+        inner.conn().subscribe(&[inner.keys.node_channel(&inner.me), inner.keys.all_channel()]).await?;
         inner.metrics.redis_up.set(1);
-        info!(node = %inner.me, sharded = inner.conn.sharded(), "cluster hub joined");
+        info!(node = %inner.me, sharded = inner.conn().sharded(), "cluster hub joined");
         tokio::spawn(route_task(inner.clone(), routes_rx));
         tokio::spawn(subscriber_task(Arc::downgrade(&inner), push_rx));
         tokio::spawn(heartbeat_task(Arc::downgrade(&inner)));
@@ -258,9 +270,9 @@ impl ClusterHub {
     async fn give_up_lease(&self) {
         let i = &self.inner;
         let _: RedisResult<Value> =
-            i.conn.run(&i.metrics, "leave", redis::cmd("ZREM").arg(i.keys.nodes()).arg(&i.me)).await;
+            i.conn().run(&i.metrics, "leave", redis::cmd("ZREM").arg(i.keys.nodes()).arg(&i.me)).await;
         let _: RedisResult<Value> =
-            i.conn.run(&i.metrics, "leave", redis::cmd("DEL").arg(i.keys.node_users(&i.me))).await;
+            i.conn().run(&i.metrics, "leave", redis::cmd("DEL").arg(i.keys.node_users(&i.me))).await;
     }
 }
 
@@ -298,11 +310,39 @@ impl Inner {
         self.clock.now_ms()
     }
 
+    /// The current Redis connection (a cheap handle).
+    fn conn(&self) -> Conn {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn failed(&self, what: &str, e: &redis::RedisError) {
         if !self.dirty.swap(true, Ordering::AcqRel) {
             warn!(error = %e, what, "redis unavailable: serving this node's sessions alone until it is back");
         }
+        lock(&self.down_since).get_or_insert_with(std::time::Instant::now);
         self.metrics.redis_up.set(0);
+    }
+
+    /// A connection that has failed for longer than `REBUILD_AFTER` is replaced by a new one
+    /// (a client stuck in its own recovery would otherwise never come back).
+    async fn rebuild_if_stuck(&self) {
+        let stuck = lock(&self.down_since).is_some_and(|t| t.elapsed() >= REBUILD_AFTER);
+        if !stuck {
+            return;
+        }
+        let s = &self.settings;
+        match tokio::time::timeout(REBUILD_AFTER, Conn::connect(&s.redis_url, s.redis_cluster, self.pushes.clone()))
+            .await
+        {
+            Ok(Ok(conn)) => {
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+                info!("redis connection replaced after a long failure");
+            }
+            Ok(Err(e)) => debug!(error = %e, "redis still unreachable"),
+            Err(_) => debug!("redis still unreachable (connect timed out)"),
+        }
+        // Wait another period before the next attempt.
+        *lock(&self.down_since) = Some(std::time::Instant::now());
     }
 
     /// Whether `node` may hold live sessions: itself, or a node whose lease has not run out
@@ -332,7 +372,7 @@ impl Inner {
     async fn lookup(&self, users: &[String]) -> Option<Vec<Vec<Entry>>> {
         let cmds = users.iter().map(|u| redis::cmd("HVALS").arg(self.keys.presence(u)).clone()).collect();
         let mut out = Vec::with_capacity(users.len());
-        for r in self.conn.run_many(&self.metrics, "lookup", cmds).await {
+        for r in self.conn().run_many(&self.metrics, "lookup", cmds).await {
             match r {
                 Ok(v) => out.push(entries_of(&v).into_iter().filter(|e| self.alive(&e.n)).collect()),
                 Err(e) => {
@@ -348,16 +388,14 @@ impl Inner {
     /// did not know this node (restarted, or the node was reaped): its state must be restored.
     async fn heartbeat(&self) -> RedisResult<bool> {
         let now = self.now();
-        let added: i64 = self
-            .conn
-            .run(
-                &self.metrics,
-                "heartbeat",
-                redis::cmd("ZADD").arg(self.keys.nodes()).arg(now + self.lease_ms).arg(&self.me),
-            )
-            .await?;
+        let conn = self.conn();
+        let known: Option<f64> =
+            conn.run(&self.metrics, "heartbeat", redis::cmd("ZSCORE").arg(self.keys.nodes()).arg(&self.me)).await?;
+        // GT: a delayed, older renewal never moves the lease back.
+        let renew = redis::cmd("ZADD").arg(self.keys.nodes()).arg("GT").arg(now + self.lease_ms).arg(&self.me).clone();
+        let _: i64 = conn.run(&self.metrics, "heartbeat", &renew).await?;
         let all: Vec<(String, f64)> = self
-            .conn
+            .conn()
             .run(
                 &self.metrics,
                 "heartbeat",
@@ -365,7 +403,7 @@ impl Inner {
             )
             .await?;
         *lock(&self.nodes) = all.into_iter().map(|(n, s)| (n, s as u64)).collect();
-        Ok(added == 0)
+        Ok(known.is_some())
     }
 
     /// Writes the last-seen times gathered since the last flush.
@@ -381,7 +419,7 @@ impl Inner {
             })
             .collect();
         if let Some(Err(e)) =
-            self.conn.run_many(&self.metrics, "last_seen", cmds).await.into_iter().find(Result::is_err)
+            self.conn().run_many(&self.metrics, "last_seen", cmds).await.into_iter().find(Result::is_err)
         {
             self.failed("last_seen", &e);
             lock(&self.seen).extend(seen);
@@ -394,7 +432,7 @@ impl Inner {
         let mut channels = vec![self.keys.node_channel(&self.me), self.keys.all_channel()];
         channels.extend(lock(&self.index).by_room.keys().map(|r| self.keys.room_channel(r)));
         channels.extend(self.local.watched_users().iter().map(|u| self.keys.watch_channel(u)));
-        self.conn.subscribe(&channels).await?;
+        self.conn().subscribe(&channels).await?;
         let sessions = self.local.all();
         let mut cmds = Vec::new();
         for s in &sessions {
@@ -403,7 +441,7 @@ impl Inner {
             cmds.push(redis::cmd("HSETNX").arg(self.keys.presence(&s.user)).arg(&s.device_type).arg(entry).clone());
             cmds.push(redis::cmd("SADD").arg(self.keys.node_users(&self.me)).arg(&s.user).clone());
         }
-        for r in self.conn.run_many(&self.metrics, "reconcile", cmds).await {
+        for r in self.conn().run_many(&self.metrics, "reconcile", cmds).await {
             r?;
         }
         self.local.resync_all();
@@ -419,21 +457,27 @@ impl Inner {
         let dead: Vec<String> =
             lock(&self.nodes).iter().filter(|(n, exp)| **exp < now && **n != self.me).map(|(n, _)| n.clone()).collect();
         for node in dead {
+            // Only if the lease is still out now (the cached one may be a heartbeat old).
+            let score: RedisResult<Option<f64>> =
+                self.conn().run(&self.metrics, "reap", redis::cmd("ZSCORE").arg(self.keys.nodes()).arg(&node)).await;
+            if !matches!(score, Ok(Some(exp)) if (exp as u64) < self.now()) {
+                continue;
+            }
             let lock_cmd =
                 redis::cmd("SET").arg(self.keys.reap(&node)).arg(&self.me).arg("NX").arg("EX").arg(60).clone();
-            let got: RedisResult<Option<String>> = self.conn.run(&self.metrics, "reap", &lock_cmd).await;
+            let got: RedisResult<Option<String>> = self.conn().run(&self.metrics, "reap", &lock_cmd).await;
             if !matches!(got, Ok(Some(_))) {
                 continue;
             }
             let users: Vec<String> = self
-                .conn
+                .conn()
                 .run(&self.metrics, "reap", redis::cmd("SMEMBERS").arg(self.keys.node_users(&node)))
                 .await
                 .unwrap_or_default();
             info!(node = %node, users = users.len(), "node lease ran out: its sessions are gone");
             for user in users {
                 let left: RedisResult<Value> = self
-                    .conn
+                    .conn()
                     .run(
                         &self.metrics,
                         "reap",
@@ -453,9 +497,9 @@ impl Inner {
                 hub.notify_presence(&user).await;
             }
             let _: RedisResult<Value> =
-                self.conn.run(&self.metrics, "reap", redis::cmd("DEL").arg(self.keys.node_users(&node))).await;
+                self.conn().run(&self.metrics, "reap", redis::cmd("DEL").arg(self.keys.node_users(&node))).await;
             let _: RedisResult<Value> =
-                self.conn.run(&self.metrics, "reap", redis::cmd("ZREM").arg(self.keys.nodes()).arg(&node)).await;
+                self.conn().run(&self.metrics, "reap", redis::cmd("ZREM").arg(self.keys.nodes()).arg(&node)).await;
             lock(&self.nodes).remove(&node);
             self.metrics.nodes_reaped.inc();
         }
@@ -553,9 +597,9 @@ impl Inner {
         };
         let ch = [self.keys.room_channel(room)];
         let r = if sub {
-            self.conn.subscribe(&ch).await
+            self.conn().subscribe(&ch).await
         } else if unsub {
-            self.conn.unsubscribe(&ch).await
+            self.conn().unsubscribe(&ch).await
         } else {
             Ok(())
         };
@@ -641,13 +685,13 @@ async fn route_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Route>) {
                         .bus_published
                         .get_or_create(&BusLabel { kind: bus.kind().into(), used: String::new() })
                         .inc();
-                    cmds.push(inner.conn.publish_cmd(ch, &payload));
+                    cmds.push(inner.conn().publish_cmd(ch, &payload));
                 }
                 Err(e) => warn!(error = %e, "could not encode a cluster message"),
             }
         }
         if let Some(Err(e)) =
-            inner.conn.run_many(&inner.metrics, "publish", cmds).await.into_iter().find(Result::is_err)
+            inner.conn().run_many(&inner.metrics, "publish", cmds).await.into_iter().find(Result::is_err)
         {
             inner.failed("publish", &e);
         }
@@ -694,16 +738,23 @@ async fn heartbeat_task(inner: std::sync::Weak<Inner>) {
                     match inner.reconcile().await {
                         Ok(()) => {
                             inner.dirty.store(false, Ordering::Release);
+                            *lock(&inner.down_since) = None;
                             inner.metrics.redis_up.set(1);
                         }
-                        Err(e) => inner.failed("reconcile", &e),
+                        Err(e) => {
+                            inner.failed("reconcile", &e);
+                            inner.rebuild_if_stuck().await;
+                        }
                     }
                 }
                 inner.flush_seen().await;
                 let hub = ClusterHub { inner: inner.clone() };
                 inner.reap(&hub).await;
             }
-            Err(e) => inner.failed("heartbeat", &e),
+            Err(e) => {
+                inner.failed("heartbeat", &e);
+                inner.rebuild_if_stuck().await;
+            }
         }
     }
 }
@@ -714,7 +765,7 @@ impl ClusterHub {
         let i = &self.inner;
         let found = i.lookup(users).await;
         let cmds = users.iter().map(|u| redis::cmd("GET").arg(i.keys.last_seen(u)).clone()).collect();
-        let seen = i.conn.run_many(&i.metrics, "last_seen", cmds).await;
+        let seen = i.conn().run_many(&i.metrics, "last_seen", cmds).await;
         users
             .iter()
             .enumerate()
@@ -769,7 +820,7 @@ impl Hub for ClusterHub {
         let entry = serde_json::to_string(&i.entry(s)).unwrap_or_default();
         let cmd =
             redis::cmd("EVAL").arg(ATTACH).arg(1).arg(i.keys.presence(&s.user)).arg(&s.device_type).arg(entry).clone();
-        let before: Value = match i.conn.run(&i.metrics, "attach", &cmd).await {
+        let before: Value = match i.conn().run(&i.metrics, "attach", &cmd).await {
             Ok(v) => v,
             Err(e) => {
                 i.failed("attach", &e);
@@ -777,7 +828,7 @@ impl Hub for ClusterHub {
             }
         };
         let sadd = redis::cmd("SADD").arg(i.keys.node_users(&i.me)).arg(&s.user).clone();
-        if let Err(e) = i.conn.run::<Value>(&i.metrics, "attach", &sadd).await {
+        if let Err(e) = i.conn().run::<Value>(&i.metrics, "attach", &sadd).await {
             i.failed("attach", &e);
         }
         // HGETALL pairs: field, entry.
@@ -805,7 +856,7 @@ impl Hub for ClusterHub {
             let mut index = lock(&i.index);
             rooms.iter().filter(|r| index.add(r, user)).map(|r| i.keys.room_channel(r)).collect()
         };
-        if let Err(e) = i.conn.subscribe(&fresh).await {
+        if let Err(e) = i.conn().subscribe(&fresh).await {
             i.failed("subscribe", &e);
         }
     }
@@ -825,7 +876,7 @@ impl Hub for ClusterHub {
         i.local.unregister(&s.user, s.id);
         let unwatched = i.local.unwatch(s.id, watching.iter());
         let channels: Vec<String> = unwatched.iter().map(|u| i.keys.watch_channel(u)).collect();
-        if let Err(e) = i.conn.unsubscribe(&channels).await {
+        if let Err(e) = i.conn().unsubscribe(&channels).await {
             i.failed("unsubscribe", &e);
         }
         let last_here = !i.local.is_online(&s.user);
@@ -837,7 +888,7 @@ impl Hub for ClusterHub {
             .arg(&i.me)
             .arg(s.id.to_string())
             .clone();
-        let last = match i.conn.run::<Value>(&i.metrics, "detach", &cmd).await {
+        let last = match i.conn().run::<Value>(&i.metrics, "detach", &cmd).await {
             Ok(left) => last_here && !entries_of(&left).iter().any(|e| i.alive(&e.n)),
             Err(e) => {
                 i.failed("detach", &e);
@@ -846,12 +897,12 @@ impl Hub for ClusterHub {
         };
         if last_here {
             let srem = redis::cmd("SREM").arg(i.keys.node_users(&i.me)).arg(&s.user).clone();
-            if let Err(e) = i.conn.run::<Value>(&i.metrics, "detach", &srem).await {
+            if let Err(e) = i.conn().run::<Value>(&i.metrics, "detach", &srem).await {
                 i.failed("detach", &e);
             }
             let emptied = lock(&i.index).remove_user(&s.user);
             let channels: Vec<String> = emptied.iter().map(|r| i.keys.room_channel(r)).collect();
-            if let Err(e) = i.conn.unsubscribe(&channels).await {
+            if let Err(e) = i.conn().unsubscribe(&channels).await {
                 i.failed("unsubscribe", &e);
             }
         }
@@ -912,7 +963,7 @@ impl Hub for ClusterHub {
         let i = &self.inner;
         let fresh = i.local.watch(sid, tx, users);
         let channels: Vec<String> = fresh.iter().map(|u| i.keys.watch_channel(u)).collect();
-        if let Err(e) = i.conn.subscribe(&channels).await {
+        if let Err(e) = i.conn().subscribe(&channels).await {
             i.failed("subscribe", &e);
         }
         self.presence_of(users).await
@@ -922,7 +973,7 @@ impl Hub for ClusterHub {
         let i = &self.inner;
         let gone = i.local.unwatch(sid, users.iter());
         let channels: Vec<String> = gone.iter().map(|u| i.keys.watch_channel(u)).collect();
-        if let Err(e) = i.conn.unsubscribe(&channels).await {
+        if let Err(e) = i.conn().unsubscribe(&channels).await {
             i.failed("unsubscribe", &e);
         }
     }

@@ -62,6 +62,8 @@ impl Conn {
                 .push_sender(pushes)
                 .connection_timeout(RESPONSE_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
+                // Bounded in all, retries included: the node must learn soon that Redis is away.
+                .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
                 .build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         } else {

@@ -118,6 +118,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        // For debugging: keep the node's log when TETHER_KEEP_LOGS names a directory.
+        if let Ok(dir) = std::env::var("TETHER_KEEP_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let to = Path::new(&dir).join(format!("node-{}.log", self.quic.port()));
+            let _ = std::fs::copy(self.dir.path().join("server.log"), to);
+        }
     }
 }
 

@@ -135,6 +135,35 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// SIGKILL every master (keys and subscriptions are lost; the cluster configuration stays
+    /// in each one's nodes.conf).
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Starts every master again on its port and waits until the cluster is ok.
+    pub fn restart_all(&mut self) {
+        for n in &mut self.nodes {
+            n.spawn();
+        }
+        self.wait_ok();
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok =
+                self.nodes.iter().all(|n| n.cli(&["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok")));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Seed URLs, comma-separated.
     pub fn urls(&self) -> String {
         self.nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",")
