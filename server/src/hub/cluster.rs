@@ -205,6 +205,8 @@ struct Inner {
     seen: Mutex<HashMap<String, u64>>,
     /// Redis failed since the node last reconciled with it.
     dirty: AtomicBool,
+    /// Deliveries were dropped (not routed) since the node last reconciled.
+    dropped: AtomicBool,
 }
 
 /// The Redis-backed [`Hub`] of a node in a cluster.
@@ -250,6 +252,7 @@ impl ClusterHub {
             routes,
             seen: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
         });
         inner.heartbeat().await?;
         inner.conn().subscribe(&[inner.keys.node_channel(&inner.me), inner.keys.all_channel()]).await?;
@@ -446,6 +449,18 @@ impl Inner {
         }
         self.local.resync_all();
         self.metrics.cluster_resyncs.inc();
+        if self.dropped.load(Ordering::Acquire) {
+            // Deliveries this node could not route meanwhile are in the store: every node that
+            // is connected now reads what its sessions missed (one that is not will reconcile,
+            // and so resync, once it is back).
+            let bus = Bus::Resync { origin: self.me.clone() };
+            if let Ok(payload) = rmp_serde::to_vec_named(&bus) {
+                let conn = self.conn();
+                conn.run::<Value>(&self.metrics, "reconcile", &conn.publish_cmd(&self.keys.all_channel(), &payload))
+                    .await?;
+            }
+            self.dropped.store(false, Ordering::Release);
+        }
         info!(sessions = sessions.len(), "redis is back: subscriptions and presence restored, sessions resync");
         Ok(())
     }
@@ -644,9 +659,12 @@ async fn route_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Route>) {
                     (u, nodes)
                 })
                 .collect(),
-            // Redis is away: these deliveries are dropped here and recovered by the
-            // recipients' resync once it is back.
-            None => HashMap::new(),
+            // Redis is away: these deliveries are dropped here; once this node has reconciled
+            // it asks every node to resync (`dropped`), and the recipients read them then.
+            None => {
+                inner.dropped.store(true, Ordering::Release);
+                HashMap::new()
+            }
         };
         let mut publishes: Vec<(String, Bus)> = Vec::new();
         let mut per_node: HashMap<String, Vec<(String, u64, Arc<StoredMessage>)>> = HashMap::new();
@@ -694,6 +712,7 @@ async fn route_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Route>) {
             inner.conn().run_many(&inner.metrics, "publish", cmds).await.into_iter().find(Result::is_err)
         {
             inner.failed("publish", &e);
+            inner.dropped.store(true, Ordering::Release);
         }
     }
 }
