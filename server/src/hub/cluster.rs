@@ -517,6 +517,10 @@ impl Inner {
                 self.conn().run(&self.metrics, "reap", redis::cmd("ZREM").arg(self.keys.nodes()).arg(&node)).await;
             lock(&self.nodes).remove(&node);
             self.metrics.nodes_reaped.inc();
+            // What the dead node stored but never published (and what its clients' retries,
+            // answered as duplicates elsewhere, did not deliver again) is in the store: every
+            // session of the cluster reads what it missed.
+            hub.resync_all();
         }
     }
 
