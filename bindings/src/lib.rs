@@ -153,16 +153,60 @@ pub struct OutgoingMessage {
     pub payload: Vec<u8>,
 }
 
-/// Hands the SDK's event batches to a foreign listener.
-struct ForeignListener(Arc<dyn EventListener>);
+/// Most events held for the first listener while none is registered yet (beyond it the oldest
+/// are kept and the rest dropped; an app registers its listener right after `start_client`).
+const EARLY_EVENTS: usize = 10_000;
 
-impl tether_sdk::EventListener for ForeignListener {
-    fn on_event(&self, event: tether_sdk::Event) {
-        self.0.on_events(vec![event.into()]);
+/// The SDK's event stream fanned out to the foreign listeners, each on a thread of its own.
+/// Events that arrive before the first listener (the login, a backlog: the client starts
+/// connecting inside `start_client`) are held and handed to that listener first, in order.
+struct Fanout {
+    listeners: Vec<(u64, std::sync::mpsc::Sender<tether_sdk::Event>)>,
+    /// Events before the first listener; `None` once one was added.
+    early: Option<Vec<tether_sdk::Event>>,
+    next_id: u64,
+}
+
+fn lock_fanout(f: &Mutex<Fanout>) -> std::sync::MutexGuard<'_, Fanout> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fanout {
+    /// Hands one event to every listener (or holds it for the first).
+    fn publish(&mut self, event: tether_sdk::Event) {
+        if let Some(early) = self.early.as_mut() {
+            if early.len() < EARLY_EVENTS {
+                early.push(event);
+            }
+            return;
+        }
+        self.listeners.retain(|(_, tx)| tx.send(event.clone()).is_ok());
     }
 
-    fn on_events(&self, events: Vec<tether_sdk::Event>) {
-        self.0.on_events(events.into_iter().map(Into::into).collect());
+    /// Adds a listener, with the held events first if it is the first one. Returns its id.
+    fn add(&mut self, listener: Arc<dyn EventListener>) -> u64 {
+        let (tx, rx) = std::sync::mpsc::channel::<tether_sdk::Event>();
+        for event in self.early.take().into_iter().flatten() {
+            let _ = tx.send(event);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let spawned = std::thread::Builder::new().name(format!("tether-listener-{id}")).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < tether_sdk::LISTENER_BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => batch.push(ev),
+                        Err(_) => break,
+                    }
+                }
+                listener.on_events(batch.into_iter().map(Into::into).collect());
+            }
+        });
+        if spawned.is_ok() {
+            self.listeners.push((id, tx));
+        }
+        id
     }
 }
 
@@ -258,14 +302,23 @@ impl SendHandle {
 /// Keeps an [`EventListener`] registered until it is closed (or collected).
 #[derive(uniffi::Object)]
 pub struct ListenerRegistration {
-    handle: Mutex<Option<tether_sdk::ListenerHandle>>,
+    id: u64,
+    fanout: std::sync::Weak<Mutex<Fanout>>,
 }
 
 #[uniffi::export]
 impl ListenerRegistration {
     /// Stops the listener.
     pub fn stop(&self) {
-        self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = self.fanout.upgrade() {
+            lock_fanout(&f).listeners.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+impl Drop for ListenerRegistration {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -273,7 +326,9 @@ impl ListenerRegistration {
 #[derive(uniffi::Object)]
 pub struct TetherClient {
     client: tether_sdk::Client,
-    /// The SDK's own event stream is drained (events reach apps through listeners).
+    /// The listeners the SDK's event stream is fanned out to.
+    fanout: Arc<Mutex<Fanout>>,
+    /// The task that reads the SDK's event stream into `fanout`.
     _drain: tokio::task::JoinHandle<()>,
 }
 
@@ -314,17 +369,29 @@ pub async fn start_client(
     cfg.credential_provider =
         Some(tether_sdk::CredentialProvider(Arc::new(move || credentials.credential().map(Into::into))));
     let (client, mut events) = on_runtime(tether_sdk::Client::start(cfg)).await?;
-    let drain = RUNTIME.spawn(async move { while events.next().await.is_some() {} });
-    Ok(Arc::new(TetherClient { client, _drain: drain }))
+    let fanout = Arc::new(Mutex::new(Fanout { listeners: Vec::new(), early: Some(Vec::new()), next_id: 1 }));
+    let sink = fanout.clone();
+    let drain = RUNTIME.spawn(async move {
+        while let Some(event) = events.next().await {
+            let mut f = lock_fanout(&sink);
+            f.publish(event);
+            // Whatever else is ready goes out under the same lock.
+            while let Some(event) = events.try_next() {
+                f.publish(event);
+            }
+        }
+    });
+    Ok(Arc::new(TetherClient { client, fanout, _drain: drain }))
 }
 
 #[uniffi::export]
 impl TetherClient {
-    /// Registers a listener for every event from now on; it stops when the registration is
-    /// stopped or collected.
+    /// Registers a listener for every event from now on (the first listener also gets, first,
+    /// the events since `start_client`: the login, a backlog); it stops when the registration
+    /// is stopped or collected.
     pub fn add_listener(&self, listener: Arc<dyn EventListener>) -> Arc<ListenerRegistration> {
-        let handle = self.client.add_listener(ForeignListener(listener));
-        Arc::new(ListenerRegistration { handle: Mutex::new(Some(handle)) })
+        let id = lock_fanout(&self.fanout).add(listener);
+        Arc::new(ListenerRegistration { id, fanout: Arc::downgrade(&self.fanout) })
     }
 
     /// Queues a message and returns at once; messages go out in the order of the calls.

@@ -157,6 +157,30 @@ fun main(args: Array<String>) {
         alice.client.stop(); bob.client.stop()
     }
 
+    test("the first listener gets the events since startClient: the login and the backlog") {
+        val sender = peer(scope, config(node, "alice11-phone")) { Credential.Token(jwt("alice11")) }
+        sender.client.sendText("bob11", "waiting for you").ack()
+        // bob starts and is online before anyone listens.
+        val bob = startClient(config(node, "bob11-phone"), credentialProvider { Credential.Token(jwt("bob11")) })
+        withTimeout(20_000) { bob.waitOnline() }
+        delay(300)
+        val events = bob.events().produceIn(scope)
+        var loggedIn = false
+        var text = ""
+        withTimeout(15_000) {
+            while (text.isEmpty()) {
+                when (val e = events.receive()) {
+                    is Event.LoggedIn -> loggedIn = true
+                    is Event.Message -> text = String(e.message.payload)
+                    else -> {}
+                }
+            }
+        }
+        check(loggedIn) { "the login reached the first listener, before the backlog" }
+        check(text == "waiting for you") { "the backlog reached it: $text" }
+        sender.client.stop(); bob.stop()
+    }
+
     test("an expired JWT is refreshed through the token callback") {
         val calls = AtomicInteger()
         // The first token has expired; the provider is asked again after the refusal.
