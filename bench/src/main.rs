@@ -15,6 +15,7 @@ mod load;
 mod relay;
 mod room;
 mod wire;
+mod writepath;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -170,6 +171,25 @@ enum Cmd {
         /// Prefix of the generated user names (distinct per run on one database).
         #[arg(long, default_value = "c")]
         user_prefix: String,
+    },
+    /// The durable write path alone: batches committed through the SQLite store (fsync per
+    /// commit) against the same batches appended to a checksummed log with one fdatasync each.
+    Writepath {
+        /// Batches to commit.
+        #[arg(long, default_value_t = 2000)]
+        batches: u64,
+        /// Messages per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Sender -> recipient pairs the messages rotate over.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Directory for the files (default: a temp dir; give one on the disk to measure).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Internal: run the bare relay (spawned by `pairs`).
     RelayServer {
@@ -463,6 +483,15 @@ fn main() {
                     n - 1,
                     u1.iter().zip(&u0).map(|(a, b)| a - b).sum::<f64>()
                 );
+            }
+            Cmd::Writepath { batches, batch, payload, pairs, dir } => {
+                let shape = writepath::WriteShape { batches, batch, payload, pairs };
+                println!("shape: batches={batches} batch={batch} payload={payload}B pairs={pairs} (fsync per batch)");
+                let base = dir.unwrap_or_else(std::env::temp_dir);
+                let sqlite_dir = tempfile::tempdir_in(&base).expect("dir");
+                println!("{}", writepath::sqlite(sqlite_dir.path(), shape).await.line("sqlite"));
+                let log_dir = tempfile::tempdir_in(&base).expect("dir");
+                println!("{}", writepath::log(log_dir.path(), shape).line("append-log"));
             }
             Cmd::Room { server_bin, members, messages, window, payload, rate } => {
                 println!(
