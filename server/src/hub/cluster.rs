@@ -744,6 +744,9 @@ async fn subscriber_task(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedR
 /// Renews the lease every third of it, writes last-seen times, reconciles after a Redis
 /// failure and reaps dead nodes.
 async fn heartbeat_task(inner: std::sync::Weak<Inner>) {
+    // The lease is renewed on its own schedule; reconciling, last-seen writes and reaping run
+    // beside it (one round at a time), so a slow round never lets the node's own lease lapse.
+    let busy = Arc::new(AtomicBool::new(false));
     loop {
         let every = match inner.upgrade() {
             Some(i) if i.dirty.load(Ordering::Acquire) => Duration::from_millis(250),
@@ -757,22 +760,14 @@ async fn heartbeat_task(inner: std::sync::Weak<Inner>) {
                 if !known {
                     inner.dirty.store(true, Ordering::Release);
                 }
-                if inner.dirty.load(Ordering::Acquire) {
-                    match inner.reconcile().await {
-                        Ok(()) => {
-                            inner.dirty.store(false, Ordering::Release);
-                            *lock(&inner.down_since) = None;
-                            inner.metrics.redis_up.set(1);
-                        }
-                        Err(e) => {
-                            inner.failed("reconcile", &e);
-                            inner.rebuild_if_stuck().await;
-                        }
-                    }
+                if busy.swap(true, Ordering::AcqRel) {
+                    continue;
                 }
-                inner.flush_seen().await;
-                let hub = ClusterHub { inner: inner.clone() };
-                inner.reap(&hub).await;
+                let busy = busy.clone();
+                tokio::spawn(async move {
+                    maintain(&inner).await;
+                    busy.store(false, Ordering::Release);
+                });
             }
             Err(e) => {
                 inner.failed("heartbeat", &e);
@@ -780,6 +775,28 @@ async fn heartbeat_task(inner: std::sync::Weak<Inner>) {
             }
         }
     }
+}
+
+/// One round of upkeep after a successful heartbeat: reconcile after a failure, write last-seen
+/// times, reap dead nodes.
+async fn maintain(inner: &Arc<Inner>) {
+    if inner.dirty.load(Ordering::Acquire) {
+        match inner.reconcile().await {
+            Ok(()) => {
+                inner.dirty.store(false, Ordering::Release);
+                *lock(&inner.down_since) = None;
+                inner.metrics.redis_up.set(1);
+            }
+            Err(e) => {
+                inner.failed("reconcile", &e);
+                inner.rebuild_if_stuck().await;
+                return;
+            }
+        }
+    }
+    inner.flush_seen().await;
+    let hub = ClusterHub { inner: inner.clone() };
+    inner.reap(&hub).await;
 }
 
 impl ClusterHub {
