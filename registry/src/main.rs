@@ -2,6 +2,7 @@
 //! `TETHER_REGISTRY_*` variable).
 
 use clap::Parser;
+use tether_registry::node::shutdown_signal;
 use tether_registry::{Config, RegistryNode};
 
 #[tokio::main]
@@ -21,30 +22,8 @@ async fn main() -> std::process::ExitCode {
     let instances = node.state().with_registry(|r| r.len());
     // One machine-readable line on stdout for scripts and tests.
     println!("TETHER_REGISTRY_READY listen={} instances={instances}", node.local_addr());
-    wait_for_signal().await;
+    shutdown_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;
     std::process::ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -70,3 +70,27 @@ impl RegistryNode {
         let _ = (&mut self.server).await;
     }
 }
+
+/// Resolves on SIGTERM or Ctrl-C (Ctrl-C only where there is no SIGTERM): how the registry's
+/// and the gateway's binaries learn to stop.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
     };
     // One machine-readable line on stdout for scripts and tests.
     println!("TETHER_READY quic={} admin={}", node.quic_addr, node.admin_addr);
-    wait_for_signal().await;
+    tether_registry::node::shutdown_signal().await;
     tracing::info!("draining, then shutting down");
     node.drain_and_shutdown().await;
     std::process::ExitCode::SUCCESS
@@ -59,27 +59,5 @@ async fn store_command(op: &tether_server::config::StoreCommand) -> std::process
             eprintln!("\ntether-server store copy: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

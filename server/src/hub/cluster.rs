@@ -263,20 +263,6 @@ impl ClusterHub {
         tokio::spawn(heartbeat_task(Arc::downgrade(&inner)));
         Ok(ClusterHub { inner })
     }
-
-    /// This node's key in Redis (its id and a boot nonce).
-    pub fn node_key(&self) -> &str {
-        &self.inner.me
-    }
-
-    /// Gives up the node's lease and its user set.
-    async fn give_up_lease(&self) {
-        let i = &self.inner;
-        let _: RedisResult<Value> =
-            i.conn().run(&i.metrics, "leave", redis::cmd("ZREM").arg(i.keys.nodes()).arg(&i.me)).await;
-        let _: RedisResult<Value> =
-            i.conn().run(&i.metrics, "leave", redis::cmd("DEL").arg(i.keys.node_users(&i.me))).await;
-    }
 }
 
 const ATTACH: &str = r"
@@ -1081,7 +1067,12 @@ impl Hub for ClusterHub {
     }
 
     async fn leave(&self) {
-        self.give_up_lease().await;
+        // Give up the node's lease and its user set.
+        let i = &self.inner;
+        let _: RedisResult<Value> =
+            i.conn().run(&i.metrics, "leave", redis::cmd("ZREM").arg(i.keys.nodes()).arg(&i.me)).await;
+        let _: RedisResult<Value> =
+            i.conn().run(&i.metrics, "leave", redis::cmd("DEL").arg(i.keys.node_users(&i.me))).await;
     }
 }
 

@@ -141,11 +141,6 @@ impl Sessions {
         users.iter().filter(|u| all.contains_key(*u)).cloned().collect()
     }
 
-    /// The users with a session here.
-    pub fn online_users(&self) -> Vec<String> {
-        self.users().keys().cloned().collect()
-    }
-
     /// Records that `user` was seen at `now_ms` (login, heartbeat, disconnect).
     ///
     /// Kept in memory for at most [`LAST_SEEN_CAP`] users; past that, offline users' entries
