@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 /// How hard SQLite syncs a commit to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum StoreSync {
     /// fsync the WAL on every commit: a `send_ack` survives power loss. Commits are batched, so
     /// this costs one fsync per batch, not per message.
+    #[default]
     Full,
     /// fsync only at checkpoints: a `send_ack` survives a process crash but not power loss.
     Normal,
@@ -45,6 +46,14 @@ pub enum StoreCommand {
         #[arg(long, default_value_t = 2000)]
         chunk: u32,
     },
+    /// Repairs a damaged log store (the node must be stopped): cuts each damaged record out
+    /// of its segment, keeping a copy of the damaged file as `<segment>.seg.corrupt-N`. What a
+    /// damaged record held is lost; every intact record before and after it is kept.
+    Repair {
+        /// The log directory (`<data dir>/log` by default).
+        #[arg(long)]
+        log: std::path::PathBuf,
+    },
 }
 
 /// Configuration of one gateway node. Defaults start a complete single node.
@@ -67,7 +76,9 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Database URL. Default: `sqlite://<data dir>/tether.db`. `postgres://user:pass@host/db`
+    /// Database URL. Default: `log://<data dir>/log`, the embedded log store (a data dir with
+    /// a `tether.db` from an older build and no log keeps SQLite). `sqlite://PATH` for one
+    /// SQLite file. `postgres://user:pass@host/db`
     /// for a shared store (several nodes on one database); TLS with `?sslmode=require` or
     /// `verify-full` (rustls).
     #[arg(long, env = "TETHER_DATABASE_URL")]
@@ -275,6 +286,30 @@ pub struct Config {
     #[arg(long, env = "TETHER_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
     pub store_sync: StoreSync,
 
+    /// Log store: a segment file is closed and a new one started at this size (bytes).
+    #[arg(long, env = "TETHER_LOG_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub log_segment_bytes: u64,
+
+    /// Log store: bytes of the newest message bodies kept in memory; older ones are read from
+    /// their segment when a device asks for them.
+    #[arg(long, env = "TETHER_LOG_HOT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub log_hot_bytes: usize,
+
+    /// Log store: how long a (sender, client_msg_id) is remembered, so a retry within it gets
+    /// the original acknowledgement. A retry arriving later is stored as a new message.
+    #[arg(long, env = "TETHER_DEDUP_WINDOW", value_parser = parse_duration, default_value = "7d")]
+    pub dedup_window: Duration,
+
+    /// Log store: how often a checkpoint of the indexes is considered (one is written after
+    /// `--log-checkpoint-bytes` of log, or after ten idle periods with changes); segments no
+    /// checkpoint or indexed message needs are deleted then.
+    #[arg(long, env = "TETHER_LOG_CHECKPOINT_EVERY", value_parser = parse_duration, default_value = "30s")]
+    pub log_checkpoint_every: Duration,
+
+    /// Log store: log bytes after which a checkpoint is written.
+    #[arg(long, env = "TETHER_LOG_CHECKPOINT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub log_checkpoint_bytes: u64,
+
     /// Messages read from the store per page when a device catches up.
     #[arg(long, env = "TETHER_SYNC_PAGE", default_value_t = 256)]
     pub sync_page: u32,
@@ -342,11 +377,32 @@ impl Config {
         c
     }
 
-    /// The database URL in force.
+    /// The database URL in force: the one given, else the embedded log store in
+    /// `<data dir>/log`, except for a data dir that already holds a SQLite database from an
+    /// older build and no log (that node keeps its SQLite store).
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(u) => u.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("tether.db").display()),
+            None => {
+                let sqlite = self.data_dir.join("tether.db");
+                let log = self.data_dir.join("log");
+                if sqlite.exists() && !log.exists() {
+                    format!("sqlite://{}", sqlite.display())
+                } else {
+                    format!("log://{}", log.display())
+                }
+            }
+        }
+    }
+
+    /// Settings of the log store.
+    pub fn log_settings(&self) -> crate::store::log::LogSettings {
+        crate::store::log::LogSettings {
+            segment_bytes: self.log_segment_bytes.max(4096),
+            hot_bytes: self.log_hot_bytes,
+            dedup_window: self.dedup_window,
+            checkpoint_every: self.log_checkpoint_every,
+            checkpoint_bytes: self.log_checkpoint_bytes,
         }
     }
 }

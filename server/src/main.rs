@@ -31,7 +31,10 @@ async fn main() -> std::process::ExitCode {
 /// Runs a `tether-server store ...` command.
 async fn store_command(op: &tether_server::config::StoreCommand) -> std::process::ExitCode {
     use std::io::Write;
-    let tether_server::config::StoreCommand::Copy { from, to, chunk } = op;
+    let (from, to, chunk) = match op {
+        tether_server::config::StoreCommand::Copy { from, to, chunk } => (from, to, chunk),
+        tether_server::config::StoreCommand::Repair { log } => return repair_command(log),
+    };
     let mut last = String::new();
     let mut progress = |table: &str, done: u64, total: u64| {
         // A progress bar on stderr, redrawn in place.
@@ -57,6 +60,33 @@ async fn store_command(op: &tether_server::config::StoreCommand) -> std::process
         }
         Err(e) => {
             eprintln!("\ntether-server store copy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `tether-server store repair --log DIR`.
+fn repair_command(dir: &std::path::Path) -> std::process::ExitCode {
+    match tether_server::store::log::repair(dir) {
+        Ok(r) if r.repaired.is_empty() => {
+            println!("{}: no damaged record found, nothing changed", dir.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            for s in &r.repaired {
+                let bytes: u64 = s.cut.iter().map(|c| c.1).sum();
+                println!(
+                    "segment {}: cut {} damaged range(s), {bytes} bytes {:?} (offset, length); the original is kept as {}",
+                    s.id,
+                    s.cut.len(),
+                    s.cut,
+                    s.backup.display()
+                );
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether-server store repair: {e}");
             std::process::ExitCode::FAILURE
         }
     }

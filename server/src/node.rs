@@ -20,9 +20,8 @@ use crate::ids::MsgIdGen;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::store::faults::Faults;
-use crate::store::postgres::{PgStore, PoolSettings};
-use crate::store::sqlite::{SqliteStore, StoreHooks};
-use crate::store::Store;
+use crate::store::postgres::PoolSettings;
+use crate::store::sqlite::StoreHooks;
 use crate::{admin, admission, auth, ids, memory, metrics, rooms, session, store, tls, webhook};
 
 /// Why a node could not start.
@@ -228,18 +227,8 @@ impl Node {
             acquire_timeout: cfg.db_acquire_timeout,
             statement_timeout: cfg.db_statement_timeout,
         };
-        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open_with(&url, cfg.store_sync, hooks).await?)
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Arc::new(PgStore::open(&url, &pool, hooks).await?)
-        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            Arc::new(crate::store::mysql::MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), &pool, hooks).await?)
-        } else {
-            return Err(StartError::Config(format!(
-                "database `{}`: supported are sqlite://, postgres:// and mysql:// URLs",
-                url.split('@').next_back().unwrap_or_default()
-            )));
-        };
+        let opts = crate::store::OpenOptions { sync: cfg.store_sync, pool, log: cfg.log_settings(), hooks };
+        let store = crate::store::open(&url, opts).await?;
         // Message ids embed the node id: on a shared store, claim it for this node (identified by
         // its data dir, so the same node restarting keeps it) and keep the claim alive.
         const NODE_LEASE_MS: u64 = 30_000;
@@ -321,7 +310,7 @@ impl Node {
             }
         };
         let writers = match cfg.store_writers {
-            0 if url.starts_with("sqlite:") => 1,
+            0 if url.starts_with("sqlite:") || url.starts_with("log:") => 1,
             0 => 4,
             n => n,
         };

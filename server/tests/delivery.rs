@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use tether_sdk::{ConnectionState, Credential, Event, KickReason, Target};
-use tether_server::store::sqlite::SqliteStore;
-use tether_server::store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_arrive_in_order_at_next_login() {
@@ -153,7 +151,7 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     bob.close().await;
     server.kill();
 
-    let store = SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full).await.expect("open db");
+    let store = server.open_store().await;
     assert_eq!(store.count_from("alice").await.expect("count"), N as u64);
     let inbox = store.fetch_inbox("bob", 0, None, 10_000).await.expect("inbox");
     let payloads: Vec<String> = inbox.iter().map(|e| String::from_utf8_lossy(&e.msg.payload).to_string()).collect();

@@ -48,7 +48,8 @@ fn check_inbox(inbox: &[(String, u64, u64)], acked: &HashMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failed_commit_step_loses_no_acknowledged_message() {
-    let mut server = Server::start(&["--fault-injection"]);
+    // Checkpoints of the log store considered often, so the injected checkpoint fault fires soon.
+    let mut server = Server::start(&["--fault-injection", "--log-checkpoint-every", "200ms"]);
     let mut acked: HashMap<String, u64> = HashMap::new();
     for (round, step) in ["begin", "insert", "commit", "fsync", "checkpoint"].into_iter().enumerate() {
         let (alice, _events) = server.client("alice", "phone", &format!("alice-{round}")).await;

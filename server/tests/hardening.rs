@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tether_proto::{Ack, Frame, Ping, SubscribePresence, Sync};
-use tether_server::store::sqlite::SqliteStore;
-use tether_server::store::{CursorUpdate, Store};
+use tether_server::store::CursorUpdate;
 
 async fn push(server: &Server, to: &str, text: &str) {
     let (status, body) =
@@ -87,10 +86,13 @@ async fn an_ack_beyond_what_was_delivered_hides_no_later_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_cursor_above_the_head_is_repaired_at_login() {
-    let server = Server::start(&[]);
+    // On SQLite: the test writes the node's store from a second handle while it runs.
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", db.path().join("tether.db").display());
+    let server = Server::start(&["--database-url", &url]);
     push(&server, "bob", "before").await;
     // A cursor far above the head, as an older node could store it.
-    let store = SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full).await.expect("open db");
+    let store = server.open_store().await;
     let cu = CursorUpdate { user: "bob".into(), device_id: "bob-phone".into(), room: None, seq: 1 << 40, at_ms: 1 };
     store.append(vec![], vec![cu]).await.expect("plant cursor");
     let (bob, ok) = Raw::login(&server, "bob", "bob-phone", None, None).await;
@@ -101,7 +103,7 @@ async fn a_stored_cursor_above_the_head_is_repaired_at_login() {
     push(&server, "bob", "after").await;
     let (mut bob, _) = Raw::login(&server, "bob", "bob-phone", None, None).await;
     assert_eq!(delivers(&mut bob, 1).await, vec!["after".to_string()]);
-    store.close().await;
+    drop(store);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,10 @@ async fn three_members_see_every_message_in_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_member_gets_what_it_missed_in_order() {
-    let mut server = Server::start(&[]);
+    // On SQLite: the test reads the node's cursors from a second process while it runs.
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", db.path().join("rooms.db").display());
+    let mut server = Server::start(&["--database-url", &url]);
     let (mut alice, _) = Raw::login(&server, "alice", "a1", None, None).await;
     alice.join("r").await;
     let (mut bob, _) = Raw::login(&server, "bob", "b1", None, None).await;
@@ -93,16 +96,13 @@ async fn an_offline_member_gets_what_it_missed_in_order() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     bob.conn.close(0u32.into(), b"bye");
     // The device's cursor is stored when its session ends (through the write pipeline).
-    let store =
-        tether_server::store::sqlite::SqliteStore::open(&server.db_url(), tether_server::config::StoreSync::Full)
-            .await
-            .expect("open db");
+    let store = server.open_store().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tether_server::store::Store::room_cursor(&store, "bob", "b1", "r").await.expect("cursor") != Some(40) {
+    while store.room_cursor("bob", "b1", "r").await.expect("cursor") != Some(40) {
         assert!(tokio::time::Instant::now() < deadline, "bob's room cursor stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    store.close().await;
+    drop(store);
     let (mut bob, _) = Raw::login(&server, "bob", "b1", None, None).await;
     let first = bob.expect(10, |f| match f {
         Frame::Deliver(d) => Some(d.seq),

@@ -116,7 +116,10 @@ async fn open_shared(url: &str) -> std::sync::Arc<dyn tether_server::store::Stor
 }
 
 async fn copy_then_resume(target: String) {
-    let mut server = Server::start(&[]);
+    // An embedded node on SQLite (what `store copy` reads).
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", db.path().join("tether.db").display());
+    let mut server = Server::start(&["--database-url", &url]);
     let bob_state = tempfile::tempdir().expect("state dir");
     let bob_config = |server: &Server| {
         let mut c = server.client_config(tether_sdk::Credential::Token(token("bob", 3600)), "phone", "bob-1");

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tether_proto::{Address, AddressKind, ErrorCode};
+use tether_server::store::log::{LogSettings, LogStore};
 use tether_server::store::mysql::MySqlStore;
 use tether_server::store::postgres::{PgStore, PoolSettings};
 use tether_server::store::sqlite::{SqliteStore, StoreHooks};
@@ -343,6 +344,33 @@ async fn run_suite(backend: Backend) {
         eprintln!("{}: a_node_id_is_held_by_one_live_instance", backend.name);
         a_node_id_is_held_by_one_live_instance(a, b).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_conforms() {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    run_suite(Backend {
+        name: "log",
+        shared: false,
+        fresh: Box::new(move || {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("log{n}"));
+            Box::pin(async move {
+                Box::new(move || {
+                    let path = path.clone();
+                    Box::pin(async move {
+                        // Small segments and a small hot range: rollover and reads from disk
+                        // are part of every case.
+                        let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, ..LogSettings::default() };
+                        Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log"))
+                            as Arc<dyn Store>
+                    }) as BoxFut<Arc<dyn Store>>
+                }) as Opener
+            })
+        }),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

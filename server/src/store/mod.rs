@@ -7,6 +7,7 @@
 
 pub mod copy;
 pub mod faults;
+pub mod log;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
@@ -39,6 +40,15 @@ pub enum StoreError {
     /// A fault injected by a test ([`faults`]).
     #[error("{0}")]
     Injected(#[from] faults::InjectedFault),
+    /// The database URL names no backend this build has.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file of the log store failed (a full disk, an I/O error).
+    #[error("log i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The log store cannot go on (damage found at start, a lock held by another process...).
+    #[error("log: {0}")]
+    Log(String),
     /// SQLite was still (or already) inside a transaction where it must not be: the write is
     /// not known to be durable.
     #[error("not committed: {0}")]
@@ -52,6 +62,39 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
             e => StoreError::Migrate(e),
         }
     }
+}
+
+/// How [`open`] opens a store.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// SQLite durability of a commit.
+    pub sync: crate::config::StoreSync,
+    /// Connection settings of a shared database.
+    pub pool: postgres::PoolSettings,
+    /// Settings of the log store.
+    pub log: log::LogSettings,
+    /// Faults and metrics.
+    pub hooks: sqlite::StoreHooks,
+}
+
+/// Opens the store a database URL names: `log://DIR`, `sqlite://PATH`, `postgres://...` or
+/// `mysql://...` (`mariadb://...`).
+pub async fn open(url: &str, opts: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let store: Arc<dyn Store> = if let Some(dir) = log::dir_of(url) {
+        Arc::new(log::LogStore::open(&dir, opts.log, opts.hooks)?)
+    } else if url.starts_with("sqlite:") {
+        Arc::new(sqlite::SqliteStore::open_with(url, opts.sync, opts.hooks).await?)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Arc::new(postgres::PgStore::open(url, &opts.pool, opts.hooks).await?)
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        Arc::new(mysql::MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), &opts.pool, opts.hooks).await?)
+    } else {
+        return Err(StoreError::Unsupported(format!(
+            "database `{}`: supported are log://, sqlite://, postgres:// and mysql:// URLs",
+            url.split('@').next_back().unwrap_or_default()
+        )));
+    };
+    Ok(store)
 }
 
 /// An id, seq or ms timestamp for a signed 64-bit column (values we write are far below 2^63).

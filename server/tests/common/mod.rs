@@ -75,8 +75,18 @@ impl Server {
         self.data.join("dev-cert.pem")
     }
 
+    /// The store URL the server uses: `--database-url` when given, else the default log store.
     pub fn db_url(&self) -> String {
-        format!("sqlite://{}", self.data.join("tether.db").display())
+        match self.extra.iter().position(|a| a == "--database-url") {
+            Some(i) => self.extra[i + 1].clone(),
+            None => format!("log://{}", self.data.join("log").display()),
+        }
+    }
+
+    /// Opens the server's store (the server must be stopped when it is the embedded one).
+    #[allow(dead_code)]
+    pub async fn open_store(&self) -> std::sync::Arc<dyn tether_server::store::Store> {
+        tether_server::store::open(&self.db_url(), Default::default()).await.expect("open the server's store")
     }
 
     /// SDK client config for this server with fast timers.

@@ -1,0 +1,844 @@
+//! The embedded log store (`log://DIR`): an append-only, checksummed log of segment files is
+//! the point of durability, and the indexes (inboxes, room logs, dedup, cursors, tickets,
+//! rooms) live in memory beside it, rebuilt from a checkpoint and the log at start.
+//!
+//! One writer appends each batch as one record and makes it durable with one `fdatasync`
+//! (group commit: the pipeline hands over whatever queued during the previous sync); the
+//! in-memory state changes only after that, so a reader never sees what is not durable. A
+//! failed write or sync truncates the segment back to its durable length, so the log never
+//! holds a record nobody was told about. Message bodies stay in memory for the newest
+//! `hot_bytes`; older ones are read back from their segment when asked for.
+//!
+//! Start-up replays the newest checkpoint and the segments after it. A damaged record at the
+//! very end of the newest segment with nothing intact after it is a write a crash cut short:
+//! it is truncated (and logged). Damage anywhere else is data that was durable: the store
+//! refuses to open and names the repair command ([`repair`]), which cuts the damaged bytes out
+//! and keeps a copy of the original.
+//!
+//! See docs/architecture.md ("The write path") for the measurements behind this design.
+
+pub mod checkpoint;
+pub mod segment;
+pub mod state;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use tether_proto::{AddressKind, ErrorCode};
+
+use self::segment::{Appender, Tail};
+use self::state::{dedup_key, CursorRec, Logged, Record, State, LOST};
+use super::faults::FaultStep;
+use super::sqlite::StoreHooks;
+use super::{Appended, CursorUpdate, InboxEntry, NewMessage, Refusal, Store, StoreError, StoredMessage, TicketUse};
+
+/// Settings of the log store.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A segment is closed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+    /// Bytes of message bodies kept in memory (the newest); older ones are read from disk.
+    pub hot_bytes: usize,
+    /// How long a (sender, client_msg_id) is remembered for dedup.
+    pub dedup_window: Duration,
+    /// How often a checkpoint is considered.
+    pub checkpoint_every: Duration,
+    /// A checkpoint is written when this many log bytes were appended since the last one (or
+    /// at the next `checkpoint_every` tick when anything changed and the last is older than
+    /// ten ticks).
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            segment_bytes: 64 * 1024 * 1024,
+            hot_bytes: 64 * 1024 * 1024,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            checkpoint_every: Duration::from_secs(30),
+            checkpoint_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The directory of a `log://DIR` URL.
+pub fn dir_of(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("log://").filter(|d| !d.is_empty()).map(PathBuf::from)
+}
+
+/// The embedded log store.
+pub struct LogStore {
+    inner: Arc<Inner>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    settings: LogSettings,
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+    /// Read handles of segments, for bodies outside the hot range.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    hooks: StoreHooks,
+    /// False from a failed write until a write succeeds again.
+    writer_ok: AtomicBool,
+    /// Held for the life of the store: one process per log directory.
+    _lock: File,
+}
+
+struct Writer {
+    app: Appender,
+    buf: Vec<u8>,
+    /// A failed write could not be rolled back yet: cut the segment back to this length
+    /// before anything else.
+    dirty: Option<u64>,
+    closed: bool,
+    /// Bytes appended since the last checkpoint.
+    since_checkpoint: u64,
+}
+
+/// One message of a batch as planned: new (with its seqs) or a duplicate of a stored one.
+enum Plan {
+    New(Logged),
+    Duplicate(u64),
+    DuplicateInBatch(usize),
+    Refused(Refusal),
+}
+
+fn log_err(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Log(what.to_string())
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`: loads the newest checkpoint, replays the segments
+    /// after it, truncates a torn tail of the newest segment, and refuses damage elsewhere.
+    pub fn open(dir: &Path, settings: LogSettings, hooks: StoreHooks) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(log_err(format!("{} is in use by another tether-server process", dir.display())));
+        }
+        let (mut state, from) = checkpoint::load(dir)?;
+        let mut ids = segment::list(dir)?;
+        ids.retain(|id| *id >= from.seg);
+        let hot = settings.hot_bytes;
+        let mut app = None;
+        let last = ids.last().copied();
+        for (i, id) in ids.iter().copied().enumerate() {
+            if i > 0 && ids[i - 1] + 1 != id {
+                return Err(log_err(format!(
+                    "segment {} is missing from {} (found {} and {id}): refusing to start; see docs/operations.md \"Repairing the log\"",
+                    ids[i - 1] + 1,
+                    dir.display(),
+                    ids[i - 1]
+                )));
+            }
+            let scan = segment::scan(dir, id).map_err(log_err)?;
+            let mut end = segment::HEADER;
+            for r in scan.records {
+                end = r.offset + segment::FRAME + r.body.len() as u64;
+                if id == from.seg && r.offset < from.offset {
+                    continue;
+                }
+                let rec: Record = rmp_serde::from_slice(&r.body).map_err(|e| {
+                    log_err(format!(
+                        "segment {} offset {}: intact record that does not decode ({e}): refusing to start",
+                        segment::path(dir, id).display(),
+                        r.offset
+                    ))
+                })?;
+                state.apply(rec, id, r.offset, hot).map_err(|e| {
+                    log_err(format!(
+                        "segment {} offset {}: {e}: refusing to start",
+                        segment::path(dir, id).display(),
+                        r.offset
+                    ))
+                })?;
+            }
+            match scan.tail {
+                Tail::Clean => {}
+                Tail::Torn { at, bytes } if Some(id) == last => {
+                    tracing::warn!(segment = %segment::path(dir, id).display(), at, bytes, "torn write at the end of the log (a crash during a write): truncated");
+                    end = at.max(segment::HEADER);
+                    if at < segment::HEADER {
+                        // The header itself was cut short: write the segment anew.
+                        std::fs::remove_file(segment::path(dir, id))?;
+                        app = Some(Appender::create(dir, id)?);
+                        continue;
+                    }
+                }
+                Tail::Torn { at, .. } | Tail::Corrupt { at, .. } => {
+                    return Err(log_err(format!(
+                        "segment {} is damaged at offset {at} (data that was durable): refusing to start. \
+                         Stop the node and run `tether-server store repair --log {}` (it keeps a copy of the \
+                         damaged file and cuts out only the damaged records); see docs/operations.md \"Repairing the log\"",
+                        segment::path(dir, id).display(),
+                        dir.display()
+                    )));
+                }
+            }
+            if Some(id) == last {
+                app = Some(Appender::open(dir, id, end)?);
+            }
+        }
+        let app = match app {
+            Some(a) => a,
+            None => Appender::create(dir, from.seg.max(1))?,
+        };
+        hooks.metrics.store_writer_ready.set(1);
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            settings,
+            writer: Mutex::new(Writer { app, buf: Vec::new(), dirty: None, closed: false, since_checkpoint: 0 }),
+            state: RwLock::new(state),
+            files: Mutex::new(HashMap::new()),
+            hooks,
+            writer_ok: AtomicBool::new(true),
+            _lock: lock,
+        });
+        let ticker = tokio::runtime::Handle::try_current().ok().map(|h| {
+            let inner = Arc::downgrade(&inner);
+            h.spawn(async move {
+                let every = match inner.upgrade() {
+                    Some(i) => i.settings.checkpoint_every.max(Duration::from_millis(50)),
+                    None => return,
+                };
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                let mut idle_ticks = 0u32;
+                loop {
+                    tick.tick().await;
+                    let Some(i) = inner.upgrade() else { return };
+                    idle_ticks += 1;
+                    let _ = tokio::task::spawn_blocking(move || i.maintain(&mut idle_ticks)).await;
+                }
+            })
+        });
+        Ok(LogStore { inner, ticker })
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Writes a checkpoint now and deletes segments nothing refers to any more.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let i = self.inner.clone();
+        tokio::task::spawn_blocking(move || i.checkpoint()).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops writing; later writes fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.closed = true;
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let i = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&i)).await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn writer_failed(&self, op: &'static str) {
+        self.hooks.metrics.store_error(op);
+        self.hooks.metrics.store_writer_ready.set(0);
+        if self.writer_ok.swap(false, Ordering::SeqCst) {
+            tracing::warn!(op, "log write failed: what was written after the last durable record is rolled back");
+        }
+    }
+
+    fn writer_succeeded(&self) {
+        if !self.writer_ok.swap(true, Ordering::SeqCst) {
+            tracing::info!("log writer commits again");
+        }
+        self.hooks.metrics.store_writer_ready.set(1);
+    }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>, StoreError> {
+        let w = self.writer.lock().map_err(|_| StoreError::Closed)?;
+        if w.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(w)
+    }
+
+    /// Appends `rec` durably (one write, one fdatasync), then applies it to the state. On any
+    /// failure nothing of it stays in the log and the state is untouched.
+    fn commit(&self, w: &mut Writer, op: &'static str, rec: Record) -> Result<(), StoreError> {
+        if let Some(len) = w.dirty {
+            if let Err(e) = w.app.roll_back(len) {
+                self.writer_failed(op);
+                return Err(e.into());
+            }
+            w.dirty = None;
+        }
+        // Everything up to here is durable and known to the state; a failure below cuts the
+        // segment back to it, also after a sync that succeeded but was reported failed.
+        let good = w.app.durable;
+        let res = self.write_durably(w, &rec);
+        let (seg, offset) = match res {
+            Ok(at) => at,
+            Err(e) => {
+                self.writer_failed(op);
+                match w.app.roll_back(good) {
+                    Ok(()) => w.dirty = None,
+                    Err(re) => {
+                        w.dirty = Some(good);
+                        tracing::error!(error = %re, "log roll-back failed; retried before the next write");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        self.writer_succeeded();
+        let hot = self.settings.hot_bytes;
+        {
+            let mut st = self.state.write();
+            st.apply(rec, seg, offset, hot).map_err(log_err)?;
+            st.end = state::Pos { seg, offset: w.app.written };
+        }
+        if w.app.written >= self.settings.segment_bytes {
+            if let Err(e) = w.app.roll_over() {
+                // The current segment simply grows; the next write tries again.
+                tracing::warn!(error = %e, "could not start a new log segment");
+                self.hooks.metrics.store_error("segment");
+            }
+        }
+        Ok(())
+    }
+
+    fn write_durably(&self, w: &mut Writer, rec: &Record) -> Result<(u64, u64), StoreError> {
+        let faults = &self.hooks.faults;
+        faults.check(FaultStep::Begin)?;
+        let body = rmp_serde::to_vec(rec).map_err(|e| log_err(format!("encode: {e}")))?;
+        w.buf.clear();
+        segment::frame(&mut w.buf, &body);
+        let seg = w.app.id;
+        if faults.check(FaultStep::Insert).is_err() {
+            // Half a record reaches the file, as a crash or a full disk mid-write leaves it.
+            let half = w.buf.len() / 2;
+            w.app.write(&w.buf[..half])?;
+            return Err(StoreError::Injected(super::faults::InjectedFault(FaultStep::Insert)));
+        }
+        let offset = w.app.write(&w.buf)?;
+        faults.check(FaultStep::Commit)?;
+        w.app.sync()?;
+        // A failure reported after the sync: the record may be durable, but nobody may be told
+        // so; it is rolled back like any other failure.
+        faults.check(FaultStep::Fsync)?;
+        w.since_checkpoint += w.buf.len() as u64;
+        if w.buf.capacity() > 4 * 1024 * 1024 {
+            w.buf = Vec::new();
+        }
+        Ok((seg, offset))
+    }
+
+    /// The message at `pos`, from memory or from its segment.
+    fn message(&self, st: &State, pos: u64) -> Result<Arc<StoredMessage>, StoreError> {
+        let meta = st.msgs.get(&pos).ok_or_else(|| log_err(format!("message {pos} not indexed")))?;
+        if let Some(m) = &meta.hot {
+            return Ok(m.clone());
+        }
+        self.read_cold(meta.loc)
+    }
+
+    fn read_cold(&self, loc: state::Loc) -> Result<Arc<StoredMessage>, StoreError> {
+        let file = {
+            let mut files = self.files.lock().map_err(|_| StoreError::Closed)?;
+            match files.get(&loc.seg) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(segment::path(&self.dir, loc.seg))?);
+                    files.insert(loc.seg, f.clone());
+                    f
+                }
+            }
+        };
+        let body = segment::read_record(&file, loc.offset)?;
+        match rmp_serde::from_slice::<Record>(&body) {
+            Ok(Record::Batch { mut msgs, .. }) if (loc.index as usize) < msgs.len() => {
+                Ok(Arc::new(msgs.swap_remove(loc.index as usize).msg))
+            }
+            _ => Err(log_err(format!("segment {} offset {}: no message {} there", loc.seg, loc.offset, loc.index))),
+        }
+    }
+
+    /// Entries (seq, position) to fetch, with the hot ones resolved; cold ones read after the
+    /// state lock is released.
+    fn resolve(&self, picked: Vec<(u64, u64)>) -> Result<Vec<InboxEntry>, StoreError> {
+        let mut out = Vec::with_capacity(picked.len());
+        let mut cold = Vec::new();
+        {
+            let st = self.state.read();
+            for (seq, pos) in picked {
+                // An entry pruned meanwhile is left out.
+                if let Some(meta) = st.msgs.get(&pos) {
+                    match &meta.hot {
+                        Some(m) => out.push(Ok(InboxEntry { seq, msg: m.clone() })),
+                        None => {
+                            cold.push((out.len(), meta.loc));
+                            out.push(Err(seq));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, loc) in cold {
+            let msg = self.read_cold(loc)?;
+            if let Err(seq) = out[i] {
+                out[i] = Ok(InboxEntry { seq, msg });
+            }
+        }
+        Ok(out.into_iter().filter_map(Result::ok).collect())
+    }
+
+    fn plan(&self, batch: &[NewMessage]) -> Result<Vec<Plan>, StoreError> {
+        let st = self.state.read();
+        let mut heads: HashMap<&str, u64> = HashMap::new();
+        let mut room_heads: HashMap<&str, u64> = HashMap::new();
+        let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            if let Some(&j) = in_batch.get(&(m.sender.as_str(), m.client_msg_id.as_str())) {
+                plans.push(Plan::DuplicateInBatch(j));
+                continue;
+            }
+            if let Some(pos) = self.find_duplicate(&st, m)? {
+                plans.push(Plan::Duplicate(pos));
+                continue;
+            }
+            let plan = match m.to.kind {
+                AddressKind::User => {
+                    let s = heads.entry(&m.sender).or_insert_with(|| st.inbox_head(&m.sender));
+                    *s += 1;
+                    let seq = *s;
+                    let to_seq = (m.to.id != m.sender).then(|| {
+                        let r = heads.entry(&m.to.id).or_insert_with(|| st.inbox_head(&m.to.id));
+                        *r += 1;
+                        *r
+                    });
+                    Plan::New(Logged { msg: m.clone(), seq, to_seq })
+                }
+                AddressKind::Room => match st.rooms.get(&m.to.id) {
+                    None => {
+                        Plan::Refused(Refusal { code: ErrorCode::NoSuchRoom, message: format!("no room {}", m.to.id) })
+                    }
+                    Some(r) => {
+                        let h = room_heads.entry(&m.to.id).or_insert(r.head);
+                        *h += 1;
+                        Plan::New(Logged { msg: m.clone(), seq: *h, to_seq: None })
+                    }
+                },
+            };
+            if matches!(plan, Plan::New(_)) {
+                in_batch.insert((m.sender.as_str(), m.client_msg_id.as_str()), i);
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// The stored message with the same (sender, client id), within the dedup window.
+    fn find_duplicate(&self, st: &State, m: &NewMessage) -> Result<Option<u64>, StoreError> {
+        if !st.dedup_exact.is_empty() {
+            if let Some(&pos) = st.dedup_exact.get(&(m.sender.clone(), m.client_msg_id.clone())) {
+                return Ok(Some(pos));
+            }
+        }
+        let Some(&pos) = st.dedup.get(&dedup_key(&m.sender, &m.client_msg_id)) else {
+            return Ok(None);
+        };
+        let stored = self.message(st, pos)?;
+        Ok((stored.sender == m.sender && stored.client_msg_id == m.client_msg_id).then_some(pos))
+    }
+
+    fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
+        let mut w = self.lock_writer()?;
+        let plans = self.plan(&batch)?;
+        drop(batch);
+        let (best_inbox, best_room) = super::coalesce_cursors(&cursors);
+        let cursors: Vec<CursorRec> = best_inbox
+            .into_iter()
+            .chain(best_room)
+            .map(|c| CursorRec { user: c.user.clone(), device: c.device_id.clone(), room: c.room.clone(), seq: c.seq })
+            .collect();
+        let msgs: Vec<Logged> =
+            plans.iter().filter_map(|p| if let Plan::New(l) = p { Some(l.clone()) } else { None }).collect();
+        let first_pos = self.state.read().next_pos;
+        if !msgs.is_empty() || !cursors.is_empty() {
+            self.commit(&mut w, "append", Record::Batch { msgs, cursors })?;
+        }
+        drop(w);
+        // Answers from the state the record built.
+        let st = self.state.read();
+        let mut out: Vec<Result<Appended, Refusal>> = Vec::with_capacity(plans.len());
+        let mut next = first_pos;
+        for p in &plans {
+            let r = match p {
+                Plan::New(l) => {
+                    let pos = next;
+                    next += 1;
+                    let msg = self.message(&st, pos)?;
+                    let mut recipients = Vec::with_capacity(2);
+                    if l.msg.to.kind == AddressKind::User {
+                        recipients.push((l.msg.sender.clone(), l.seq));
+                        if let Some(t) = l.to_seq {
+                            recipients.push((l.msg.to.id.clone(), t));
+                        }
+                    }
+                    Ok(Appended { msg, sender_seq: l.seq, recipients, duplicate: false })
+                }
+                Plan::Duplicate(pos) => {
+                    let msg = self.message(&st, *pos)?;
+                    let seq = st.msgs.get(pos).map_or(0, |m| m.seq);
+                    Ok(Appended { msg, sender_seq: seq, recipients: Vec::new(), duplicate: true })
+                }
+                Plan::DuplicateInBatch(j) => match &out[*j] {
+                    Ok(a) => Ok(Appended { recipients: Vec::new(), duplicate: true, ..a.clone() }),
+                    Err(e) => Err(e.clone()),
+                },
+                Plan::Refused(r) => Err(r.clone()),
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn write_one(&self, op: &'static str, rec: Record) -> Result<(), StoreError> {
+        let mut w = self.lock_writer()?;
+        self.commit(&mut w, op, rec)
+    }
+
+    /// Periodic work: dedup window, expired tickets, checkpoint when due.
+    fn maintain(&self, idle_ticks: &mut u32) {
+        let now = crate::ids::now_ms();
+        let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        self.state.write().expire_dedup(now.saturating_sub(window));
+        let due = {
+            let Ok(w) = self.writer.lock() else { return };
+            w.since_checkpoint >= self.settings.checkpoint_bytes || (w.since_checkpoint > 0 && *idle_ticks >= 10)
+        };
+        let pending_fault = self.hooks.faults.pending(FaultStep::Checkpoint) > 0;
+        if due || pending_fault {
+            *idle_ticks = 0;
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "log checkpoint failed; the log is replayed from the previous one");
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let res = checkpoint::write(self);
+        if res.is_err() {
+            self.hooks.metrics.store_error("checkpoint");
+        }
+        res
+    }
+}
+
+#[async_trait]
+impl Store for LogStore {
+    async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
+        self.blocking(move |i| i.append(batch, cursors)).await
+    }
+
+    async fn fetch_inbox(
+        &self,
+        user: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        let picked: Vec<(u64, u64)> = {
+            let st = self.inner.state.read();
+            let Some(inbox) = st.inboxes.get(user) else { return Ok(Vec::new()) };
+            let until = until.unwrap_or(u64::MAX).min(inbox.len() as u64);
+            (after.saturating_add(1)..=until)
+                .filter_map(|seq| inbox.get((seq - 1) as usize).filter(|p| **p != LOST).map(|p| (seq, *p)))
+                .take(limit as usize)
+                .collect()
+        };
+        self.resolve_async(picked).await
+    }
+
+    async fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
+        Ok(self.inner.state.read().inbox_head(user))
+    }
+
+    async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.state.read().cursors.get(&(user.to_string(), device_id.to_string())).copied())
+    }
+
+    async fn create_ticket(&self, hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
+        let rec = Record::Ticket { hash: hash.into(), user: user.into(), expires_ms };
+        self.blocking(move |i| i.write_one("create_ticket", rec)).await
+    }
+
+    async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError> {
+        if !self.inner.state.read().tickets.contains_key(hash) {
+            return Ok(TicketUse::Invalid);
+        }
+        let hash = hash.to_string();
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            // Checked again under the writer: one consumer only.
+            let Some((user, expires)) = i.state.read().tickets.get(&hash).cloned() else {
+                return Ok(TicketUse::Invalid);
+            };
+            i.commit(&mut w, "consume_ticket", Record::TicketUsed { hash })?;
+            Ok(if expires <= now_ms { TicketUse::Expired } else { TicketUse::Valid(user) })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.inner.writer.lock() {
+            Ok(w) if !w.closed => Ok(()),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        // A disk this full fails the next batch: not ready, without writing anything.
+        if let Some(free) = free_bytes(&self.inner.dir) {
+            if free < MIN_FREE_BYTES {
+                return Err(log_err(format!("{} has {free} bytes free (disk full)", self.inner.dir.display())));
+            }
+        }
+        if self.inner.writer_ok.load(Ordering::SeqCst) {
+            return self.ping().await;
+        }
+        self.blocking(|i| i.write_one("ready", Record::Mark)).await
+    }
+
+    async fn set_cursor(&self, user: &str, device_id: &str, room: Option<&str>, seq: u64) -> Result<(), StoreError> {
+        let rec = Record::SetCursor(CursorRec {
+            user: user.into(),
+            device: device_id.into(),
+            room: room.map(Into::into),
+            seq,
+        });
+        self.blocking(move |i| i.write_one("set_cursor", rec)).await
+    }
+
+    async fn count_from(&self, sender: &str) -> Result<u64, StoreError> {
+        Ok(self.inner.state.read().sent.get(sender).copied().unwrap_or(0))
+    }
+
+    async fn create_room(&self, room: &str, _now_ms: u64) -> Result<bool, StoreError> {
+        let room = room.to_string();
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            if i.state.read().rooms.contains_key(&room) {
+                return Ok(false);
+            }
+            i.commit(&mut w, "create_room", Record::RoomCreated { room })?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<bool, StoreError> {
+        let room = room.to_string();
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            if !i.state.read().rooms.contains_key(&room) {
+                return Ok(false);
+            }
+            i.commit(&mut w, "delete_room", Record::RoomDeleted { room })?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn room_head(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.state.read().rooms.get(room).map(|r| r.head))
+    }
+
+    async fn add_member(&self, room: &str, user: &str, _now_ms: u64) -> Result<bool, StoreError> {
+        let (room, user) = (room.to_string(), user.to_string());
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            match i.state.read().rooms.get(&room) {
+                None => return Err(log_err(format!("no room {room}"))),
+                Some(r) if r.members.contains(&user) => return Ok(false),
+                Some(_) => {}
+            }
+            i.commit(&mut w, "add_member", Record::MemberAdded { room, user })?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        let (room, user) = (room.to_string(), user.to_string());
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            if !i.state.read().rooms.get(&room).is_some_and(|r| r.members.contains(&user)) {
+                return Ok(false);
+            }
+            i.commit(&mut w, "remove_member", Record::MemberRemoved { room, user })?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.inner.state.read().rooms.get(room).map(|r| r.members.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.inner.state.read().member_of.get(user).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn fetch_room(
+        &self,
+        room: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<InboxEntry>, u64), StoreError> {
+        let (picked, first) = {
+            let st = self.inner.state.read();
+            let Some(r) = st.rooms.get(room) else { return Ok((Vec::new(), 1)) };
+            let first = r.first();
+            let until = until.unwrap_or(u64::MAX).min(r.head);
+            let picked: Vec<(u64, u64)> = (after.saturating_add(1).max(first)..=until)
+                .filter_map(|seq| r.log.get((seq - first) as usize).filter(|p| **p != LOST).map(|p| (seq, *p)))
+                .take(limit as usize)
+                .collect();
+            // The oldest kept seq, as the SQL stores report it: the first message still there.
+            let kept = r.log.iter().position(|p| *p != LOST).map_or(r.head + 1, |i| first + i as u64);
+            (picked, kept)
+        };
+        Ok((self.resolve_async(picked).await?, first))
+    }
+
+    async fn room_cursor(&self, user: &str, device_id: &str, room: &str) -> Result<Option<u64>, StoreError> {
+        let st = self.inner.state.read();
+        Ok(st.rooms.get(room).and_then(|r| r.cursors.get(&(user.to_string(), device_id.to_string())).copied()))
+    }
+
+    async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError> {
+        self.blocking(move |i| {
+            let mut w = i.lock_writer()?;
+            let (cuts, gone) = {
+                let st = i.state.read();
+                let mut cuts = Vec::new();
+                let mut gone = 0;
+                for (id, r) in &st.rooms {
+                    let first = r.first();
+                    let mut new_first = first.max((r.head + 1).saturating_sub(max_count));
+                    // By age: seqs are in time order, so cut through the old ones.
+                    for (k, pos) in r.log.iter().enumerate() {
+                        let seq = first + k as u64;
+                        if seq < new_first {
+                            continue;
+                        }
+                        let old = *pos == LOST || st.msgs.get(pos).is_some_and(|m| m.ts < min_ts_ms);
+                        if !old {
+                            break;
+                        }
+                        new_first = seq + 1;
+                    }
+                    if new_first > first {
+                        gone += r.log.iter().take((new_first - first) as usize).filter(|p| **p != LOST).count() as u64;
+                        cuts.push((id.clone(), new_first));
+                    }
+                }
+                (cuts, gone)
+            };
+            if !cuts.is_empty() {
+                i.commit(&mut w, "prune_rooms", Record::Pruned(cuts))?;
+            }
+            Ok(gone)
+        })
+        .await
+    }
+}
+
+impl LogStore {
+    async fn resolve_async(&self, picked: Vec<(u64, u64)>) -> Result<Vec<InboxEntry>, StoreError> {
+        let all_hot = {
+            let st = self.inner.state.read();
+            picked.iter().all(|(_, p)| st.msgs.get(p).is_none_or(|m| m.hot.is_some()))
+        };
+        if all_hot {
+            self.inner.resolve(picked)
+        } else {
+            self.blocking(move |i| i.resolve(picked)).await
+        }
+    }
+}
+
+/// Free space below which the store reports itself not ready.
+pub const MIN_FREE_BYTES: u64 = 1024 * 1024;
+
+/// Bytes available to this process on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs struct we own.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // c_ulong / fsblkcnt_t differ by platform
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Some(free)
+}
+
+/// What `tether-server store repair` did.
+#[derive(Debug)]
+pub struct RepairReport {
+    /// Segments repaired.
+    pub repaired: Vec<segment::Repaired>,
+}
+
+/// Cuts damaged records out of every segment of the log in `dir` (the node must be stopped),
+/// keeping a copy of each damaged file next to it. What a damaged record held is lost; every
+/// intact record before and after it is kept.
+pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
+    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(log_err(format!("{} is in use by a running tether-server: stop it first", dir.display())));
+    }
+    let mut repaired = Vec::new();
+    for id in segment::list(dir)? {
+        if let Some(r) = segment::repair(dir, id).map_err(log_err)? {
+            repaired.push(r);
+        }
+    }
+    Ok(RepairReport { repaired })
+}

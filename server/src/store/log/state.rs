@@ -1,0 +1,393 @@
+//! The log's records and the in-memory state they build: inbox and room indexes, dedup,
+//! cursors, tickets, rooms and members. Replay and live writes go through the same
+//! [`State::apply`], so what a node serves after a restart is exactly what it served before.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tether_proto::AddressKind;
+
+use crate::store::StoredMessage;
+
+/// One durable change. A record is written whole or not at all (its checksum covers it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Record {
+    /// Messages with the seqs they were given, and cursor updates (forward only).
+    Batch {
+        /// New messages, in order.
+        msgs: Vec<Logged>,
+        /// Cursor updates.
+        cursors: Vec<CursorRec>,
+    },
+    /// A cursor set to exactly this seq (also backwards).
+    SetCursor(CursorRec),
+    /// A login ticket issued.
+    Ticket {
+        /// Hash of the ticket.
+        hash: String,
+        /// Its user.
+        user: String,
+        /// Expiry, ms since the epoch.
+        expires_ms: u64,
+    },
+    /// A ticket consumed.
+    TicketUsed {
+        /// Hash of the ticket.
+        hash: String,
+    },
+    /// A room created.
+    RoomCreated {
+        /// Room id.
+        room: String,
+    },
+    /// A room deleted with its members, log and cursors.
+    RoomDeleted {
+        /// Room id.
+        room: String,
+    },
+    /// A member added.
+    MemberAdded {
+        /// Room id.
+        room: String,
+        /// User.
+        user: String,
+    },
+    /// A member removed (with its cursors in the room).
+    MemberRemoved {
+        /// Room id.
+        room: String,
+        /// User.
+        user: String,
+    },
+    /// Room history before `first` dropped, per room.
+    Pruned(Vec<(String, u64)>),
+    /// Expired tickets dropped (issued to expire at or before `before_ms`).
+    TicketsExpired {
+        /// Cut-off, ms since the epoch.
+        before_ms: u64,
+    },
+    /// No change: a write that proves the writer commits (readiness).
+    Mark,
+}
+
+/// A message as logged: the message and the seqs it was given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logged {
+    /// The message.
+    pub msg: StoredMessage,
+    /// Its seq in the sender's inbox, or in the room's log for a room message.
+    pub seq: u64,
+    /// Its seq in the recipient's inbox (a 1:1 message to someone else).
+    pub to_seq: Option<u64>,
+}
+
+/// A cursor update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CursorRec {
+    /// User.
+    pub user: String,
+    /// Device.
+    pub device: String,
+    /// Room, or `None` for the inbox.
+    pub room: Option<String>,
+    /// Seq.
+    pub seq: u64,
+}
+
+/// Where a logged message lies: the record's segment and offset and its index in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loc {
+    /// Segment id.
+    pub seg: u64,
+    /// Offset of the record's frame.
+    pub offset: u64,
+    /// Index of the message in the record.
+    pub index: u32,
+}
+
+/// What the index keeps of a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// Where it is logged.
+    pub loc: Loc,
+    /// Its seq in the sender's inbox, or in the room log.
+    pub seq: u64,
+    /// Server timestamp.
+    pub ts: u64,
+    /// Dedup key ([`dedup_key`]).
+    pub key: u64,
+    /// The message itself while it is in the hot range.
+    #[serde(skip)]
+    pub hot: Option<Arc<StoredMessage>>,
+}
+
+/// A room.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Room {
+    /// Highest seq ever given.
+    pub head: u64,
+    /// Message positions of seqs `first..=head`.
+    pub log: VecDeque<u64>,
+    /// Members.
+    pub members: BTreeSet<String>,
+    /// Cursors: (user, device) -> seq.
+    pub cursors: HashMap<(String, String), u64>,
+}
+
+impl Room {
+    /// The oldest seq still kept (`head + 1` when the log is empty).
+    pub fn first(&self) -> u64 {
+        self.head + 1 - self.log.len() as u64
+    }
+}
+
+/// A position no message has (a seq lost to a repaired segment).
+pub const LOST: u64 = u64::MAX;
+
+/// A position in the log: segment and offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pos {
+    /// Segment id.
+    pub seg: u64,
+    /// Byte offset in it.
+    pub offset: u64,
+}
+
+/// Everything the log's records build, by key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The end of the last record applied (where replay after a checkpoint of this state starts).
+    pub end: Pos,
+    /// Position the next logged message gets.
+    pub next_pos: u64,
+    /// Messages by position.
+    pub msgs: HashMap<u64, Meta>,
+    /// Inboxes: the message position of each seq (index = seq - 1).
+    pub inboxes: HashMap<String, Vec<u64>>,
+    /// Rooms.
+    pub rooms: HashMap<String, Room>,
+    /// Rooms per user.
+    pub member_of: HashMap<String, BTreeSet<String>>,
+    /// Dedup key -> position, for messages inside the dedup window.
+    pub dedup: HashMap<u64, u64>,
+    /// Keys that collided with another message's: (sender, client id) -> position.
+    pub dedup_exact: HashMap<(String, String), u64>,
+    /// Positions below this are outside the dedup window.
+    pub dedup_floor: u64,
+    /// 1:1 messages stored per sender.
+    pub sent: HashMap<String, u64>,
+    /// Inbox cursors: (user, device) -> seq.
+    pub cursors: HashMap<(String, String), u64>,
+    /// Tickets: hash -> (user, expires).
+    pub tickets: HashMap<String, (String, u64)>,
+    /// Messages still indexed, per segment (a segment with none is garbage once checkpointed).
+    pub live: BTreeMap<u64, u64>,
+    /// Hot messages, oldest first: (position, bytes).
+    #[serde(skip)]
+    pub hot: VecDeque<(u64, usize)>,
+    /// Bytes of the hot messages.
+    #[serde(skip)]
+    pub hot_bytes: usize,
+}
+
+/// The dedup key of (sender, client id): FNV-1a, stable across builds (checkpoints keep it).
+pub fn dedup_key(sender: &str, client_msg_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sender.bytes().chain([0xff]).chain(client_msg_id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What a message costs in the hot range.
+pub fn msg_bytes(m: &StoredMessage) -> usize {
+    m.payload.len() + m.sender.len() + m.sender_device.len() + m.client_msg_id.len() + m.to.id.len() + 128
+}
+
+/// A record contradicts the state it is applied to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Inconsistent(pub String);
+
+impl State {
+    /// Highest seq of `user`'s inbox.
+    pub fn inbox_head(&self, user: &str) -> u64 {
+        self.inboxes.get(user).map_or(0, |v| v.len() as u64)
+    }
+
+    /// Applies one durable record found at `seg`/`offset`. `hot_limit` bounds the bytes of
+    /// messages kept in memory.
+    pub fn apply(&mut self, rec: Record, seg: u64, offset: u64, hot_limit: usize) -> Result<(), Inconsistent> {
+        match rec {
+            Record::Batch { msgs, cursors } => {
+                for (i, l) in msgs.into_iter().enumerate() {
+                    let loc = Loc { seg, offset, index: i as u32 };
+                    self.add_message(l, loc, hot_limit)?;
+                }
+                for c in cursors {
+                    self.set_cursor(c, false);
+                }
+            }
+            Record::SetCursor(c) => self.set_cursor(c, true),
+            Record::Ticket { hash, user, expires_ms } => {
+                self.tickets.insert(hash, (user, expires_ms));
+            }
+            Record::TicketUsed { hash } => {
+                self.tickets.remove(&hash);
+            }
+            Record::TicketsExpired { before_ms } => self.tickets.retain(|_, (_, exp)| *exp > before_ms),
+            Record::RoomCreated { room } => {
+                self.rooms.entry(room).or_default();
+            }
+            Record::RoomDeleted { room } => {
+                if let Some(r) = self.rooms.remove(&room) {
+                    for m in &r.members {
+                        if let Some(set) = self.member_of.get_mut(m) {
+                            set.remove(&room);
+                        }
+                    }
+                    for pos in r.log {
+                        self.forget(pos);
+                    }
+                }
+            }
+            Record::MemberAdded { room, user } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.members.insert(user.clone());
+                    self.member_of.entry(user).or_default().insert(room);
+                }
+            }
+            Record::MemberRemoved { room, user } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.members.remove(&user);
+                    r.cursors.retain(|(u, _), _| *u != user);
+                }
+                if let Some(set) = self.member_of.get_mut(&user) {
+                    set.remove(&room);
+                }
+            }
+            Record::Pruned(cuts) => {
+                for (room, first) in cuts {
+                    let mut gone = Vec::new();
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        while r.first() < first && !r.log.is_empty() {
+                            if let Some(pos) = r.log.pop_front() {
+                                gone.push(pos);
+                            }
+                        }
+                    }
+                    for pos in gone {
+                        self.forget(pos);
+                    }
+                }
+            }
+            Record::Mark => {}
+        }
+        Ok(())
+    }
+
+    fn set_cursor(&mut self, c: CursorRec, exact: bool) {
+        let slot = match c.room {
+            None => self.cursors.entry((c.user, c.device)).or_insert(0),
+            Some(room) => self.rooms.entry(room).or_default().cursors.entry((c.user, c.device)).or_insert(0),
+        };
+        if exact || c.seq > *slot {
+            *slot = c.seq;
+        }
+    }
+
+    fn add_message(&mut self, l: Logged, loc: Loc, hot_limit: usize) -> Result<(), Inconsistent> {
+        let pos = self.next_pos;
+        self.next_pos += 1;
+        let m = l.msg;
+        let key = dedup_key(&m.sender, &m.client_msg_id);
+        match m.to.kind {
+            AddressKind::User => {
+                put_seq(self.inboxes.entry(m.sender.clone()).or_default(), l.seq, pos, &m.sender)?;
+                if let Some(to_seq) = l.to_seq {
+                    put_seq(self.inboxes.entry(m.to.id.clone()).or_default(), to_seq, pos, &m.to.id)?;
+                }
+                *self.sent.entry(m.sender.clone()).or_default() += 1;
+            }
+            AddressKind::Room => {
+                let r = self.rooms.entry(m.to.id.clone()).or_default();
+                if l.seq <= r.head {
+                    return Err(Inconsistent(format!("room {} seq {} given twice", m.to.id, l.seq)));
+                }
+                while r.head + 1 < l.seq {
+                    r.log.push_back(LOST);
+                    r.head += 1;
+                }
+                r.log.push_back(pos);
+                r.head = l.seq;
+            }
+        }
+        if let Some(prev) = self.dedup.insert(key, pos) {
+            if prev != pos {
+                // Another message had this key: keep it reachable by its exact pair. (Replay
+                // cannot tell the pair of `prev` without reading it, so the writer records
+                // collisions itself, see `LogStore::plan`.)
+                self.dedup.insert(key, prev);
+                self.dedup_exact.insert((m.sender.clone(), m.client_msg_id.clone()), pos);
+            }
+        }
+        *self.live.entry(loc.seg).or_default() += 1;
+        let bytes = msg_bytes(&m);
+        self.msgs.insert(pos, Meta { loc, seq: l.seq, ts: m.ts, key, hot: Some(Arc::new(m)) });
+        self.hot.push_back((pos, bytes));
+        self.hot_bytes += bytes;
+        while self.hot_bytes > hot_limit {
+            let Some((p, b)) = self.hot.pop_front() else { break };
+            self.hot_bytes -= b;
+            if let Some(meta) = self.msgs.get_mut(&p) {
+                meta.hot = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a message from the index (its room history was pruned or deleted).
+    fn forget(&mut self, pos: u64) {
+        if let Some(meta) = self.msgs.remove(&pos) {
+            if self.dedup.get(&meta.key) == Some(&pos) {
+                self.dedup.remove(&meta.key);
+            }
+            if let Some(n) = self.live.get_mut(&meta.loc.seg) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Drops dedup entries of messages older than `min_ts` (outside the window).
+    pub fn expire_dedup(&mut self, min_ts: u64) {
+        while self.dedup_floor < self.next_pos {
+            let pos = self.dedup_floor;
+            if let Some(meta) = self.msgs.get(&pos) {
+                if meta.ts >= min_ts {
+                    break;
+                }
+                if self.dedup.get(&meta.key) == Some(&pos) {
+                    self.dedup.remove(&meta.key);
+                }
+            }
+            self.dedup_floor += 1;
+        }
+        let floor = self.dedup_floor;
+        self.dedup_exact.retain(|_, p| *p >= floor);
+    }
+}
+
+fn put_seq(inbox: &mut Vec<u64>, seq: u64, pos: u64, user: &str) -> Result<(), Inconsistent> {
+    let len = inbox.len() as u64;
+    if seq <= len {
+        return Err(Inconsistent(format!("inbox {user} seq {seq} given twice")));
+    }
+    // Seqs between (lost to a repaired segment) stay gaps.
+    while (inbox.len() as u64) + 1 < seq {
+        inbox.push(LOST);
+    }
+    inbox.push(pos);
+    Ok(())
+}
