@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p tether-server -p tether-bench
-//! target/release/tether-bench pairs                      # max rate, Tether and the bare relay
+//! target/release/tether-bench pairs                      # max rate: Tether, the bare relay, the peers
 //! target/release/tether-bench pairs --rate 30000         # fixed rate (open loop)
 //! target/release/tether-bench idle --sessions 10000      # memory per idle session
 //! target/release/tether-bench flood --connections 2500   # memory per connection waiting for login
@@ -12,6 +12,7 @@ mod ffi;
 mod flood;
 mod idle;
 mod load;
+mod peers;
 mod relay;
 mod room;
 mod wire;
@@ -41,7 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// 1:1 pairs against a fresh node and, in the same run, against the bare-quinn relay.
+    /// 1:1 pairs against a fresh node and, in the same run, against the bare-quinn relay and
+    /// the peer brokers that are installed (Mosquitto with MQTT QoS 1, NATS JetStream).
     Pairs {
         /// The tether-server binary (default: next to this one).
         #[arg(long)]
@@ -64,6 +66,9 @@ enum Cmd {
         /// Skip the relay baseline.
         #[arg(long)]
         no_relay: bool,
+        /// Skip the peer brokers (Mosquitto, NATS JetStream).
+        #[arg(long)]
+        no_peers: bool,
         /// Extra flags for the node (e.g. `--store-sync normal`), space separated.
         #[arg(long, default_value = "")]
         server_args: String,
@@ -321,11 +326,17 @@ async fn store_summary(admin: SocketAddr) -> String {
     let msgs = get("tether_store_batch_messages_sum");
     let append_n = get("tether_store_latency_seconds_count{op=\"append\"}");
     let append_s = get("tether_store_latency_seconds_sum{op=\"append\"}");
+    // The log store's writer thread CPU (absent on SQLite, whose writes run inside sqlx).
+    let cpu = body.contains("tether_store_writer_cpu_seconds_total").then(|| {
+        let cpu = get("tether_store_writer_cpu_seconds_total");
+        format!(" writer_cpu={cpu:.2}s writer_cpu_per_msg={:.2}us", cpu / msgs.max(1.0) * 1e6)
+    });
     format!(
-        "store: batches={batches} avg_batch={:.0} msgs avg_append={:.2}ms append_busy={:.2}s",
+        "store: batches={batches} avg_batch={:.0} msgs avg_append={:.2}ms append_busy={:.2}s{}",
         msgs / batches.max(1.0),
         append_s / append_n.max(1.0) * 1000.0,
-        append_s
+        append_s,
+        cpu.unwrap_or_default()
     )
 }
 
@@ -344,13 +355,39 @@ fn print_report(name: &str, r: &Report, cpu: f64, gen_cpu: f64) {
     );
 }
 
+/// A peer broker's line and its ratio line, like the relay's; or one line saying it is missing.
+fn print_peer(name: &str, tether: &Report, run: Result<peers::PeerRun, peers::PeerMissing>) {
+    match run {
+        Ok((r, (cpu, gen_cpu))) => {
+            print_report(name, &r, cpu, gen_cpu);
+            println!(
+                "ratio tether/{name}: throughput={:.2} p99_latency={:.2}",
+                tether.rate() / r.rate(),
+                tether.ms(0.99) / r.ms(0.99).max(0.001)
+            );
+        }
+        Err(missing) => println!("{name:<8} skipped: {missing}"),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
         match cli.cmd {
             Cmd::RelayServer { addr, data_dir } => relay::serve(addr, &data_dir).await,
-            Cmd::Pairs { server_bin, pairs, messages, window, rate, payload, no_relay, server_args, user_prefix } => {
+            Cmd::Pairs {
+                server_bin,
+                pairs,
+                messages,
+                window,
+                rate,
+                payload,
+                no_relay,
+                no_peers,
+                server_args,
+                user_prefix,
+            } => {
                 let shape = Shape { pairs, messages, window, rate, payload };
                 println!(
                     "shape: pairs={pairs} messages/sender={messages} window={window} payload={payload}B mode={}",
@@ -385,6 +422,10 @@ fn main() {
                         tether.rate() / base.rate(),
                         tether.ms(0.99) / base.ms(0.99).max(0.001)
                     );
+                }
+                if !no_peers {
+                    print_peer("mosquitto", &tether, peers::mosquitto(shape, "bench").await);
+                    print_peer("jetstream", &tether, peers::jetstream(shape, "bench").await);
                 }
             }
             Cmd::Cluster {
@@ -490,8 +531,12 @@ fn main() {
                 let base = dir.unwrap_or_else(std::env::temp_dir);
                 let sqlite_dir = tempfile::tempdir_in(&base).expect("dir");
                 println!("{}", writepath::sqlite(sqlite_dir.path(), shape).await.line("sqlite"));
+                let store_dir = tempfile::tempdir_in(&base).expect("dir");
+                println!("{}", writepath::log_store(store_dir.path(), shape).await.line("log-store"));
+                let fjall_dir = tempfile::tempdir_in(&base).expect("dir");
+                println!("{}", writepath::fjall(fjall_dir.path(), shape).line("fjall"));
                 let log_dir = tempfile::tempdir_in(&base).expect("dir");
-                println!("{}", writepath::log(log_dir.path(), shape).line("append-log"));
+                println!("{}", writepath::log(log_dir.path(), shape).line("bare-append"));
             }
             Cmd::Room { server_bin, members, messages, window, payload, rate } => {
                 println!(

@@ -1,7 +1,10 @@
 //! The durable write path in isolation (issue 12's "measure before choosing"): the cost per
-//! message of committing batches through the SQLite store (fsync per commit, as a node does)
-//! against appending the same messages to a checksummed, append-only log file with one
-//! `fdatasync` per batch. No network, no sessions: the store's share of a message's cost.
+//! message of committing batches through the SQLite store (fsync per commit, as a node does),
+//! through the log store (the embedded default: one checksummed record and one `fdatasync`
+//! per batch, indexes in memory), through fjall (an LSM-tree: the same message, inbox and
+//! dedup entries in one cross-partition batch, journal fsynced per batch), and a bare
+//! append of the encoded messages to one file (the floor). No network, no sessions: the
+//! store's share of a message's cost.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tether_proto::Address;
 use tether_server::config::StoreSync;
+use tether_server::store::log::{LogSettings, LogStore};
 use tether_server::store::sqlite::{SqliteStore, StoreHooks};
 use tether_server::store::{NewMessage, Store};
 
@@ -78,6 +82,16 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub async fn sqlite(dir: &Path, shape: WriteShape) -> WriteReport {
     let url = format!("sqlite://{}", dir.join("tether.db").display());
     let store = SqliteStore::open_with(&url, StoreSync::Full, StoreHooks::default()).await.expect("open sqlite");
+    through_store(&store, dir, shape).await
+}
+
+/// Batches through the log store with its defaults (one record + one fdatasync per batch).
+pub async fn log_store(dir: &Path, shape: WriteShape) -> WriteReport {
+    let store = LogStore::open(dir, LogSettings::default(), StoreHooks::default()).expect("open log store");
+    through_store(&store, dir, shape).await
+}
+
+async fn through_store(store: &dyn Store, dir: &Path, shape: WriteShape) -> WriteReport {
     let mut commit = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let before = dir_bytes(dir);
     let started = Instant::now();
@@ -135,5 +149,48 @@ pub fn log(dir: &Path, shape: WriteShape) -> WriteReport {
     }
     let elapsed = started.elapsed();
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    WriteReport { messages: n, elapsed, commit, bytes }
+}
+
+/// The same batches through fjall 2 (an LSM-tree with a journal), written as a fjall-based
+/// store would: per message the message itself, an inbox entry per recipient
+/// (`user 0x00 seq` -> id) and a dedup entry (`sender 0x00 client id` -> id), after a dedup
+/// lookup; one cross-partition batch and one `persist(SyncData)` per batch.
+pub fn fjall(dir: &Path, shape: WriteShape) -> WriteReport {
+    use std::collections::HashMap;
+    let ks = fjall::Config::new(dir).open().expect("open fjall");
+    let part = |name: &str| ks.open_partition(name, fjall::PartitionCreateOptions::default()).expect("partition");
+    let (messages, inbox, dedup) = (part("messages"), part("inbox"), part("dedup"));
+    let mut heads: HashMap<String, u64> = HashMap::new();
+    let mut commit = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let key = |a: &str, b: &[u8]| -> Vec<u8> { [a.as_bytes(), &[0u8], b].concat() };
+    let started = Instant::now();
+    let mut n = 0;
+    for _ in 0..shape.batches {
+        let t = Instant::now();
+        let mut b = ks.batch();
+        for _ in 0..shape.batch {
+            n += 1;
+            let m = message(n, &shape);
+            let dk = key(&m.sender, m.client_msg_id.as_bytes());
+            if dedup.get(&dk).expect("dedup lookup").is_some() {
+                continue;
+            }
+            let id = m.msg_id.to_be_bytes();
+            b.insert(&messages, id, rmp_serde::to_vec(&m).expect("encode"));
+            for user in [&m.sender, &m.to.id] {
+                let h = heads.entry(user.clone()).or_default();
+                *h += 1;
+                b.insert(&inbox, key(user, &h.to_be_bytes()), id);
+            }
+            b.insert(&dedup, dk, id);
+        }
+        b.commit().expect("commit");
+        ks.persist(fjall::PersistMode::SyncData).expect("persist");
+        commit.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    let elapsed = started.elapsed();
+    drop((messages, inbox, dedup));
+    let bytes = ks.disk_space();
     WriteReport { messages: n, elapsed, commit, bytes }
 }

@@ -31,12 +31,12 @@ pub enum Command {
 /// `tether-server store ...`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum StoreCommand {
-    /// Copies an embedded node's SQLite data into a shared database (PostgreSQL, MySQL): messages,
+    /// Copies an embedded node's data (log store or SQLite) into a shared database (PostgreSQL, MySQL): messages,
     /// inboxes, rooms, members, room logs, cursors and tickets. Idempotent and resumable: run
     /// it again to finish an interrupted copy or to catch up; run the last pass with the node
     /// stopped.
     Copy {
-        /// Source, `sqlite://PATH`.
+        /// Source, `log://DIR` (an embedded node's `<data dir>/log`) or `sqlite://PATH`.
         #[arg(long)]
         from: String,
         /// Target, `postgres://...` or `mysql://...`.

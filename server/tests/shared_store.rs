@@ -88,19 +88,25 @@ async fn a_database_outage_loses_and_duplicates_nothing() {
 }
 
 /// Everything a device needs to resume, with room history, moves from an embedded node's
-/// SQLite file to PostgreSQL with `tether-server store copy`; the device then resumes against
-/// a node on PostgreSQL with nothing missed or repeated.
+/// log store (the default) to PostgreSQL with `tether-server store copy`; the device then
+/// resumes against a node on PostgreSQL with nothing missed or repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_copy_moves_a_node_to_postgres_and_devices_resume_where_they_were() {
     let pg = postgres::Postgres::start(false);
-    copy_then_resume(pg.fresh_db().await).await;
+    copy_then_resume(pg.fresh_db().await, Embedded::Log).await;
 }
 
-/// The same move into MariaDB.
+/// The same move from a node's SQLite file into MariaDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_copy_moves_a_node_to_mariadb_and_devices_resume_where_they_were() {
     let db = mariadb::MariaDb::start();
-    copy_then_resume(db.fresh_db().await).await;
+    copy_then_resume(db.fresh_db().await, Embedded::Sqlite).await;
+}
+
+/// The embedded store a node is moved from.
+enum Embedded {
+    Log,
+    Sqlite,
 }
 
 async fn open_shared(url: &str) -> std::sync::Arc<dyn tether_server::store::Store> {
@@ -115,11 +121,13 @@ async fn open_shared(url: &str) -> std::sync::Arc<dyn tether_server::store::Stor
     }
 }
 
-async fn copy_then_resume(target: String) {
-    // An embedded node on SQLite (what `store copy` reads).
+async fn copy_then_resume(target: String, from: Embedded) {
     let db = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", db.path().join("tether.db").display());
-    let mut server = Server::start(&["--database-url", &url]);
+    let mut server = match from {
+        Embedded::Log => Server::start(&[]),
+        Embedded::Sqlite => Server::start(&["--database-url", &url]),
+    };
     let bob_state = tempfile::tempdir().expect("state dir");
     let bob_config = |server: &Server| {
         let mut c = server.client_config(tether_sdk::Credential::Token(token("bob", 3600)), "phone", "bob-1");

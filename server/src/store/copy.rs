@@ -57,7 +57,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
 }
 
-/// Copies `from` (`sqlite://...`) into `to` (`postgres://...` or `mysql://...`), `chunk` rows per transaction.
+/// Copies `from` (`log://...` or `sqlite://...`) into `to` (`postgres://...` or `mysql://...`), `chunk` rows per transaction.
 /// `progress(table, done, total)` is called after every chunk.
 pub async fn copy(
     from: &str,
@@ -65,8 +65,24 @@ pub async fn copy(
     chunk: u32,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<CopyReport, CopyError> {
+    if let Some(dir) = super::log::dir_of(from) {
+        // The log store is exported into a SQLite file next to it first, then copied from there.
+        let export = dir.with_extension("export.db");
+        let _ = std::fs::remove_file(&export);
+        let url = format!("sqlite://{}", export.display());
+        progress("export", 0, 1);
+        super::log::export::export_sqlite(&dir, &url).await?;
+        progress("export", 1, 1);
+        let report = Box::pin(copy(&url, to, chunk, progress)).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", export.display()));
+        }
+        return report;
+    }
     if !from.starts_with("sqlite:") {
-        return Err(CopyError::Unsupported(format!("copy from `{from}`: the source must be a sqlite:// URL")));
+        return Err(CopyError::Unsupported(format!(
+            "copy from `{from}`: the source must be a log:// or sqlite:// URL"
+        )));
     }
     let mysql = to.starts_with("mysql:") || to.starts_with("mariadb:");
     if !(to.starts_with("postgres:") || to.starts_with("postgresql:") || mysql) {

@@ -18,6 +18,7 @@
 //! See docs/architecture.md ("The write path") for the measurements behind this design.
 
 pub mod checkpoint;
+pub mod export;
 pub mod segment;
 pub mod state;
 
@@ -106,7 +107,7 @@ struct Writer {
 
 /// One message of a batch as planned: new (with its seqs) or a duplicate of a stored one.
 enum Plan {
-    New(Logged),
+    New { seq: u64, to_seq: Option<u64> },
     Duplicate(u64),
     DuplicateInBatch(usize),
     Refused(Refusal),
@@ -439,7 +440,7 @@ impl Inner {
                         *r += 1;
                         *r
                     });
-                    Plan::New(Logged { msg: m.clone(), seq, to_seq })
+                    Plan::New { seq, to_seq }
                 }
                 AddressKind::Room => match st.rooms.get(&m.to.id) {
                     None => {
@@ -448,11 +449,11 @@ impl Inner {
                     Some(r) => {
                         let h = room_heads.entry(&m.to.id).or_insert(r.head);
                         *h += 1;
-                        Plan::New(Logged { msg: m.clone(), seq: *h, to_seq: None })
+                        Plan::New { seq: *h, to_seq: None }
                     }
                 },
             };
-            if matches!(plan, Plan::New(_)) {
+            if matches!(plan, Plan::New { .. }) {
                 in_batch.insert((m.sender.as_str(), m.client_msg_id.as_str()), i);
             }
             plans.push(plan);
@@ -479,17 +480,34 @@ impl Inner {
         batch: Vec<NewMessage>,
         cursors: Vec<CursorUpdate>,
     ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
+        let cpu = thread_cpu();
+        let res = self.append_timed(batch, cursors);
+        self.hooks.metrics.store_writer_cpu.inc_by((thread_cpu() - cpu).max(0.0));
+        res
+    }
+
+    fn append_timed(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
         let mut w = self.lock_writer()?;
         let plans = self.plan(&batch)?;
-        drop(batch);
         let (best_inbox, best_room) = super::coalesce_cursors(&cursors);
         let cursors: Vec<CursorRec> = best_inbox
             .into_iter()
             .chain(best_room)
             .map(|c| CursorRec { user: c.user.clone(), device: c.device_id.clone(), room: c.room.clone(), seq: c.seq })
             .collect();
-        let msgs: Vec<Logged> =
-            plans.iter().filter_map(|p| if let Plan::New(l) = p { Some(l.clone()) } else { None }).collect();
+        // The new messages move into the record; the state keeps them (no copy).
+        let msgs: Vec<Logged> = batch
+            .into_iter()
+            .zip(&plans)
+            .filter_map(|(msg, p)| match p {
+                Plan::New { seq, to_seq } => Some(Logged { msg, seq: *seq, to_seq: *to_seq }),
+                _ => None,
+            })
+            .collect();
         let first_pos = self.state.read().next_pos;
         if !msgs.is_empty() || !cursors.is_empty() {
             self.commit(&mut w, "append", Record::Batch { msgs, cursors })?;
@@ -501,18 +519,19 @@ impl Inner {
         let mut next = first_pos;
         for p in &plans {
             let r = match p {
-                Plan::New(l) => {
+                Plan::New { seq, to_seq } => {
                     let pos = next;
                     next += 1;
                     let msg = self.message(&st, pos)?;
-                    let mut recipients = Vec::with_capacity(2);
-                    if l.msg.to.kind == AddressKind::User {
-                        recipients.push((l.msg.sender.clone(), l.seq));
-                        if let Some(t) = l.to_seq {
-                            recipients.push((l.msg.to.id.clone(), t));
+                    let mut recipients = Vec::new();
+                    if msg.to.kind == AddressKind::User {
+                        recipients.reserve(2);
+                        recipients.push((msg.sender.clone(), *seq));
+                        if let Some(t) = to_seq {
+                            recipients.push((msg.to.id.clone(), *t));
                         }
                     }
-                    Ok(Appended { msg, sender_seq: l.seq, recipients, duplicate: false })
+                    Ok(Appended { msg, sender_seq: *seq, recipients, duplicate: false })
                 }
                 Plan::Duplicate(pos) => {
                     let msg = self.message(&st, *pos)?;
@@ -799,6 +818,16 @@ impl LogStore {
             self.blocking(move |i| i.resolve(picked)).await
         }
     }
+}
+
+/// CPU time of the calling thread, seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a timespec we own; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Free space below which the store reports itself not ready.

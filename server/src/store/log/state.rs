@@ -2,13 +2,16 @@
 //! cursors, tickets, rooms and members. Replay and live writes go through the same
 //! [`State::apply`], so what a node serves after a restart is exactly what it served before.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tether_proto::AddressKind;
 
 use crate::store::StoredMessage;
+
+/// The index's hash map (foldhash: fast, seeded per process).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One durable change. A record is written whole or not at all (its checksum covers it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +145,68 @@ impl Room {
     }
 }
 
+/// Messages by position: a deque from the oldest still indexed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Msgs {
+    /// Position of the first slot.
+    base: u64,
+    slots: VecDeque<Option<Meta>>,
+}
+
+impl Msgs {
+    /// The message at `pos`, if indexed.
+    pub fn get(&self, pos: &u64) -> Option<&Meta> {
+        self.slots.get(pos.checked_sub(self.base)? as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, pos: u64) -> Option<&mut Meta> {
+        self.slots.get_mut(pos.checked_sub(self.base)? as usize)?.as_mut()
+    }
+
+    fn push(&mut self, pos: u64, meta: Meta) {
+        if self.slots.is_empty() {
+            self.base = pos;
+        }
+        // Positions are given in order; a gap (never expected) stays empty.
+        while self.base + (self.slots.len() as u64) < pos {
+            self.slots.push_back(None);
+        }
+        self.slots.push_back(Some(meta));
+    }
+
+    fn remove(&mut self, pos: u64) -> Option<Meta> {
+        let i = pos.checked_sub(self.base)? as usize;
+        let meta = self.slots.get_mut(i)?.take();
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        meta
+    }
+
+    /// Messages indexed.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// No message indexed.
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+}
+
+/// The value of `key` in `map`, inserted as default first if absent (without allocating the
+/// key when it is there).
+fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    match map.get_mut(key) {
+        Some(v) => v,
+        None => unreachable!("inserted above"),
+    }
+}
+
 /// A position no message has (a seq lost to a repaired segment).
 pub const LOST: u64 = u64::MAX;
 
@@ -161,8 +226,8 @@ pub struct State {
     pub end: Pos,
     /// Position the next logged message gets.
     pub next_pos: u64,
-    /// Messages by position.
-    pub msgs: HashMap<u64, Meta>,
+    /// Messages by position (`None` once forgotten).
+    pub msgs: Msgs,
     /// Inboxes: the message position of each seq (index = seq - 1).
     pub inboxes: HashMap<String, Vec<u64>>,
     /// Rooms.
@@ -305,14 +370,14 @@ impl State {
         let key = dedup_key(&m.sender, &m.client_msg_id);
         match m.to.kind {
             AddressKind::User => {
-                put_seq(self.inboxes.entry(m.sender.clone()).or_default(), l.seq, pos, &m.sender)?;
+                put_seq(slot(&mut self.inboxes, &m.sender), l.seq, pos, &m.sender)?;
                 if let Some(to_seq) = l.to_seq {
-                    put_seq(self.inboxes.entry(m.to.id.clone()).or_default(), to_seq, pos, &m.to.id)?;
+                    put_seq(slot(&mut self.inboxes, &m.to.id), to_seq, pos, &m.to.id)?;
                 }
-                *self.sent.entry(m.sender.clone()).or_default() += 1;
+                *slot(&mut self.sent, &m.sender) += 1;
             }
             AddressKind::Room => {
-                let r = self.rooms.entry(m.to.id.clone()).or_default();
+                let r = slot(&mut self.rooms, &m.to.id);
                 if l.seq <= r.head {
                     return Err(Inconsistent(format!("room {} seq {} given twice", m.to.id, l.seq)));
                 }
@@ -335,13 +400,13 @@ impl State {
         }
         *self.live.entry(loc.seg).or_default() += 1;
         let bytes = msg_bytes(&m);
-        self.msgs.insert(pos, Meta { loc, seq: l.seq, ts: m.ts, key, hot: Some(Arc::new(m)) });
+        self.msgs.push(pos, Meta { loc, seq: l.seq, ts: m.ts, key, hot: Some(Arc::new(m)) });
         self.hot.push_back((pos, bytes));
         self.hot_bytes += bytes;
         while self.hot_bytes > hot_limit {
             let Some((p, b)) = self.hot.pop_front() else { break };
             self.hot_bytes -= b;
-            if let Some(meta) = self.msgs.get_mut(&p) {
+            if let Some(meta) = self.msgs.get_mut(p) {
                 meta.hot = None;
             }
         }
@@ -350,7 +415,7 @@ impl State {
 
     /// Drops a message from the index (its room history was pruned or deleted).
     fn forget(&mut self, pos: u64) {
-        if let Some(meta) = self.msgs.remove(&pos) {
+        if let Some(meta) = self.msgs.remove(pos) {
             if self.dedup.get(&meta.key) == Some(&pos) {
                 self.dedup.remove(&meta.key);
             }

@@ -1,0 +1,163 @@
+//! Export of a log store into a SQLite file with the SQLite store's schema, so
+//! `tether-server store copy --from log://DIR` can move an embedded node's data into a shared
+//! database through the same copy as a SQLite node's.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sqlx::Connection;
+use tether_proto::AddressKind;
+
+use super::state::LOST;
+use super::{LogSettings, LogStore};
+use crate::store::sqlite::{SqliteStore, StoreHooks};
+use crate::store::{kind_str, to_i64, StoreError};
+
+/// Rows written by an export.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportReport {
+    /// Messages to users.
+    pub messages: u64,
+    /// Room log entries.
+    pub room_log: u64,
+}
+
+/// Writes everything the log store in `dir` holds into the (new or empty) SQLite database at
+/// `sqlite_url`. The node must be stopped (the log is locked while it runs).
+pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport, StoreError> {
+    let log = LogStore::open(dir, LogSettings::default(), StoreHooks::default())?;
+    SqliteStore::open(sqlite_url, crate::config::StoreSync::Full).await?.close().await;
+    let mut conn = sqlx::SqliteConnection::connect(sqlite_url).await?;
+    let mut tx = conn.begin().await?;
+    let mut report = ExportReport::default();
+    let inner = log.inner.clone();
+    // Each 1:1 message's seq in its recipient's inbox.
+    let (user_msgs, to_seqs, rooms) = {
+        let st = inner.state.read();
+        let mut to_seqs: HashMap<u64, u64> = HashMap::new();
+        let mut user_msgs = Vec::new();
+        for inbox in st.inboxes.values() {
+            for (i, pos) in inbox.iter().enumerate() {
+                if *pos != LOST {
+                    let seq = i as u64 + 1;
+                    if st.msgs.get(pos).is_some_and(|m| m.seq != seq) {
+                        to_seqs.insert(*pos, seq);
+                    }
+                    user_msgs.push(*pos);
+                }
+            }
+        }
+        user_msgs.sort_unstable();
+        user_msgs.dedup();
+        let rooms: Vec<_> = st
+            .rooms
+            .iter()
+            .map(|(id, r)| (id.clone(), r.head, r.first(), r.log.iter().copied().collect::<Vec<_>>(), r.clone()))
+            .collect();
+        (user_msgs, to_seqs, rooms)
+    };
+    for pos in user_msgs {
+        let (msg, seq) = {
+            let st = inner.state.read();
+            let seq = st.msgs.get(&pos).map_or(0, |m| m.seq);
+            (inner.message(&st, pos)?, seq)
+        };
+        if msg.to.kind != AddressKind::User {
+            continue;
+        }
+        let to_seq = to_seqs.get(&pos).copied().unwrap_or(seq);
+        sqlx::query(
+            "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to_i64(msg.msg_id))
+        .bind(&msg.sender)
+        .bind(&msg.sender_device)
+        .bind(&msg.client_msg_id)
+        .bind(kind_str(msg.to.kind))
+        .bind(&msg.to.id)
+        .bind(to_i64(seq))
+        .bind(to_i64(to_seq))
+        .bind(to_i64(msg.ts))
+        .bind(&msg.content_type)
+        .bind(&msg.payload)
+        .execute(&mut *tx)
+        .await?;
+        report.messages += 1;
+    }
+    for (id, head, first, log, room) in rooms {
+        sqlx::query("INSERT INTO rooms (room, created_ms, head) VALUES (?, 0, ?)")
+            .bind(&id)
+            .bind(to_i64(head))
+            .execute(&mut *tx)
+            .await?;
+        for m in &room.members {
+            sqlx::query("INSERT INTO room_members (room, user, joined_ms) VALUES (?, ?, 0)")
+                .bind(&id)
+                .bind(m)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (i, pos) in log.iter().enumerate() {
+            if *pos == LOST {
+                continue;
+            }
+            let msg = {
+                let st = inner.state.read();
+                inner.message(&st, *pos)?
+            };
+            sqlx::query(
+                "INSERT INTO room_log (room, seq, id, sender, sender_device, client_msg_id, ts, content_type, payload) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(to_i64(first + i as u64))
+            .bind(to_i64(msg.msg_id))
+            .bind(&msg.sender)
+            .bind(&msg.sender_device)
+            .bind(&msg.client_msg_id)
+            .bind(to_i64(msg.ts))
+            .bind(&msg.content_type)
+            .bind(&msg.payload)
+            .execute(&mut *tx)
+            .await?;
+            report.room_log += 1;
+        }
+        for ((user, device), seq) in &room.cursors {
+            sqlx::query("INSERT INTO room_cursors (user, device_id, room, seq, updated_ms) VALUES (?, ?, ?, ?, 0)")
+                .bind(user)
+                .bind(device)
+                .bind(&id)
+                .bind(to_i64(*seq))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let (cursors, tickets) = {
+        let st = inner.state.read();
+        (
+            st.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>(),
+            st.tickets.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>(),
+        )
+    };
+    for ((user, device), seq) in cursors {
+        sqlx::query("INSERT INTO device_cursors (user, device_id, seq, updated_ms) VALUES (?, ?, ?, 0)")
+            .bind(user)
+            .bind(device)
+            .bind(to_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (hash, (user, expires)) in tickets {
+        sqlx::query("INSERT INTO tickets (hash, user, expires_ms) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(user)
+            .bind(to_i64(expires))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    conn.close().await?;
+    log.close();
+    Ok(report)
+}
