@@ -69,10 +69,32 @@ impl Pipeline {
         batch: usize,
         writers: usize,
     ) -> Self {
+        let own_thread = store.wants_own_thread();
         let writers = (0..writers.max(1))
-            .map(|_| {
+            .map(|i| {
                 let (tx, rx) = mpsc::channel(queue);
-                tokio::spawn(run(rx, store.clone(), hub.clone(), metrics.clone(), batch.max(1)));
+                let task = run(rx, store.clone(), hub.clone(), metrics.clone(), batch.max(1));
+                if own_thread {
+                    // The writer loop on a thread of its own (see `Store::wants_own_thread`); it
+                    // ends when the pipeline's senders are gone.
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    match rt {
+                        Ok(rt) => {
+                            let spawned = std::thread::Builder::new()
+                                .name(format!("tether-writer-{i}"))
+                                .spawn(move || rt.block_on(task));
+                            if let Err(e) = spawned {
+                                tracing::error!(error = %e, "could not start the writer thread");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no runtime for a writer thread: the writer runs among the sessions");
+                            tokio::spawn(task);
+                        }
+                    }
+                } else {
+                    tokio::spawn(task);
+                }
                 tx
             })
             .collect();

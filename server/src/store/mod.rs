@@ -329,6 +329,14 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many messages went.
     async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError>;
 
+    /// Whether the write pipeline should run its writer loop for this store on an OS thread of
+    /// its own instead of among the session tasks: an embedded store that commits in a few
+    /// microseconds per message, where waiting for a runtime worker behind thousands of session
+    /// wake-ups would be most of a message's latency.
+    fn wants_own_thread(&self) -> bool {
+        false
+    }
+
     /// Claims (or renews) node id `node_id` for this process (`instance`) until
     /// `now_ms + ttl_ms`: false when another live process holds it. Message ids embed the node
     /// id, so on a shared store two live nodes must never use the same one. An embedded store

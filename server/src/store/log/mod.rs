@@ -640,6 +640,10 @@ impl Store for LogStore {
         .await
     }
 
+    fn wants_own_thread(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         match self.inner.writer.lock() {
             Ok(w) if !w.closed => Ok(()),
