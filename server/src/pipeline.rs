@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, StoreError};
 
 /// Who asked for a send and wants its answer.
+/// Name prefix of the writer threads of stores that want one.
+pub const WRITER_THREAD: &str = "tether-writer-";
+
 #[derive(Debug)]
 pub enum Origin {
     /// A session: the answer is a `send_ack` / `send_error` frame; the session's other devices
@@ -81,7 +84,7 @@ impl Pipeline {
                     match rt {
                         Ok(rt) => {
                             let spawned = std::thread::Builder::new()
-                                .name(format!("tether-writer-{i}"))
+                                .name(format!("{WRITER_THREAD}{i}"))
                                 .spawn(move || rt.block_on(task));
                             if let Err(e) = spawned {
                                 tracing::error!(error = %e, "could not start the writer thread");

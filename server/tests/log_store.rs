@@ -150,11 +150,15 @@ async fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_rec
     let s = open(dir.path()).expect("opens after repair");
     let lost: HashSet<u64> = batches.iter().filter(|b| b.1 == victim).take(1).flat_map(|b| b.0.clone()).collect();
     let inbox = s.fetch_inbox("bob", 0, None, 100_000).await.expect("fetch");
-    let got: Vec<u64> = inbox.iter().map(|e| e.msg.msg_id).collect();
+    let got: Vec<u64> = inbox.iter().map(|e| e.msg.msg_id).filter(|id| *id != 0).collect();
     let expected: Vec<u64> = batches.iter().flat_map(|b| b.0.clone()).filter(|i| !lost.contains(i)).collect();
     assert_eq!(got, expected, "only the damaged record's messages are gone");
-    // Their seqs stay unused: later seqs keep their numbers.
-    assert_eq!(inbox.last().expect("entries").seq, 150);
+    // Their seqs read as placeholders, so the inbox stays gapless; later seqs keep their numbers.
+    let seqs: Vec<u64> = inbox.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=150).collect::<Vec<_>>());
+    let placeholders: Vec<&str> =
+        inbox.iter().filter(|e| e.msg.msg_id == 0).map(|e| e.msg.content_type.as_str()).collect();
+    assert_eq!(placeholders, vec![tether_server::store::log::LOST_CONTENT_TYPE; lost.len()]);
     let r = s.append(vec![msg(999, "alice", Address::user("bob"))], vec![]).await.expect("append");
     assert_eq!(r[0].as_ref().expect("stored").sender_seq, 151);
 }

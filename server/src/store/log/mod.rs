@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
-use tether_proto::{AddressKind, ErrorCode};
+use tether_proto::{Address, AddressKind, ErrorCode};
 
 use self::segment::{Appender, Tail};
 use self::state::{dedup_key, CursorRec, Logged, Record, State, LOST};
@@ -248,6 +248,12 @@ impl LogStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // On the pipeline's own writer thread (see `Store::wants_own_thread`) the work runs
+        // right there: blocking that thread is what it is for. Elsewhere it moves to a
+        // blocking thread, off the runtime's workers.
+        if std::thread::current().name().is_some_and(|n| n.starts_with(crate::pipeline::WRITER_THREAD)) {
+            return f(&self.inner);
+        }
         let i = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&i)).await.map_err(|_| StoreError::Closed)?
     }
@@ -388,12 +394,16 @@ impl Inner {
 
     /// Entries (seq, position) to fetch, with the hot ones resolved; cold ones read after the
     /// state lock is released.
-    fn resolve(&self, picked: Vec<(u64, u64)>) -> Result<Vec<InboxEntry>, StoreError> {
+    fn resolve(&self, picked: Vec<(u64, u64)>, to: &Address) -> Result<Vec<InboxEntry>, StoreError> {
         let mut out = Vec::with_capacity(picked.len());
         let mut cold = Vec::new();
         {
             let st = self.state.read();
             for (seq, pos) in picked {
+                if pos == LOST {
+                    out.push(Ok(InboxEntry { seq, msg: Arc::new(lost(to)) }));
+                    continue;
+                }
                 // An entry pruned meanwhile is left out.
                 if let Some(meta) = st.msgs.get(&pos) {
                     match &meta.hot {
@@ -603,11 +613,11 @@ impl Store for LogStore {
             let Some(inbox) = st.inboxes.get(user) else { return Ok(Vec::new()) };
             let until = until.unwrap_or(u64::MAX).min(inbox.len() as u64);
             (after.saturating_add(1)..=until)
-                .filter_map(|seq| inbox.get((seq - 1) as usize).filter(|p| **p != LOST).map(|p| (seq, *p)))
+                .filter_map(|seq| inbox.get((seq - 1) as usize).map(|p| (seq, *p)))
                 .take(limit as usize)
                 .collect()
         };
-        self.resolve_async(picked).await
+        self.resolve_async(picked, Address::user(user)).await
     }
 
     async fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
@@ -757,14 +767,14 @@ impl Store for LogStore {
             let first = r.first();
             let until = until.unwrap_or(u64::MAX).min(r.head);
             let picked: Vec<(u64, u64)> = (after.saturating_add(1).max(first)..=until)
-                .filter_map(|seq| r.log.get((seq - first) as usize).filter(|p| **p != LOST).map(|p| (seq, *p)))
+                .filter_map(|seq| r.log.get((seq - first) as usize).map(|p| (seq, *p)))
                 .take(limit as usize)
                 .collect();
             // The oldest kept seq, as the SQL stores report it: the first message still there.
             let kept = r.log.iter().position(|p| *p != LOST).map_or(r.head + 1, |i| first + i as u64);
             (picked, kept)
         };
-        Ok((self.resolve_async(picked).await?, first))
+        Ok((self.resolve_async(picked, Address::room(room)).await?, first))
     }
 
     async fn room_cursor(&self, user: &str, device_id: &str, room: &str) -> Result<Option<u64>, StoreError> {
@@ -811,16 +821,34 @@ impl Store for LogStore {
 }
 
 impl LogStore {
-    async fn resolve_async(&self, picked: Vec<(u64, u64)>) -> Result<Vec<InboxEntry>, StoreError> {
+    async fn resolve_async(&self, picked: Vec<(u64, u64)>, to: Address) -> Result<Vec<InboxEntry>, StoreError> {
         let all_hot = {
             let st = self.inner.state.read();
             picked.iter().all(|(_, p)| st.msgs.get(p).is_none_or(|m| m.hot.is_some()))
         };
         if all_hot {
-            self.inner.resolve(picked)
+            self.inner.resolve(picked, &to)
         } else {
-            self.blocking(move |i| i.resolve(picked)).await
+            self.blocking(move |i| i.resolve(picked, &to)).await
         }
+    }
+}
+
+/// Content type of the placeholder delivered for a seq whose record a repair cut out.
+pub const LOST_CONTENT_TYPE: &str = "application/vnd.tether.lost";
+
+/// The placeholder for a seq whose message was lost to a repair: devices keep a gapless log and
+/// apps can show that something is missing.
+fn lost(to: &Address) -> StoredMessage {
+    StoredMessage {
+        msg_id: 0,
+        sender: String::new(),
+        sender_device: String::new(),
+        client_msg_id: String::new(),
+        to: to.clone(),
+        ts: 0,
+        content_type: LOST_CONTENT_TYPE.into(),
+        payload: Vec::new(),
     }
 }
 
