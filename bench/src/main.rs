@@ -115,6 +115,9 @@ enum Cmd {
         /// Fixed rate of messages into the room per second (open loop); default: max rate.
         #[arg(long)]
         rate: Option<f64>,
+        /// Extra flags for the node (e.g. `--database-url sqlite:///tmp/t.db`), space separated.
+        #[arg(long, default_value = "")]
+        server_args: String,
     },
     /// Login flood: connections that never log in; memory per waiting connection and after.
     Flood {
@@ -538,13 +541,13 @@ fn main() {
                 let log_dir = tempfile::tempdir_in(&base).expect("dir");
                 println!("{}", writepath::log(log_dir.path(), shape).line("bare-append"));
             }
-            Cmd::Room { server_bin, members, messages, window, payload, rate } => {
+            Cmd::Room { server_bin, members, messages, window, payload, rate, server_args } => {
                 println!(
                     "shape: room of {members} online members, 1 sender, {messages} messages, window={window}, payload={payload}B, mode={}",
                     rate.map(|r| format!("fixed {r:.0} msg/s")).unwrap_or_else(|| "max rate".into())
                 );
                 let dir = tempfile::tempdir().expect("dir");
-                let (node, target) = node_target(server_bin, dir.path(), "");
+                let (node, target) = node_target(server_bin, dir.path(), &server_args);
                 let shape = room::RoomShape { members, messages, window, payload, rate };
                 let (r, cpu) = room::run(target, shape, (node.child.id(), std::process::id())).await;
                 print_report("room", &r, cpu.0, cpu.1);
