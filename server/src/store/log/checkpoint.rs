@@ -70,15 +70,28 @@ pub fn load(dir: &Path) -> Result<(State, Pos), StoreError> {
 
 /// Writes a checkpoint of the current state, drops checkpoints older than the previous one and
 /// deletes segments nothing needs any more.
-pub(super) fn write(inner: &Inner) -> Result<(), StoreError> {
+/// What one checkpoint cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointStats {
+    /// Size of the checkpoint file.
+    pub bytes: u64,
+    /// How long the index was read-locked (commits' index step waited at most this long).
+    pub index_locked: std::time::Duration,
+}
+
+pub(super) fn write(inner: &Inner) -> Result<CheckpointStats, StoreError> {
     inner.hooks.faults.check(FaultStep::Checkpoint)?;
     let dir = &inner.dir;
-    let (body, pos) = {
-        let st = inner.state.read();
-        (rmp_serde::to_vec(&*st).map_err(|e| log_err(format!("encode checkpoint: {e}")))?, st.end)
-    };
+    // A copy of the index under the read lock (commits go on meanwhile; only their step into
+    // the index waits, for the copy: mostly memcpy), encoded after it is released.
+    let locked = std::time::Instant::now();
+    let copy = inner.state.read().clone();
+    let held = locked.elapsed();
+    let pos = copy.end;
+    let body = rmp_serde::to_vec(&copy).map_err(|e| log_err(format!("encode checkpoint: {e}")))?;
+    drop(copy);
     if list(dir)?.first().is_some_and(|(p, _)| *p == pos) {
-        return Ok(());
+        return Ok(CheckpointStats { bytes: 0, index_locked: held });
     }
     let mut framed = Vec::with_capacity(body.len() + 8);
     segment::frame(&mut framed, &body);
@@ -92,6 +105,7 @@ pub(super) fn write(inner: &Inner) -> Result<(), StoreError> {
     }
     std::fs::rename(&tmp, dir.join(name(pos)))?;
     segment::sync_dir(dir)?;
+    tracing::info!(bytes = framed.len(), index_locked_ms = held.as_millis() as u64, "log checkpoint written");
     if let Ok(mut w) = inner.writer.lock() {
         w.since_checkpoint = 0;
     }
@@ -100,7 +114,8 @@ pub(super) fn write(inner: &Inner) -> Result<(), StoreError> {
     for (_, path) in all.iter().skip(2) {
         std::fs::remove_file(path)?;
     }
-    let Some((keep_from, _)) = all.get(1).or(all.first()) else { return Ok(()) };
+    let stats = CheckpointStats { bytes: framed.len() as u64, index_locked: held };
+    let Some((keep_from, _)) = all.get(1).or(all.first()) else { return Ok(stats) };
     let live = inner.state.read().live.clone();
     let mut removed = 0;
     for id in segment::list(dir)? {
@@ -119,5 +134,5 @@ pub(super) fn write(inner: &Inner) -> Result<(), StoreError> {
         segment::sync_dir(dir)?;
         tracing::info!(removed, "log segments no longer needed were deleted");
     }
-    Ok(())
+    Ok(stats)
 }

@@ -232,7 +232,7 @@ impl LogStore {
     }
 
     /// Writes a checkpoint now and deletes segments nothing refers to any more.
-    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+    pub async fn checkpoint(&self) -> Result<checkpoint::CheckpointStats, StoreError> {
         let i = self.inner.clone();
         tokio::task::spawn_blocking(move || i.checkpoint()).await.map_err(|_| StoreError::Closed)?
     }
@@ -569,6 +569,12 @@ impl Inner {
         let now = crate::ids::now_ms();
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         self.state.write().expire_dedup(now.saturating_sub(window));
+        let expired = self.state.read().tickets.values().any(|(_, exp)| *exp <= now);
+        if expired {
+            if let Err(e) = self.write_one("expire_tickets", Record::TicketsExpired { before_ms: now }) {
+                tracing::warn!(error = %e, "could not drop expired tickets");
+            }
+        }
         let due = {
             let Ok(w) = self.writer.lock() else { return };
             w.since_checkpoint >= self.settings.checkpoint_bytes || (w.since_checkpoint > 0 && *idle_ticks >= 10)
@@ -582,10 +588,12 @@ impl Inner {
         }
     }
 
-    fn checkpoint(&self) -> Result<(), StoreError> {
+    fn checkpoint(&self) -> Result<checkpoint::CheckpointStats, StoreError> {
+        let started = std::time::Instant::now();
         let res = checkpoint::write(self);
-        if res.is_err() {
-            self.hooks.metrics.store_error("checkpoint");
+        match &res {
+            Ok(_) => self.hooks.metrics.store_op("checkpoint", started.elapsed().as_secs_f64()),
+            Err(_) => self.hooks.metrics.store_error("checkpoint"),
         }
         res
     }

@@ -146,7 +146,7 @@ impl Room {
 }
 
 /// Messages by position: a deque from the oldest still indexed.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Msgs {
     /// Position of the first slot.
     base: u64,
@@ -220,7 +220,7 @@ pub struct Pos {
 }
 
 /// Everything the log's records build, by key.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     /// The end of the last record applied (where replay after a checkpoint of this state starts).
     pub end: Pos,
