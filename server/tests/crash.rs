@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use tether_sdk::Credential;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
@@ -22,13 +21,8 @@ async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
     let mut server = Server::start(&[]);
     let sender_state = tempfile::tempdir().expect("dir");
     let receiver_state = tempfile::tempdir().expect("dir");
-    let mut scfg = server.client_config(Credential::Token(token("alice", 3600)), "phone", "alice-phone");
-    scfg.state_dir = Some(sender_state.path().display().to_string());
-    scfg.session.max_in_flight = 64;
-    let (alice, _ae) = tether_sdk::Client::start(scfg).await.expect("start");
-    let mut rcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
-    rcfg.state_dir = Some(receiver_state.path().display().to_string());
-    let (bob, mut be) = tether_sdk::Client::start(rcfg).await.expect("start");
+    let (alice, _ae) = server.durable_client("alice", "alice-phone", sender_state.path(), 64).await;
+    let (bob, mut be) = server.durable_client("bob", "bob-phone", receiver_state.path(), 32).await;
     alice.wait_online().await.expect("online");
     bob.wait_online().await.expect("online");
 

@@ -97,13 +97,8 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     let mut server = Server::start(&[]);
     let sender_state = tempfile::tempdir().expect("dir");
     let receiver_state = tempfile::tempdir().expect("dir");
-    let mut scfg = server.client_config(Credential::Token(token("alice", 3600)), "phone", "alice-phone");
-    scfg.state_dir = Some(sender_state.path().display().to_string());
-    scfg.session.max_in_flight = 32;
-    let (alice, _ae) = tether_sdk::Client::start(scfg).await.expect("start");
-    let mut rcfg = server.client_config(Credential::Token(token("bob", 3600)), "phone", "bob-phone");
-    rcfg.state_dir = Some(receiver_state.path().display().to_string());
-    let (bob, mut be) = tether_sdk::Client::start(rcfg).await.expect("start");
+    let (alice, _ae) = server.durable_client("alice", "alice-phone", sender_state.path(), 32).await;
+    let (bob, mut be) = server.durable_client("bob", "bob-phone", receiver_state.path(), 32).await;
     alice.wait_online().await.expect("online");
     bob.wait_online().await.expect("online");
 

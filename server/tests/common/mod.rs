@@ -111,6 +111,22 @@ impl Server {
         (c, e)
     }
 
+    /// A client of `user` on `phone` device `device_id` that keeps its state (outbox, cursors)
+    /// in `state_dir`, so restarting the client or the node loses nothing; at most
+    /// `max_in_flight` sends unacknowledged. Started, not yet online.
+    pub async fn durable_client(
+        &self,
+        user: &str,
+        device_id: &str,
+        state_dir: &Path,
+        max_in_flight: usize,
+    ) -> (Client, Events) {
+        let mut cfg = self.client_config(Credential::Token(token(user, 3600)), "phone", device_id);
+        cfg.state_dir = Some(state_dir.display().to_string());
+        cfg.session.max_in_flight = max_in_flight;
+        Client::start(cfg).await.expect("client start")
+    }
+
     /// Admin API call; returns (status, JSON body).
     pub async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
         admin_call(self.admin, method, path, body, Some(ADMIN_TOKEN)).await

@@ -68,8 +68,6 @@ pub fn load(dir: &Path) -> Result<(State, Pos), StoreError> {
     Ok((State::default(), Pos { seg: 1, offset: 0 }))
 }
 
-/// Writes a checkpoint of the current state, drops checkpoints older than the previous one and
-/// deletes segments nothing needs any more.
 /// What one checkpoint cost.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointStats {
@@ -79,6 +77,8 @@ pub struct CheckpointStats {
     pub index_locked: std::time::Duration,
 }
 
+/// Writes a checkpoint of the current state, drops checkpoints older than the previous one and
+/// deletes segments nothing needs any more.
 pub(super) fn write(inner: &Inner) -> Result<CheckpointStats, StoreError> {
     inner.hooks.faults.check(FaultStep::Checkpoint)?;
     let dir = &inner.dir;
