@@ -72,6 +72,9 @@ pub struct Metrics {
     /// CPU time of the log store's writer thread while it writes (plan, encode, write, sync
     /// call, index update), seconds: divided by messages stored, the write path's CPU cost.
     pub store_writer_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Messages in the log store's in-memory index (each costs about 133 bytes of RAM while
+    /// it is stored; docs/operations.md, "Plan memory too").
+    pub store_indexed_messages: Gauge,
     /// Connection attempts by admission result (`accepted`, `retry`, `refused_*`).
     pub admission: Family<ResultLabel, Counter>,
     /// Connections that have not logged in yet.
@@ -140,6 +143,7 @@ impl Metrics {
             store_retries: Family::default(),
             store_writer_ready: Gauge::default(),
             store_writer_cpu: Counter::default(),
+            store_indexed_messages: Gauge::default(),
             bad_frames: Counter::default(),
             admission: Family::default(),
             pending_logins: Gauge::default(),
@@ -185,6 +189,11 @@ impl Metrics {
             "store_writer_cpu_seconds",
             "CPU time of the log store's writer thread while writing",
             m.store_writer_cpu.clone(),
+        );
+        registry.register(
+            "store_indexed_messages",
+            "Messages in the log store's in-memory index",
+            m.store_indexed_messages.clone(),
         );
         registry.register("admission", "Connection attempts by admission result", m.admission.clone());
         registry.register("pending_logins", "Connections not logged in yet", m.pending_logins.clone());

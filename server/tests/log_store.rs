@@ -230,7 +230,9 @@ async fn state_survives_reopen_with_bodies_read_back_from_disk() {
     s.checkpoint().await.expect("checkpoint");
     s.append(vec![msg(51, "bob", Address::user("alice"))], vec![]).await.expect("append after checkpoint");
     drop(s);
-    let s = open(dir.path()).expect("reopen");
+    let hooks = StoreHooks::default();
+    let s = LogStore::open(dir.path(), small(), hooks.clone()).expect("reopen");
+    assert_eq!(hooks.metrics.store_indexed_messages.get(), 51, "counted from the checkpoint and the replay");
     assert_eq!(s.inbox_head("bob").await.expect("head"), 26);
     let inbox = s.fetch_inbox("bob", 0, None, 100).await.expect("fetch");
     assert_eq!(inbox[0].msg.payload, b"payload 1", "an old body, read from its segment");
@@ -250,7 +252,8 @@ async fn state_survives_reopen_with_bodies_read_back_from_disk() {
 #[tokio::test]
 async fn pruned_history_lets_old_segments_go_and_disk_use_stays_bounded() {
     let dir = tempfile::tempdir().expect("dir");
-    let s = open(dir.path()).expect("open");
+    let hooks = StoreHooks::default();
+    let s = LogStore::open(dir.path(), small(), hooks.clone()).expect("open");
     s.create_room("r", 1).await.expect("room");
     s.add_member("r", "alice", 1).await.expect("member");
     let mut peak_segments = 0;
@@ -267,6 +270,7 @@ async fn pruned_history_lets_old_segments_go_and_disk_use_stays_bounded() {
     let (log, first) = s.fetch_room("r", 0, None, 100).await.expect("room");
     assert_eq!(log.len(), 30);
     assert_eq!(first, 400 - 29);
+    assert_eq!(hooks.metrics.store_indexed_messages.get(), 30, "pruned messages leave the index");
     drop(s);
     let s = open(dir.path()).expect("reopen after segments went");
     let (log, first) = s.fetch_room("r", 0, None, 100).await.expect("room");

@@ -47,6 +47,7 @@ pub fn load(dir: &Path) -> Result<(State, Pos), StoreError> {
         match state {
             Some(mut s) => {
                 s.end = *pos;
+                s.msgs.recount();
                 return Ok((s, *pos));
             }
             None => tracing::warn!(checkpoint = %path.display(), "damaged checkpoint passed over for an older one"),

@@ -195,6 +195,7 @@ impl LogStore {
             None => Appender::create(dir, from.seg.max(1))?,
         };
         hooks.metrics.store_writer_ready.set(1);
+        hooks.metrics.store_indexed_messages.set(state.msgs.len() as i64);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             settings,
@@ -325,6 +326,7 @@ impl Inner {
             let mut st = self.state.write();
             st.apply(rec, seg, offset, hot).map_err(log_err)?;
             st.end = state::Pos { seg, offset: w.app.written };
+            self.hooks.metrics.store_indexed_messages.set(st.msgs.len() as i64);
         }
         if w.app.written >= self.settings.segment_bytes {
             if let Err(e) = w.app.roll_over() {

@@ -151,6 +151,9 @@ pub struct Msgs {
     /// Position of the first slot.
     base: u64,
     slots: VecDeque<Option<Meta>>,
+    /// Slots holding a message (recounted after a checkpoint is loaded).
+    #[serde(skip)]
+    count: usize,
 }
 
 impl Msgs {
@@ -172,11 +175,15 @@ impl Msgs {
             self.slots.push_back(None);
         }
         self.slots.push_back(Some(meta));
+        self.count += 1;
     }
 
     fn remove(&mut self, pos: u64) -> Option<Meta> {
         let i = pos.checked_sub(self.base)? as usize;
         let meta = self.slots.get_mut(i)?.take();
+        if meta.is_some() {
+            self.count -= 1;
+        }
         while matches!(self.slots.front(), Some(None)) {
             self.slots.pop_front();
             self.base += 1;
@@ -186,12 +193,17 @@ impl Msgs {
 
     /// Messages indexed.
     pub fn len(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.count
     }
 
     /// No message indexed.
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
+        self.count == 0
+    }
+
+    /// Counts the indexed messages again (the count is not part of a checkpoint).
+    pub fn recount(&mut self) {
+        self.count = self.slots.iter().filter(|s| s.is_some()).count();
     }
 }
 
