@@ -7,8 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -26,17 +25,7 @@ async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
     alice.wait_online().await.expect("online");
     bob.wait_online().await.expect("online");
 
-    let acked = Arc::new(AtomicUsize::new(0));
-    let mut sends = Vec::new();
-    for i in 0..N {
-        let acked = acked.clone();
-        let fut = alice.send_text("bob", &format!("{i}"));
-        sends.push(tokio::spawn(async move {
-            let r = fut.await;
-            acked.fetch_add(1, Ordering::Relaxed);
-            r
-        }));
-    }
+    let (acked, sends) = send_numbered(&alice, "bob", N);
     // Kill at random points while the stream runs: after a random share of the messages was
     // acknowledged, plus a random delay of up to 3 ms (inside a batch's write or sync).
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -56,18 +45,10 @@ async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
     }
     assert!(kills >= 3, "the kills interrupted the stream ({kills})");
 
-    let mut acks = HashMap::new();
-    for s in sends {
-        let ack = tokio::time::timeout(Duration::from_secs(90), s).await.expect("acked in time").expect("task");
-        let ack = ack.expect("every send acknowledged");
-        acks.insert(ack.client_msg_id.clone(), ack.msg_id);
-    }
+    let acks: HashMap<String, u64> =
+        expect_acks(sends, 90).await.into_iter().map(|a| (a.client_msg_id, a.msg_id)).collect();
     assert_eq!(acks.len(), N);
-    for i in 0..N {
-        let m = next_message(&mut be, 60).await;
-        assert_eq!(String::from_utf8_lossy(&m.payload), i.to_string(), "message {i} once, in order");
-        assert_eq!(m.seq, i as u64 + 1);
-    }
+    expect_numbered(&mut be, N).await;
     alice.close().await;
     bob.close().await;
     server.kill();

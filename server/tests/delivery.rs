@@ -102,18 +102,8 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     alice.wait_online().await.expect("online");
     bob.wait_online().await.expect("online");
 
-    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut sends = Vec::new();
-    for i in 0..N {
-        let acked = acked.clone();
-        // `send` queues at the call, so the outbox holds the messages in this order.
-        let fut = alice.send_text("bob", &format!("{i}"));
-        sends.push(tokio::spawn(async move {
-            let r = fut.await;
-            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            r
-        }));
-    }
+    // `send` queues at the call, so the outbox holds the messages in this order.
+    let (acked, sends) = send_numbered(&alice, "bob", N);
     // Kill the server mid-stream, then bring it back on the same port and data.
     while acked.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -124,20 +114,12 @@ async fn exactly_once_to_the_app_across_a_server_kill() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();
 
-    let mut acks = Vec::new();
-    for s in sends {
-        let ack = tokio::time::timeout(Duration::from_secs(60), s).await.expect("acked in time").expect("task");
-        acks.push(ack.expect("every send acknowledged"));
-    }
+    let acks = expect_acks(sends, 60).await;
     let ids: HashSet<u64> = acks.iter().map(|a| a.msg_id).collect();
     assert_eq!(ids.len(), N, "one stored message per send");
 
     // Bob's app sees each message exactly once, in send order.
-    for i in 0..N {
-        let m = next_message(&mut be, 60).await;
-        assert_eq!(String::from_utf8_lossy(&m.payload), i.to_string(), "message {i}");
-        assert_eq!(m.seq, i as u64 + 1);
-    }
+    expect_numbered(&mut be, N).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Some(ev) = be.try_next() {
         assert!(!matches!(ev, Event::Message(_)), "duplicate delivery: {ev:?}");

@@ -11,6 +11,7 @@ mod mariadb;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -346,55 +347,44 @@ async fn run_suite(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn log_conforms() {
+/// A single-node backend kept in files: each case gets a fresh path under one temp dir, and
+/// `open` opens (and reopens) a store there.
+fn embedded(name: &'static str, open: fn(PathBuf) -> BoxFut<Arc<dyn Store>>) -> Backend {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    run_suite(Backend {
-        name: "log",
+    Backend {
+        name,
         shared: false,
         fresh: Box::new(move || {
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = dir.path().join(format!("log{n}"));
-            Box::pin(async move {
-                Box::new(move || {
-                    let path = path.clone();
-                    Box::pin(async move {
-                        // Small segments and a small hot range: rollover and reads from disk
-                        // are part of every case.
-                        let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, ..LogSettings::default() };
-                        Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log"))
-                            as Arc<dyn Store>
-                    }) as BoxFut<Arc<dyn Store>>
-                }) as Opener
-            })
+            let path = dir.path().join(format!("{name}{n}"));
+            Box::pin(async move { Box::new(move || open(path.clone())) as Opener })
         }),
-    })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_conforms() {
+    run_suite(embedded("log", |path| {
+        Box::pin(async move {
+            // Small segments and a small hot range: rollover and reads from disk are part of
+            // every case.
+            let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, ..LogSettings::default() };
+            Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log")) as Arc<dyn Store>
+        })
+    }))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_conforms() {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    run_suite(Backend {
-        name: "sqlite",
-        shared: false,
-        fresh: Box::new(move || {
-            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let url = format!("sqlite://{}", dir.path().join(format!("t{n}.db")).display());
-            Box::pin(async move {
-                Box::new(move || {
-                    let url = url.clone();
-                    Box::pin(async move {
-                        Arc::new(
-                            SqliteStore::open(&url, tether_server::config::StoreSync::Full).await.expect("open sqlite"),
-                        ) as Arc<dyn Store>
-                    }) as BoxFut<Arc<dyn Store>>
-                }) as Opener
-            })
-        }),
-    })
+    run_suite(embedded("sqlite", |path| {
+        Box::pin(async move {
+            let url = format!("sqlite://{}", path.display());
+            Arc::new(SqliteStore::open(&url, tether_server::config::StoreSync::Full).await.expect("open sqlite"))
+                as Arc<dyn Store>
+        })
+    }))
     .await;
 }
 

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,8 @@ use bytes::BytesMut;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde::Serialize;
 use tether_proto::{CloseCode, Decoded, Decoder, Frame};
-use tether_sdk::{Client, ClientConfig, Credential, Event, Events, Trust};
+use tether_sdk::{Client, ClientConfig, Credential, Event, Events, SendAck, SendFailure, Trust};
+use tokio::task::JoinHandle;
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -204,6 +206,49 @@ pub fn token(user: &str, ttl: i64) -> String {
 pub fn token_signed(user: &str, ttl: i64, secret: &str) -> String {
     let exp = (now_s() as i64 + ttl) as u64;
     encode(&Header::default(), &Claims { sub: user, exp }, &EncodingKey::from_secret(secret.as_bytes())).expect("jwt")
+}
+
+/// Sends the texts "0", "1", ... "n-1" from `from` to `to` on tasks of their own (queued in
+/// this order at the call); the counter counts the acks as they arrive. The tasks end with the
+/// send's result.
+pub fn send_numbered(
+    from: &Client,
+    to: &str,
+    n: usize,
+) -> (Arc<AtomicUsize>, Vec<JoinHandle<Result<SendAck, SendFailure>>>) {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sends = (0..n)
+        .map(|i| {
+            let acked = acked.clone();
+            let fut = from.send_text(to, &i.to_string());
+            tokio::spawn(async move {
+                let r = fut.await;
+                acked.fetch_add(1, Ordering::Relaxed);
+                r
+            })
+        })
+        .collect();
+    (acked, sends)
+}
+
+/// The acks of `sends`, in order; panics unless every one was acknowledged within `secs`.
+pub async fn expect_acks(sends: Vec<JoinHandle<Result<SendAck, SendFailure>>>, secs: u64) -> Vec<SendAck> {
+    let mut acks = Vec::with_capacity(sends.len());
+    for s in sends {
+        let ack = tokio::time::timeout(Duration::from_secs(secs), s).await.expect("acked in time").expect("task");
+        acks.push(ack.expect("every send acknowledged"));
+    }
+    acks
+}
+
+/// Checks that the app sees the texts "0".."n-1" of [`send_numbered`] next, each once, in
+/// order, with seqs 1..=n.
+pub async fn expect_numbered(events: &mut Events, n: usize) {
+    for i in 0..n {
+        let m = next_message(events, 60).await;
+        assert_eq!(String::from_utf8_lossy(&m.payload), i.to_string(), "message {i} once, in order");
+        assert_eq!(m.seq, i as u64 + 1);
+    }
 }
 
 /// Waits for the next message event, skipping others; panics after `secs`.
