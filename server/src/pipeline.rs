@@ -22,10 +22,10 @@ use crate::hub::{Hub, RoomDelivery, SessionCmd, SessionTx, UserDelivery};
 use crate::metrics::Metrics;
 use crate::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, StoreError};
 
-/// Who asked for a send and wants its answer.
 /// Name prefix of the writer threads of stores that want one.
 pub const WRITER_THREAD: &str = "tether-writer-";
 
+/// Who asked for a send and wants its answer.
 #[derive(Debug)]
 pub enum Origin {
     /// A session: the answer is a `send_ack` / `send_error` frame; the session's other devices

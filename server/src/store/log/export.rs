@@ -49,11 +49,7 @@ pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport,
         }
         user_msgs.sort_unstable();
         user_msgs.dedup();
-        let rooms: Vec<_> = st
-            .rooms
-            .iter()
-            .map(|(id, r)| (id.clone(), r.head, r.first(), r.log.iter().copied().collect::<Vec<_>>(), r.clone()))
-            .collect();
+        let rooms: Vec<_> = st.rooms.iter().map(|(id, r)| (id.clone(), r.clone())).collect();
         (user_msgs, to_seqs, rooms)
     };
     for pos in user_msgs {
@@ -85,10 +81,10 @@ pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport,
         .await?;
         report.messages += 1;
     }
-    for (id, head, first, log, room) in rooms {
+    for (id, room) in rooms {
         sqlx::query("INSERT INTO rooms (room, created_ms, head) VALUES (?, 0, ?)")
             .bind(&id)
-            .bind(to_i64(head))
+            .bind(to_i64(room.head))
             .execute(&mut *tx)
             .await?;
         for m in &room.members {
@@ -98,7 +94,8 @@ pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport,
                 .execute(&mut *tx)
                 .await?;
         }
-        for (i, pos) in log.iter().enumerate() {
+        let first = room.first();
+        for (i, pos) in room.log.iter().enumerate() {
             if *pos == LOST {
                 continue;
             }

@@ -122,11 +122,9 @@ impl LogStore {
     /// after it, truncates a torn tail of the newest segment, and refuses damage elsewhere.
     pub fn open(dir: &Path, settings: LogSettings, hooks: StoreHooks) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(lock) = lock_dir(dir)? else {
             return Err(log_err(format!("{} is in use by another tether-server process", dir.display())));
-        }
+        };
         let (mut state, from) = checkpoint::load(dir)?;
         let mut ids = segment::list(dir)?;
         ids.retain(|id| *id >= from.seg);
@@ -889,6 +887,17 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(free)
 }
 
+/// Takes the exclusive lock of the log in `dir` (its `LOCK` file, held while the returned
+/// file is open): `None` when another process holds it.
+fn lock_dir(dir: &Path) -> Result<Option<File>, StoreError> {
+    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    Ok(Some(lock))
+}
+
 /// What `tether-server store repair` did.
 #[derive(Debug)]
 pub struct RepairReport {
@@ -900,11 +909,9 @@ pub struct RepairReport {
 /// keeping a copy of each damaged file next to it. What a damaged record held is lost; every
 /// intact record before and after it is kept.
 pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
-    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Some(_lock) = lock_dir(dir)? else {
         return Err(log_err(format!("{} is in use by a running tether-server: stop it first", dir.display())));
-    }
+    };
     let mut repaired = Vec::new();
     for id in segment::list(dir)? {
         if let Some(r) = segment::repair(dir, id).map_err(log_err)? {
