@@ -310,6 +310,11 @@ pub struct Config {
     #[arg(long, env = "TETHER_LOG_CHECKPOINT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub log_checkpoint_bytes: u64,
 
+    /// Log store: messages whose index entries stay in memory (the newest); older 1:1
+    /// messages' entries (position, inbox seqs, dedup key) move to the cold index on disk.
+    #[arg(long, env = "TETHER_LOG_INDEX_HOT", default_value_t = 1_000_000)]
+    pub log_index_hot: usize,
+
     /// Messages read from the store per page when a device catches up.
     #[arg(long, env = "TETHER_SYNC_PAGE", default_value_t = 256)]
     pub sync_page: u32,
@@ -403,6 +408,8 @@ impl Config {
             dedup_window: self.dedup_window,
             checkpoint_every: self.log_checkpoint_every,
             checkpoint_bytes: self.log_checkpoint_bytes,
+            index_hot: self.log_index_hot,
+            ..Default::default()
         }
     }
 }

@@ -72,8 +72,8 @@ pub struct Metrics {
     /// CPU time of the log store's writer thread while it writes (plan, encode, write, sync
     /// call, index update), seconds: divided by messages stored, the write path's CPU cost.
     pub store_writer_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
-    /// Messages in the log store's in-memory index (each costs about 133 bytes of RAM while
-    /// it is stored; docs/operations.md, "Plan memory too").
+    /// Messages in the log store's in-memory index (about 133 bytes of RAM each; held near
+    /// `--log-index-hot` by moves to the cold index, docs/operations.md "Memory").
     pub store_indexed_messages: Gauge,
     /// Connection attempts by admission result (`accepted`, `retry`, `refused_*`).
     pub admission: Family<ResultLabel, Counter>,

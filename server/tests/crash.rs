@@ -2,7 +2,9 @@
 //! some kills a batch is being written, at others it is being synced or was just acknowledged.
 //! After each restart the log is replayed (a cut-short write truncated); at the end every
 //! acknowledged message is stored exactly once under the id it was acknowledged with, the
-//! inbox seqs are gapless, and the recipient's app saw each message once, in order.
+//! inbox seqs are gapless, and the recipient's app saw each message once, in order. The hot
+//! index is small and checkpoints frequent, so kills also land while index entries move to
+//! the cold index and while checkpoints are written.
 
 mod common;
 
@@ -17,7 +19,10 @@ use rand::{Rng, SeedableRng};
 async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
     const N: usize = 3000;
     const KILLS: usize = 5;
-    let mut server = Server::start(&[]);
+    // A small hot index and frequent checkpoints: spills to the cold index and checkpoints
+    // run during the stream, so kills also land in them.
+    let mut server =
+        Server::start(&["--log-index-hot", "300", "--log-checkpoint-every", "50ms", "--log-checkpoint-bytes", "65536"]);
     let sender_state = tempfile::tempdir().expect("dir");
     let receiver_state = tempfile::tempdir().expect("dir");
     let (alice, _ae) = server.durable_client("alice", "alice-phone", sender_state.path(), 64).await;
@@ -60,5 +65,14 @@ async fn repeated_sigkills_mid_batch_lose_and_repeat_nothing() {
     for e in &inbox {
         assert_eq!(acks.get(&e.msg.client_msg_id), Some(&e.msg.msg_id), "stored under the acknowledged id");
     }
+    drop(store);
+    // The newest checkpoint relies on the cold index: most entries were loaded from disk.
+    let dir = tether_server::store::log::dir_of(&server.db_url()).expect("a log store");
+    let log = tether_server::store::log::LogStore::open(&dir, Default::default(), Default::default()).expect("open");
+    assert!(
+        log.indexed_in_memory() < N / 2,
+        "spilled before the last checkpoint: {} in memory",
+        log.indexed_in_memory()
+    );
     println!("{kills} SIGKILLs mid-stream: {N} acknowledged, {N} stored once, gapless");
 }

@@ -2,7 +2,8 @@
 //! segment (a crash mid-batch) is truncated at reopen and loses nothing acknowledged; damage in
 //! the middle refuses to start with the repair command named, and the repair keeps every
 //! intact record; every failed step of a commit leaves nothing behind; checkpoints let old
-//! segments go and the state survives them.
+//! segments go and the state survives them; the index beyond the hot range moves to disk and
+//! memory stays bounded while the stored count grows.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -40,7 +41,9 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir") {
         let e = e.expect("entry");
-        if e.file_name() != "LOCK" {
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else if e.file_name() != "LOCK" {
             std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
         }
     }
@@ -277,4 +280,132 @@ async fn pruned_history_lets_old_segments_go_and_disk_use_stays_bounded() {
     assert_eq!((log.len(), first), (30, 371));
     assert_eq!(log.last().expect("entries").msg.msg_id, 1920);
     assert_eq!(s.members("r").await.expect("members"), ["alice"], "metadata from deleted segments kept");
+}
+
+/// Ten users each sending to the next: message `i` goes from `u{i % 10}` to `u{(i + 1) % 10}`.
+fn ring(i: u64) -> NewMessage {
+    msg(i, &format!("u{}", i % 10), Address::user(format!("u{}", (i + 1) % 10)))
+}
+
+/// Ids each user's inbox must hold, in order, after messages `1..=n` of [`ring`].
+fn ring_inbox(user: u64, n: u64) -> Vec<u64> {
+    (1..=n).filter(|i| i % 10 == user || (i + 1) % 10 == user).collect()
+}
+
+async fn check_ring(s: &LogStore, n: u64) {
+    for u in 0..10 {
+        let user = format!("u{u}");
+        assert_eq!(inbox_ids(s, &user).await, ring_inbox(u, n), "{user}'s inbox");
+        // Pages that start in the cold range and end in the hot one.
+        let page = s.fetch_inbox(&user, 95, Some(410), 7).await.expect("page");
+        let want: Vec<u64> = ring_inbox(u, n).into_iter().skip(95).take(7).collect();
+        assert_eq!(page.iter().map(|e| e.msg.msg_id).collect::<Vec<_>>(), want, "{user} page");
+        assert_eq!(page.first().map(|e| e.seq), Some(96));
+    }
+}
+
+#[tokio::test]
+async fn the_index_beyond_the_hot_range_moves_to_disk_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = || LogSettings { index_hot: 100, ..small() };
+    let hooks = StoreHooks::default();
+    let s = LogStore::open(dir.path(), settings(), hooks.clone()).expect("open");
+    let mut peak = 0;
+    for b in 0..120u64 {
+        let batch = (b * 25 + 1..=b * 25 + 25).map(ring).collect();
+        let r = s.append(batch, vec![]).await.expect("append");
+        assert!(r.iter().all(|a| a.as_ref().is_ok_and(|a| !a.duplicate)));
+        if b % 8 == 7 {
+            s.spill_index().await.expect("spill");
+            peak = peak.max(s.indexed_in_memory());
+        }
+    }
+    s.spill_index().await.expect("spill");
+    // 3,000 messages stored; the index of at most the hot range (plus one batch) in memory.
+    assert!(peak <= 100 + 8 * 25, "in memory after spills: {peak}");
+    assert!(s.indexed_in_memory() <= 100, "{}", s.indexed_in_memory());
+    assert_eq!(hooks.metrics.store_indexed_messages.get() as usize, s.indexed_in_memory());
+    check_ring(&s, 3000).await;
+    // Retries of spilled messages get the original (dedup keys on disk), new ones the next seq.
+    for i in [1u64, 1234, 2990] {
+        let r = s.append(vec![ring(i)], vec![]).await.expect("retry");
+        let a = r[0].as_ref().expect("dup");
+        assert!(a.duplicate, "retry of {i}");
+        let seq = ring_inbox(i % 10, 3000).iter().position(|x| *x == i).expect("in inbox") as u64 + 1;
+        assert_eq!((a.msg.msg_id, a.sender_seq), (i, seq));
+    }
+    let r = s.append(vec![ring(3001)], vec![]).await.expect("new");
+    assert!(r[0].as_ref().is_ok_and(|a| !a.duplicate && a.sender_seq == 601));
+
+    // A crash after spills and before any checkpoint: the log is replayed, spilled again.
+    drop(s);
+    let s = LogStore::open(dir.path(), settings(), StoreHooks::default()).expect("reopen");
+    assert_eq!(s.indexed_in_memory(), 3001, "replayed from the log into memory");
+    check_ring(&s, 3001).await;
+    s.spill_index().await.expect("spill again");
+    check_ring(&s, 3001).await;
+    // After a checkpoint, start-up keeps only the hot range in memory.
+    s.checkpoint().await.expect("checkpoint");
+    drop(s);
+    let s = LogStore::open(dir.path(), settings(), StoreHooks::default()).expect("reopen");
+    assert!(s.indexed_in_memory() <= 100, "{}", s.indexed_in_memory());
+    check_ring(&s, 3001).await;
+    let r = s.append(vec![ring(5)], vec![]).await.expect("retry after reopen");
+    assert!(r[0].as_ref().is_ok_and(|a| a.duplicate && a.msg.msg_id == 5));
+    let r = s.append(vec![ring(3002)], vec![]).await.expect("new");
+    assert!(r[0].as_ref().is_ok_and(|a| !a.duplicate && a.sender_seq == 602));
+}
+
+#[tokio::test]
+async fn spilled_room_history_is_read_pruned_and_deleted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let hooks = StoreHooks::default();
+    let s = LogStore::open(dir.path(), LogSettings { index_hot: 10, ..small() }, hooks.clone()).expect("open");
+    s.create_room("r", 1).await.expect("room");
+    s.add_member("r", "alice", 1).await.expect("member");
+    for i in 1..=200u64 {
+        let to = if i % 2 == 0 { Address::room("r") } else { Address::user("bob") };
+        s.append(vec![msg(i, "alice", to)], vec![]).await.expect("append");
+    }
+    s.spill_index().await.expect("spill");
+    // Room messages' entries stay in memory (bounded by room retention); 1:1 ones went.
+    assert!(s.indexed_in_memory() <= 100 + 10, "{}", s.indexed_in_memory());
+    let (log, first) = s.fetch_room("r", 0, None, 1000).await.expect("room");
+    assert_eq!((log.len(), first), (100, 1));
+    assert_eq!(log[0].msg.payload, b"payload 2");
+    let r = s.append(vec![msg(2, "alice", Address::room("r"))], vec![]).await.expect("retry");
+    assert!(r[0].as_ref().is_ok_and(|a| a.duplicate && a.sender_seq == 1), "a spilled room message's retry");
+    assert_eq!(s.prune_rooms(30, 0).await.expect("prune"), 70);
+    let (log, first) = s.fetch_room("r", 0, None, 1000).await.expect("room");
+    assert_eq!((log.len(), first), (30, 71));
+    assert!(s.indexed_in_memory() <= 30 + 10, "{}", s.indexed_in_memory());
+    s.checkpoint().await.expect("checkpoint");
+    drop(s);
+    let s =
+        LogStore::open(dir.path(), LogSettings { index_hot: 10, ..small() }, StoreHooks::default()).expect("reopen");
+    let (log, first) = s.fetch_room("r", 0, None, 1000).await.expect("room");
+    assert_eq!((log.len(), first, log[0].msg.msg_id), (30, 71, 142));
+    assert_eq!(inbox_ids(&s, "bob").await, (1..=200).step_by(2).collect::<Vec<_>>());
+    assert!(s.delete_room("r").await.expect("delete"));
+    assert!(s.indexed_in_memory() <= 10, "{}", s.indexed_in_memory());
+    assert_eq!(inbox_ids(&s, "alice").await.len(), 100);
+}
+
+#[tokio::test]
+async fn spilled_dedup_keys_leave_with_the_window() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = LogStore::open(dir.path(), LogSettings { index_hot: 10, ..small() }, StoreHooks::default()).expect("open");
+    // Old messages (1970: outside the 7-day window), spilled on their own ...
+    s.append((1..=100).map(ring).collect(), vec![]).await.expect("old");
+    s.spill_index().await.expect("spill");
+    // ... then recent ones, spilled too.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let recent = |i: u64| NewMessage { ts: now, ..ring(i) };
+    s.append((101..=200).map(recent).collect(), vec![]).await.expect("recent");
+    s.spill_index().await.expect("spill");
+    s.maintain().await;
+    let r = s.append(vec![ring(50)], vec![]).await.expect("late retry");
+    assert!(r[0].as_ref().is_ok_and(|a| !a.duplicate), "outside the window: stored as new");
+    let r = s.append(vec![recent(150)], vec![]).await.expect("retry");
+    assert!(r[0].as_ref().is_ok_and(|a| a.duplicate && a.msg.msg_id == 150), "inside the window: the original");
 }

@@ -20,7 +20,7 @@ use tether_server::store::log::{LogSettings, LogStore};
 use tether_server::store::mysql::MySqlStore;
 use tether_server::store::postgres::{PgStore, PoolSettings};
 use tether_server::store::sqlite::{SqliteStore, StoreHooks};
-use tether_server::store::{Appended, CursorUpdate, NewMessage, Refusal, Store, TicketUse};
+use tether_server::store::{Appended, CursorUpdate, InboxEntry, NewMessage, Refusal, Store, StoreError, TicketUse};
 
 // Not `Send`: sqlx's SQLite migration future is not general enough to be `Send` boxed; the suite
 // runs on the test's own task.
@@ -371,6 +371,113 @@ async fn log_conforms() {
             // every case.
             let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, ..LogSettings::default() };
             Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log")) as Arc<dyn Store>
+        })
+    }))
+    .await;
+}
+
+/// The log store with every index entry moved to the cold index after each write: each case's
+/// reads, dedup and room pruning then go through the on-disk index.
+struct Spilling(LogStore);
+
+impl Spilling {
+    async fn spill<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let r = r?;
+        self.0.spill_index().await?;
+        Ok(r)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Spilling {
+    async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+        cursors: Vec<CursorUpdate>,
+    ) -> Result<Vec<Result<Appended, Refusal>>, StoreError> {
+        self.spill(self.0.append(batch, cursors).await).await
+    }
+    async fn fetch_inbox(
+        &self,
+        user: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        self.0.fetch_inbox(user, after, until, limit).await
+    }
+    async fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
+        self.0.inbox_head(user).await
+    }
+    async fn device_cursor(&self, user: &str, device_id: &str) -> Result<Option<u64>, StoreError> {
+        self.0.device_cursor(user, device_id).await
+    }
+    async fn create_ticket(&self, hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
+        self.0.create_ticket(hash, user, expires_ms).await
+    }
+    async fn consume_ticket(&self, hash: &str, now_ms: u64) -> Result<TicketUse, StoreError> {
+        self.0.consume_ticket(hash, now_ms).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.0.ready().await
+    }
+    async fn set_cursor(&self, user: &str, device_id: &str, room: Option<&str>, seq: u64) -> Result<(), StoreError> {
+        self.0.set_cursor(user, device_id, room, seq).await
+    }
+    async fn count_from(&self, sender: &str) -> Result<u64, StoreError> {
+        self.0.count_from(sender).await
+    }
+    async fn create_room(&self, room: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.0.create_room(room, now_ms).await
+    }
+    async fn delete_room(&self, room: &str) -> Result<bool, StoreError> {
+        self.spill(self.0.delete_room(room).await).await
+    }
+    async fn room_head(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        self.0.room_head(room).await
+    }
+    async fn add_member(&self, room: &str, user: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.0.add_member(room, user, now_ms).await
+    }
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        self.0.remove_member(room, user).await
+    }
+    async fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        self.0.members(room).await
+    }
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.0.rooms_of(user).await
+    }
+    async fn fetch_room(
+        &self,
+        room: &str,
+        after: u64,
+        until: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<InboxEntry>, u64), StoreError> {
+        self.0.fetch_room(room, after, until, limit).await
+    }
+    async fn room_cursor(&self, user: &str, device_id: &str, room: &str) -> Result<Option<u64>, StoreError> {
+        self.0.room_cursor(user, device_id, room).await
+    }
+    async fn prune_rooms(&self, max_count: u64, min_ts_ms: u64) -> Result<u64, StoreError> {
+        self.spill(self.0.prune_rooms(max_count, min_ts_ms).await).await
+    }
+    fn wants_own_thread(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_with_a_cold_index_conforms() {
+    run_suite(embedded("log-cold", |path| {
+        Box::pin(async move {
+            let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, index_hot: 0, ..LogSettings::default() };
+            let log = LogStore::open(&path, settings, StoreHooks::default()).expect("open log");
+            Arc::new(Spilling(log)) as Arc<dyn Store>
         })
     }))
     .await;

@@ -88,6 +88,9 @@ pub(super) fn write(inner: &Inner) -> Result<CheckpointStats, StoreError> {
     let locked = std::time::Instant::now();
     let copy = inner.state.read().clone();
     let held = locked.elapsed();
+    // The copy forgets what was spilled below its cold floor: that must be durable in the
+    // cold index before a checkpoint relies on it.
+    inner.cold.persist()?;
     let pos = copy.end;
     let body = rmp_serde::to_vec(&copy).map_err(|e| log_err(format!("encode checkpoint: {e}")))?;
     drop(copy);

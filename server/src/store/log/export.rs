@@ -8,7 +8,7 @@ use std::path::Path;
 use sqlx::Connection;
 use tether_proto::AddressKind;
 
-use super::state::LOST;
+use super::state::{Inbox, LOST};
 use super::{LogSettings, LogStore};
 use crate::store::sqlite::{SqliteStore, StoreHooks};
 use crate::store::{kind_str, to_i64, StoreError};
@@ -31,31 +31,38 @@ pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport,
     let mut tx = conn.begin().await?;
     let mut report = ExportReport::default();
     let inner = log.inner.clone();
-    // Each 1:1 message's seq in its recipient's inbox.
-    let (user_msgs, to_seqs, rooms) = {
+    // Each 1:1 message's seq in its recipient's inbox (inboxes from the cold index and memory).
+    let (inboxes, rooms) = {
         let st = inner.state.read();
-        let mut to_seqs: HashMap<u64, u64> = HashMap::new();
-        let mut user_msgs = Vec::new();
-        for inbox in st.inboxes.values() {
-            for (i, pos) in inbox.iter().enumerate() {
-                if *pos != LOST {
-                    let seq = i as u64 + 1;
-                    if st.msgs.get(pos).is_some_and(|m| m.seq != seq) {
-                        to_seqs.insert(*pos, seq);
-                    }
-                    user_msgs.push(*pos);
-                }
-            }
-        }
-        user_msgs.sort_unstable();
-        user_msgs.dedup();
+        let inboxes: Vec<(String, Inbox)> = st.inboxes.iter().map(|(u, i)| (u.clone(), i.clone())).collect();
         let rooms: Vec<_> = st.rooms.iter().map(|(id, r)| (id.clone(), r.clone())).collect();
-        (user_msgs, to_seqs, rooms)
+        (inboxes, rooms)
     };
+    let mut to_seqs: HashMap<u64, u64> = HashMap::new();
+    let mut user_msgs = Vec::new();
+    for (user, inbox) in inboxes {
+        let mut entries = inner.cold.inbox(&user, 1, inbox.cold, usize::MAX)?;
+        entries.extend(inbox.hot.iter().enumerate().map(|(i, p)| (inbox.cold + 1 + i as u64, *p)));
+        for (seq, pos) in entries {
+            if pos == LOST {
+                continue;
+            }
+            let meta = {
+                let st = inner.state.read();
+                inner.meta(&st, pos)?
+            };
+            if meta.is_some_and(|m| m.seq != seq) {
+                to_seqs.insert(pos, seq);
+            }
+            user_msgs.push(pos);
+        }
+    }
+    user_msgs.sort_unstable();
+    user_msgs.dedup();
     for pos in user_msgs {
         let (msg, seq) = {
             let st = inner.state.read();
-            let seq = st.msgs.get(&pos).map_or(0, |m| m.seq);
+            let seq = inner.meta(&st, pos)?.map_or(0, |m| m.seq);
             (inner.message(&st, pos)?, seq)
         };
         if msg.to.kind != AddressKind::User {

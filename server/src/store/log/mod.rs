@@ -18,6 +18,7 @@
 //! See docs/architecture.md ("The write path") for the measurements behind this design.
 
 pub mod checkpoint;
+pub mod cold;
 pub mod export;
 pub mod segment;
 pub mod state;
@@ -55,6 +56,11 @@ pub struct LogSettings {
     /// at the next `checkpoint_every` tick when anything changed and the last is older than
     /// ten ticks).
     pub checkpoint_bytes: u64,
+    /// Messages whose index entries stay in memory (the newest); maintenance moves older 1:1
+    /// messages' entries to the cold index on disk ([`cold`]).
+    pub index_hot: usize,
+    /// Memory of the cold index's LSM-tree.
+    pub cold: cold::ColdSettings,
 }
 
 impl Default for LogSettings {
@@ -65,6 +71,8 @@ impl Default for LogSettings {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             checkpoint_every: Duration::from_secs(30),
             checkpoint_bytes: 256 * 1024 * 1024,
+            index_hot: 1_000_000,
+            cold: cold::ColdSettings::default(),
         }
     }
 }
@@ -85,6 +93,10 @@ struct Inner {
     settings: LogSettings,
     writer: Mutex<Writer>,
     state: RwLock<State>,
+    /// The index behind the hot range.
+    cold: cold::ColdIndex,
+    /// Held by maintenance (dedup expiry and spills run one at a time).
+    maint: Mutex<()>,
     /// Read handles of segments, for bodies outside the hot range.
     files: Mutex<HashMap<u64, Arc<File>>>,
     hooks: StoreHooks,
@@ -126,6 +138,7 @@ impl LogStore {
             return Err(log_err(format!("{} is in use by another tether-server process", dir.display())));
         };
         let (mut state, from) = checkpoint::load(dir)?;
+        let cold = cold::ColdIndex::open(&dir.join("index"), settings.cold)?;
         let mut ids = segment::list(dir)?;
         ids.retain(|id| *id >= from.seg);
         let hot = settings.hot_bytes;
@@ -161,6 +174,8 @@ impl LogStore {
                         r.offset
                     ))
                 })?;
+                // A checkpoint written before the next commit names where this state ends.
+                state.end = state::Pos { seg: id, offset: end };
             }
             match scan.tail {
                 Tail::Clean => {}
@@ -193,12 +208,14 @@ impl LogStore {
             None => Appender::create(dir, from.seg.max(1))?,
         };
         hooks.metrics.store_writer_ready.set(1);
-        hooks.metrics.store_indexed_messages.set(state.msgs.len() as i64);
+        hooks.metrics.store_indexed_messages.set(state.in_memory() as i64);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             settings,
             writer: Mutex::new(Writer { app, buf: Vec::new(), dirty: None, closed: false, since_checkpoint: 0 }),
             state: RwLock::new(state),
+            cold,
+            maint: Mutex::new(()),
             files: Mutex::new(HashMap::new()),
             hooks,
             writer_ok: AtomicBool::new(true),
@@ -234,6 +251,29 @@ impl LogStore {
     pub async fn checkpoint(&self) -> Result<checkpoint::CheckpointStats, StoreError> {
         let i = self.inner.clone();
         tokio::task::spawn_blocking(move || i.checkpoint()).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Moves the index entries of the oldest messages beyond `index_hot` to the cold index
+    /// now (maintenance does it on its own on every tick). Returns the messages moved.
+    pub async fn spill_index(&self) -> Result<u64, StoreError> {
+        let i = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _m = i.maint.lock().map_err(|_| StoreError::Closed)?;
+            i.spill()
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs maintenance now: dedup window, expired tickets, spill, checkpoint when due.
+    pub async fn maintain(&self) {
+        let i = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || i.maintain(&mut 0)).await;
+    }
+
+    /// Messages whose index entries are in memory.
+    pub fn indexed_in_memory(&self) -> usize {
+        self.inner.state.read().in_memory()
     }
 
     /// Stops writing; later writes fail with [`StoreError::Closed`].
@@ -324,7 +364,7 @@ impl Inner {
             let mut st = self.state.write();
             st.apply(rec, seg, offset, hot).map_err(log_err)?;
             st.end = state::Pos { seg, offset: w.app.written };
-            self.hooks.metrics.store_indexed_messages.set(st.msgs.len() as i64);
+            self.hooks.metrics.store_indexed_messages.set(st.in_memory() as i64);
         }
         if w.app.written >= self.settings.segment_bytes {
             if let Err(e) = w.app.roll_over() {
@@ -362,34 +402,52 @@ impl Inner {
         Ok((seg, offset))
     }
 
+    /// The meta of the message at `pos`: in memory, or from the cold index.
+    fn meta(&self, st: &State, pos: u64) -> Result<Option<state::Meta>, StoreError> {
+        if let Some(m) = st.meta(pos) {
+            return Ok(Some(m.clone()));
+        }
+        if pos >= st.cold_floor {
+            return Ok(None);
+        }
+        Ok(self.cold.meta(pos)?.map(|c| state::Meta { loc: c.loc, seq: c.seq, ts: c.ts, key: c.key, hot: None }))
+    }
+
     /// The message at `pos`, from memory or from its segment.
     fn message(&self, st: &State, pos: u64) -> Result<Arc<StoredMessage>, StoreError> {
-        let meta = st.msgs.get(&pos).ok_or_else(|| log_err(format!("message {pos} not indexed")))?;
+        let meta = self.meta(st, pos)?.ok_or_else(|| log_err(format!("message {pos} not indexed")))?;
         if let Some(m) = &meta.hot {
             return Ok(m.clone());
         }
         self.read_cold(meta.loc)
     }
 
-    fn read_cold(&self, loc: state::Loc) -> Result<Arc<StoredMessage>, StoreError> {
+    /// The messages of the record at `seg`/`offset`.
+    fn read_batch(&self, seg: u64, offset: u64) -> Result<Vec<Logged>, StoreError> {
         let file = {
             let mut files = self.files.lock().map_err(|_| StoreError::Closed)?;
-            match files.get(&loc.seg) {
+            match files.get(&seg) {
                 Some(f) => f.clone(),
                 None => {
-                    let f = Arc::new(File::open(segment::path(&self.dir, loc.seg))?);
-                    files.insert(loc.seg, f.clone());
+                    let f = Arc::new(File::open(segment::path(&self.dir, seg))?);
+                    files.insert(seg, f.clone());
                     f
                 }
             }
         };
-        let body = segment::read_record(&file, loc.offset)?;
+        let body = segment::read_record(&file, offset)?;
         match rmp_serde::from_slice::<Record>(&body) {
-            Ok(Record::Batch { mut msgs, .. }) if (loc.index as usize) < msgs.len() => {
-                Ok(Arc::new(msgs.swap_remove(loc.index as usize).msg))
-            }
-            _ => Err(log_err(format!("segment {} offset {}: no message {} there", loc.seg, loc.offset, loc.index))),
+            Ok(Record::Batch { msgs, .. }) => Ok(msgs),
+            _ => Err(log_err(format!("segment {seg} offset {offset}: no messages there"))),
         }
+    }
+
+    fn read_cold(&self, loc: state::Loc) -> Result<Arc<StoredMessage>, StoreError> {
+        let mut msgs = self.read_batch(loc.seg, loc.offset)?;
+        if (loc.index as usize) < msgs.len() {
+            return Ok(Arc::new(msgs.swap_remove(loc.index as usize).msg));
+        }
+        Err(log_err(format!("segment {} offset {}: no message {} there", loc.seg, loc.offset, loc.index)))
     }
 
     /// Entries (seq, position) to fetch, with the hot ones resolved; cold ones read after the
@@ -397,6 +455,7 @@ impl Inner {
     fn resolve(&self, picked: Vec<(u64, u64)>, to: &Address) -> Result<Vec<InboxEntry>, StoreError> {
         let mut out = Vec::with_capacity(picked.len());
         let mut cold = Vec::new();
+        let mut spilled = Vec::new();
         {
             let st = self.state.read();
             for (seq, pos) in picked {
@@ -404,17 +463,27 @@ impl Inner {
                     out.push(Ok(InboxEntry { seq, msg: Arc::new(lost(to)) }));
                     continue;
                 }
-                // An entry pruned meanwhile is left out.
-                if let Some(meta) = st.msgs.get(&pos) {
-                    match &meta.hot {
+                match st.meta(pos) {
+                    Some(meta) => match &meta.hot {
                         Some(m) => out.push(Ok(InboxEntry { seq, msg: m.clone() })),
                         None => {
                             cold.push((out.len(), meta.loc));
                             out.push(Err(seq));
                         }
+                    },
+                    // A 1:1 message in the cold index (its entries there never change).
+                    None if pos < st.cold_floor => {
+                        spilled.push((out.len(), pos));
+                        out.push(Err(seq));
                     }
+                    // An entry pruned meanwhile is left out.
+                    None => {}
                 }
             }
+        }
+        for (i, pos) in spilled {
+            let meta = self.cold.meta(pos)?.ok_or_else(|| log_err(format!("message {pos} not in the cold index")))?;
+            cold.push((i, meta.loc));
         }
         for (i, loc) in cold {
             let msg = self.read_cold(loc)?;
@@ -478,11 +547,22 @@ impl Inner {
                 return Ok(Some(pos));
             }
         }
-        let Some(&pos) = st.dedup.get(&dedup_key(&m.sender, &m.client_msg_id)) else {
-            return Ok(None);
-        };
-        let stored = self.message(st, pos)?;
-        Ok((stored.sender == m.sender && stored.client_msg_id == m.client_msg_id).then_some(pos))
+        let key = dedup_key(&m.sender, &m.client_msg_id);
+        let same = |stored: &StoredMessage| stored.sender == m.sender && stored.client_msg_id == m.client_msg_id;
+        if let Some(&pos) = st.dedup.get(&key) {
+            if same(&*self.message(st, pos)?) {
+                return Ok(Some(pos));
+            }
+        }
+        // Spilled messages still inside the window have their keys in the cold index.
+        if st.dedup_floor < st.cold_floor {
+            for pos in self.cold.dedup(key)? {
+                if (st.dedup_floor..st.cold_floor).contains(&pos) && same(&*self.message(st, pos)?) {
+                    return Ok(Some(pos));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn append(
@@ -545,7 +625,7 @@ impl Inner {
                 }
                 Plan::Duplicate(pos) => {
                     let msg = self.message(&st, *pos)?;
-                    let seq = st.msgs.get(pos).map_or(0, |m| m.seq);
+                    let seq = self.meta(&st, *pos)?.map_or(0, |m| m.seq);
                     Ok(Appended { msg, sender_seq: seq, recipients: Vec::new(), duplicate: true })
                 }
                 Plan::DuplicateInBatch(j) => match &out[*j] {
@@ -568,7 +648,19 @@ impl Inner {
     fn maintain(&self, idle_ticks: &mut u32) {
         let now = crate::ids::now_ms();
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        self.state.write().expire_dedup(now.saturating_sub(window));
+        if let Ok(_m) = self.maint.lock() {
+            let left = self.state.write().expire_dedup(now.saturating_sub(window));
+            for (from, to) in left {
+                // Keys below the dedup floor are never consulted: dropping them only frees disk.
+                if let Err(e) = self.cold.drop_dedup(from, to) {
+                    tracing::warn!(error = %e, "could not drop expired dedup keys from the cold index");
+                }
+            }
+            if let Err(e) = self.spill() {
+                self.hooks.metrics.store_error("spill");
+                tracing::warn!(error = %e, "could not move index entries to the cold index");
+            }
+        }
         let expired = self.state.read().tickets.values().any(|(_, exp)| *exp <= now);
         if expired {
             if let Err(e) = self.write_one("expire_tickets", Record::TicketsExpired { before_ms: now }) {
@@ -586,6 +678,58 @@ impl Inner {
                 tracing::warn!(error = %e, "log checkpoint failed; the log is replayed from the previous one");
             }
         }
+    }
+
+    /// Moves index entries beyond `index_hot` to the cold index, oldest first, in steps of at
+    /// most [`SPILL_STEP`] positions: read the step's records from the log (no lock held),
+    /// write their entries to the cold index, then forget them in memory (write lock, brief).
+    /// The caller holds `maint`.
+    fn spill(&self) -> Result<u64, StoreError> {
+        let limit = self.settings.index_hot;
+        let mut moved = 0u64;
+        loop {
+            let (from, to, dedup_from, metas) = {
+                let st = self.state.read();
+                if st.msgs.len() <= limit {
+                    break;
+                }
+                let keep = (limit as u64 / 4) * 3;
+                let from = st.cold_floor;
+                let to = st.next_pos.saturating_sub(keep).min(from + SPILL_STEP).max(from + 1);
+                let metas: Vec<(u64, state::Loc, u64, u64, u64)> =
+                    (from..to).filter_map(|p| st.msgs.get(&p).map(|m| (p, m.loc, m.seq, m.ts, m.key))).collect();
+                (from, to, st.dedup_floor, metas)
+            };
+            let mut spill = cold::Spill { from, to, dedup_from, ..Default::default() };
+            let mut record: Option<((u64, u64), Vec<Logged>)> = None;
+            for (pos, loc, seq, ts, key) in metas {
+                spill.max_ts = spill.max_ts.max(ts);
+                if record.as_ref().is_none_or(|(at, _)| *at != (loc.seg, loc.offset)) {
+                    record = Some(((loc.seg, loc.offset), self.read_batch(loc.seg, loc.offset)?));
+                }
+                let Some(l) = record.as_ref().and_then(|(_, msgs)| msgs.get(loc.index as usize)) else {
+                    return Err(log_err(format!(
+                        "segment {} offset {}: no message {} there",
+                        loc.seg, loc.offset, loc.index
+                    )));
+                };
+                if l.msg.to.kind != AddressKind::User {
+                    continue;
+                }
+                spill.metas.push((pos, cold::ColdMeta { loc, seq, ts, key }));
+                spill.inbox.push((l.msg.sender.clone(), l.seq, pos));
+                if let Some(to_seq) = l.to_seq {
+                    spill.inbox.push((l.msg.to.id.clone(), to_seq, pos));
+                }
+            }
+            self.cold.write(&spill)?;
+            let mut st = self.state.write();
+            let before = st.in_memory();
+            st.apply_spill(&spill).map_err(log_err)?;
+            moved += before.saturating_sub(st.in_memory()) as u64;
+            self.hooks.metrics.store_indexed_messages.set(st.in_memory() as i64);
+        }
+        Ok(moved)
     }
 
     fn checkpoint(&self) -> Result<checkpoint::CheckpointStats, StoreError> {
@@ -616,15 +760,26 @@ impl Store for LogStore {
         until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        let picked: Vec<(u64, u64)> = {
+        let (cold_seqs, mut picked): (_, Vec<(u64, u64)>) = {
             let st = self.inner.state.read();
             let Some(inbox) = st.inboxes.get(user) else { return Ok(Vec::new()) };
-            let until = until.unwrap_or(u64::MAX).min(inbox.len() as u64);
-            (after.saturating_add(1)..=until)
-                .filter_map(|seq| inbox.get((seq - 1) as usize).map(|p| (seq, *p)))
+            let until = until.unwrap_or(u64::MAX).min(inbox.head());
+            let from = after.saturating_add(1);
+            // Seqs up to `inbox.cold` are in the cold index (and stay there): read after the lock.
+            let cold_seqs = (from <= inbox.cold).then(|| (from, until.min(inbox.cold)));
+            let hot = (from.max(inbox.cold + 1)..=until)
+                .filter_map(|seq| inbox.hot_pos(seq).map(|p| (seq, p)))
                 .take(limit as usize)
-                .collect()
+                .collect();
+            (cold_seqs, hot)
         };
+        if let Some((from, to)) = cold_seqs {
+            let user = user.to_string();
+            let mut cold = self.blocking(move |i| i.cold.inbox(&user, from, to, limit as usize)).await?;
+            cold.extend(picked);
+            cold.truncate(limit as usize);
+            picked = cold;
+        }
         self.resolve_async(picked, Address::user(user)).await
     }
 
@@ -806,7 +961,7 @@ impl Store for LogStore {
                         if seq < new_first {
                             continue;
                         }
-                        let old = *pos == LOST || st.msgs.get(pos).is_some_and(|m| m.ts < min_ts_ms);
+                        let old = *pos == LOST || st.meta(*pos).is_some_and(|m| m.ts < min_ts_ms);
                         if !old {
                             break;
                         }
@@ -832,7 +987,10 @@ impl LogStore {
     async fn resolve_async(&self, picked: Vec<(u64, u64)>, to: Address) -> Result<Vec<InboxEntry>, StoreError> {
         let all_hot = {
             let st = self.inner.state.read();
-            picked.iter().all(|(_, p)| st.msgs.get(p).is_none_or(|m| m.hot.is_some()))
+            picked.iter().all(|(_, p)| match st.meta(*p) {
+                Some(m) => m.hot.is_some(),
+                None => *p == LOST || *p >= st.cold_floor,
+            })
         };
         if all_hot {
             self.inner.resolve(picked, &to)
@@ -841,6 +999,9 @@ impl LogStore {
         }
     }
 }
+
+/// Positions moved to the cold index per step (one write lock each).
+pub const SPILL_STEP: u64 = 65_536;
 
 /// Content type of the placeholder delivered for a seq whose record a repair cut out.
 pub const LOST_CONTENT_TYPE: &str = "application/vnd.tether.lost";

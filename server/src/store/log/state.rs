@@ -145,6 +145,48 @@ impl Room {
     }
 }
 
+/// An inbox: the message position of each seq. Seqs `1..=cold` are in the cold index on disk;
+/// `hot[i]` is the position of seq `cold + 1 + i`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "InboxRepr")]
+pub struct Inbox {
+    /// Seqs kept in the cold index.
+    pub cold: u64,
+    /// Positions of the seqs after them.
+    pub hot: VecDeque<u64>,
+}
+
+/// How an inbox is read from a checkpoint: as written now, or as a plain list of positions
+/// (checkpoints written before the cold index existed).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InboxRepr {
+    Positions(Vec<u64>),
+    Split(u64, VecDeque<u64>),
+}
+
+impl From<InboxRepr> for Inbox {
+    fn from(r: InboxRepr) -> Self {
+        match r {
+            InboxRepr::Positions(v) => Inbox { cold: 0, hot: v.into() },
+            InboxRepr::Split(cold, hot) => Inbox { cold, hot },
+        }
+    }
+}
+
+impl Inbox {
+    /// Highest seq.
+    pub fn head(&self) -> u64 {
+        self.cold + self.hot.len() as u64
+    }
+
+    /// The position of `seq` if it is in memory.
+    pub fn hot_pos(&self, seq: u64) -> Option<u64> {
+        let i = seq.checked_sub(self.cold + 1)?;
+        self.hot.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
 /// Messages by position: a deque from the oldest still indexed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Msgs {
@@ -176,6 +218,20 @@ impl Msgs {
         }
         self.slots.push_back(Some(meta));
         self.count += 1;
+    }
+
+    /// Takes the slots of every position below `to` out, oldest first.
+    fn take_below(&mut self, to: u64) -> Vec<(u64, Meta)> {
+        let mut out = Vec::new();
+        while self.base < to {
+            let Some(slot) = self.slots.pop_front() else { break };
+            if let Some(meta) = slot {
+                self.count -= 1;
+                out.push((self.base, meta));
+            }
+            self.base += 1;
+        }
+        out
     }
 
     fn remove(&mut self, pos: u64) -> Option<Meta> {
@@ -240,8 +296,8 @@ pub struct State {
     pub next_pos: u64,
     /// Messages by position (`None` once forgotten).
     pub msgs: Msgs,
-    /// Inboxes: the message position of each seq (index = seq - 1).
-    pub inboxes: HashMap<String, Vec<u64>>,
+    /// Inboxes.
+    pub inboxes: HashMap<String, Inbox>,
     /// Rooms.
     pub rooms: HashMap<String, Room>,
     /// Rooms per user.
@@ -260,6 +316,17 @@ pub struct State {
     pub tickets: HashMap<String, (String, u64)>,
     /// Messages still indexed, per segment (a segment with none is garbage once checkpointed).
     pub live: BTreeMap<u64, u64>,
+    /// Positions below this were spilled: 1:1 messages' entries (meta, inbox seqs, dedup keys)
+    /// are in the cold index on disk, room messages' metas in `room_cold`.
+    #[serde(default)]
+    pub cold_floor: u64,
+    /// Metas of room messages below `cold_floor` (room history is bounded by retention).
+    #[serde(default)]
+    pub room_cold: BTreeMap<u64, Meta>,
+    /// Spilled ranges, oldest first, until they leave the dedup window: (end position, newest
+    /// timestamp in the range); each starts where the one before ended.
+    #[serde(default)]
+    pub cold_chunks: VecDeque<(u64, u64)>,
     /// Hot messages, oldest first: (position, bytes).
     #[serde(skip)]
     pub hot: VecDeque<(u64, usize)>,
@@ -291,7 +358,22 @@ pub struct Inconsistent(pub String);
 impl State {
     /// Highest seq of `user`'s inbox.
     pub fn inbox_head(&self, user: &str) -> u64 {
-        self.inboxes.get(user).map_or(0, |v| v.len() as u64)
+        self.inboxes.get(user).map_or(0, Inbox::head)
+    }
+
+    /// The meta of the message at `pos` when it is in memory: hot, or a room message below the
+    /// cold floor. A 1:1 message below the floor is in the cold index.
+    pub fn meta(&self, pos: u64) -> Option<&Meta> {
+        if pos >= self.cold_floor {
+            self.msgs.get(&pos)
+        } else {
+            self.room_cold.get(&pos)
+        }
+    }
+
+    /// Messages whose index is in memory.
+    pub fn in_memory(&self) -> usize {
+        self.msgs.len() + self.room_cold.len()
     }
 
     /// Applies one durable record found at `seg`/`offset`. `hot_limit` bounds the bytes of
@@ -427,7 +509,8 @@ impl State {
 
     /// Drops a message from the index (its room history was pruned or deleted).
     fn forget(&mut self, pos: u64) {
-        if let Some(meta) = self.msgs.remove(pos) {
+        let meta = if pos >= self.cold_floor { self.msgs.remove(pos) } else { self.room_cold.remove(&pos) };
+        if let Some(meta) = meta {
             if self.dedup.get(&meta.key) == Some(&pos) {
                 self.dedup.remove(&meta.key);
             }
@@ -437,9 +520,30 @@ impl State {
         }
     }
 
-    /// Drops dedup entries of messages older than `min_ts` (outside the window).
-    pub fn expire_dedup(&mut self, min_ts: u64) {
-        while self.dedup_floor < self.next_pos {
+    /// Drops dedup entries of messages older than `min_ts` (outside the window). Returns the
+    /// spilled ranges that left the window: their dedup keys in the cold index are no longer
+    /// consulted and can be dropped there.
+    pub fn expire_dedup(&mut self, min_ts: u64) -> Vec<(u64, u64)> {
+        let mut left = Vec::new();
+        // Spilled ranges go whole, once their newest message is outside the window.
+        while let Some(&(end, max_ts)) = self.cold_chunks.front() {
+            if end > self.dedup_floor {
+                if max_ts >= min_ts {
+                    break;
+                }
+                let from = self.dedup_floor;
+                let gone: Vec<u64> = self.room_cold.range(from..end).map(|(_, m)| m.key).collect();
+                for key in gone {
+                    if self.dedup.get(&key).is_some_and(|p| (from..end).contains(p)) {
+                        self.dedup.remove(&key);
+                    }
+                }
+                left.push((from, end));
+                self.dedup_floor = end;
+            }
+            self.cold_chunks.pop_front();
+        }
+        while self.dedup_floor < self.next_pos && self.dedup_floor >= self.cold_floor {
             let pos = self.dedup_floor;
             if let Some(meta) = self.msgs.get(&pos) {
                 if meta.ts >= min_ts {
@@ -453,18 +557,69 @@ impl State {
         }
         let floor = self.dedup_floor;
         self.dedup_exact.retain(|_, p| *p >= floor);
+        left
+    }
+
+    /// Forgets what a spill moved to the cold index: the metas of its 1:1 messages (room
+    /// messages' metas move to `room_cold`), their inbox seqs and dedup keys. The spill was
+    /// built from this state's records (`spill.from` is the cold floor) and written to the
+    /// cold index first.
+    pub fn apply_spill(&mut self, spill: &super::cold::Spill) -> Result<(), Inconsistent> {
+        if spill.from != self.cold_floor || spill.to > self.next_pos {
+            return Err(Inconsistent(format!(
+                "spill of {}..{} does not follow the cold floor {} (next position {})",
+                spill.from, spill.to, self.cold_floor, self.next_pos
+            )));
+        }
+        for (user, seq, pos) in &spill.inbox {
+            let Some(inbox) = self.inboxes.get_mut(user) else {
+                return Err(Inconsistent(format!("spilled inbox {user} is not indexed")));
+            };
+            while inbox.cold + 1 < *seq && inbox.hot.front() == Some(&LOST) {
+                inbox.hot.pop_front();
+                inbox.cold += 1;
+            }
+            if inbox.cold + 1 != *seq || inbox.hot.front() != Some(pos) {
+                return Err(Inconsistent(format!("spilled inbox {user} seq {seq} is not at position {pos}")));
+            }
+            inbox.hot.pop_front();
+            inbox.cold += 1;
+        }
+        let mut one_to_one = spill.metas.iter().map(|(p, _)| *p).peekable();
+        for (pos, mut meta) in self.msgs.take_below(spill.to) {
+            while one_to_one.next_if(|p| *p < pos).is_some() {}
+            if one_to_one.next_if_eq(&pos).is_some() {
+                if self.dedup.get(&meta.key) == Some(&pos) {
+                    self.dedup.remove(&meta.key);
+                }
+            } else {
+                meta.hot = None;
+                self.room_cold.insert(pos, meta);
+            }
+        }
+        while let Some(&(p, b)) = self.hot.front() {
+            if p >= spill.to {
+                break;
+            }
+            self.hot.pop_front();
+            self.hot_bytes -= b;
+        }
+        self.cold_floor = spill.to;
+        if spill.to > self.dedup_floor {
+            self.cold_chunks.push_back((spill.to, spill.max_ts));
+        }
+        Ok(())
     }
 }
 
-fn put_seq(inbox: &mut Vec<u64>, seq: u64, pos: u64, user: &str) -> Result<(), Inconsistent> {
-    let len = inbox.len() as u64;
-    if seq <= len {
+fn put_seq(inbox: &mut Inbox, seq: u64, pos: u64, user: &str) -> Result<(), Inconsistent> {
+    if seq <= inbox.head() {
         return Err(Inconsistent(format!("inbox {user} seq {seq} given twice")));
     }
     // Seqs between (lost to a repaired segment) stay gaps.
-    while (inbox.len() as u64) + 1 < seq {
-        inbox.push(LOST);
+    while inbox.head() + 1 < seq {
+        inbox.hot.push_back(LOST);
     }
-    inbox.push(pos);
+    inbox.hot.push_back(pos);
     Ok(())
 }
