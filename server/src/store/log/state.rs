@@ -623,3 +623,23 @@ fn put_seq(inbox: &mut Inbox, seq: u64, pos: u64, user: &str) -> Result<(), Inco
     inbox.hot.push_back(pos);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inbox_from_a_checkpoint_before_the_cold_index_reads_as_all_hot() {
+        // Checkpoints written before the cold index kept each inbox as a plain list.
+        let mut old: HashMap<String, Vec<u64>> = HashMap::default();
+        old.insert("bob".into(), vec![3, LOST, 9]);
+        let bytes = rmp_serde::to_vec(&old).expect("encode");
+        let read: HashMap<String, Inbox> = rmp_serde::from_slice(&bytes).expect("decode");
+        let bob = &read["bob"];
+        assert_eq!((bob.cold, bob.head(), bob.hot_pos(3)), (0, 3, Some(9)));
+        // And as written now.
+        let now = Inbox { cold: 7, hot: VecDeque::from([11, 12]) };
+        let back: Inbox = rmp_serde::from_slice(&rmp_serde::to_vec(&now).expect("encode")).expect("decode");
+        assert_eq!((back.cold, back.head(), back.hot_pos(8), back.hot_pos(7)), (7, 9, Some(11), None));
+    }
+}
