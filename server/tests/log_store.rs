@@ -23,10 +23,15 @@ fn msg(id: u64, from: &str, to: Address) -> NewMessage {
         sender_device: "d".into(),
         client_msg_id: format!("c{id}"),
         to,
-        ts: 1_000 + id,
+        // Recent: inside the dedup window, which maintenance moves on every second.
+        ts: now_ms() + id,
         content_type: "text/plain".into(),
         payload: format!("payload {id}").into_bytes(),
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn small() -> LogSettings {
@@ -396,16 +401,15 @@ async fn spilled_dedup_keys_leave_with_the_window() {
     let dir = tempfile::tempdir().expect("dir");
     let s = LogStore::open(dir.path(), LogSettings { index_hot: 10, ..small() }, StoreHooks::default()).expect("open");
     // Old messages (1970: outside the 7-day window), spilled on their own ...
-    s.append((1..=100).map(ring).collect(), vec![]).await.expect("old");
+    let old = |i: u64| NewMessage { ts: 1_000 + i, ..ring(i) };
+    s.append((1..=100).map(old).collect(), vec![]).await.expect("old");
     s.spill_index().await.expect("spill");
     // ... then recent ones, spilled too.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
-    let recent = |i: u64| NewMessage { ts: now, ..ring(i) };
-    s.append((101..=200).map(recent).collect(), vec![]).await.expect("recent");
+    s.append((101..=200).map(ring).collect(), vec![]).await.expect("recent");
     s.spill_index().await.expect("spill");
     s.maintain().await;
-    let r = s.append(vec![ring(50)], vec![]).await.expect("late retry");
+    let r = s.append(vec![old(50)], vec![]).await.expect("late retry");
     assert!(r[0].as_ref().is_ok_and(|a| !a.duplicate), "outside the window: stored as new");
-    let r = s.append(vec![recent(150)], vec![]).await.expect("retry");
+    let r = s.append(vec![ring(150)], vec![]).await.expect("retry");
     assert!(r[0].as_ref().is_ok_and(|a| a.duplicate && a.msg.msg_id == 150), "inside the window: the original");
 }

@@ -347,6 +347,10 @@ async fn run_suite(backend: Backend) {
     }
 }
 
+/// A dedup window reaching back to the messages' timestamps here (`1000 + id` ms after the
+/// epoch), so the log store's maintenance (every second) keeps them all in it.
+const EPOCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A single-node backend kept in files: each case gets a fresh path under one temp dir, and
 /// `open` opens (and reopens) a store there.
 fn embedded(name: &'static str, open: fn(PathBuf) -> BoxFut<Arc<dyn Store>>) -> Backend {
@@ -369,7 +373,12 @@ async fn log_conforms() {
         Box::pin(async move {
             // Small segments and a small hot range: rollover and reads from disk are part of
             // every case.
-            let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, ..LogSettings::default() };
+            let settings = LogSettings {
+                segment_bytes: 4096,
+                hot_bytes: 2048,
+                dedup_window: EPOCH_WINDOW,
+                ..LogSettings::default()
+            };
             Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log")) as Arc<dyn Store>
         })
     }))
@@ -475,7 +484,13 @@ impl Store for Spilling {
 async fn log_with_a_cold_index_conforms() {
     run_suite(embedded("log-cold", |path| {
         Box::pin(async move {
-            let settings = LogSettings { segment_bytes: 4096, hot_bytes: 2048, index_hot: 0, ..LogSettings::default() };
+            let settings = LogSettings {
+                segment_bytes: 4096,
+                hot_bytes: 2048,
+                index_hot: 0,
+                dedup_window: EPOCH_WINDOW,
+                ..LogSettings::default()
+            };
             let log = LogStore::open(&path, settings, StoreHooks::default()).expect("open log");
             Arc::new(Spilling(log)) as Arc<dyn Store>
         })

@@ -17,48 +17,63 @@ use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use super::state::{Loc, LOST};
 use crate::store::StoreError;
 
-/// What the cold index keeps of a 1:1 message (the in-memory [`super::state::Meta`] without
-/// its body).
+/// One inbox entry read from the cold index: its seq, the message's position and where it is
+/// logged (`None` for a seq lost to a repair, whose position is [`LOST`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ColdMeta {
+pub struct ColdEntry {
+    /// Seq in the inbox.
+    pub seq: u64,
+    /// Position of the message.
+    pub pos: u64,
+    /// Where it is logged.
+    pub loc: Option<Loc>,
+}
+
+/// A message found by its dedup key: position, location and seq in its sender's inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupHit {
+    /// Position.
+    pub pos: u64,
     /// Where it is logged.
     pub loc: Loc,
-    /// Its seq in the sender's inbox.
+    /// Seq in the sender's inbox.
     pub seq: u64,
-    /// Server timestamp.
-    pub ts: u64,
+}
+
+/// A spilled 1:1 message.
+#[derive(Debug, Clone, Copy)]
+pub struct SpilledMsg {
+    /// Position.
+    pub pos: u64,
+    /// Where it is logged.
+    pub loc: Loc,
+    /// Seq in the sender's inbox.
+    pub seq: u64,
     /// Dedup key.
     pub key: u64,
 }
 
-const META_LEN: usize = 8 + 8 + 4 + 8 + 8 + 8;
+const LOC_LEN: usize = 8 + 8 + 4;
 
-impl ColdMeta {
-    fn encode(&self) -> [u8; META_LEN] {
-        let mut b = [0u8; META_LEN];
-        b[0..8].copy_from_slice(&self.loc.seg.to_be_bytes());
-        b[8..16].copy_from_slice(&self.loc.offset.to_be_bytes());
-        b[16..20].copy_from_slice(&self.loc.index.to_be_bytes());
-        b[20..28].copy_from_slice(&self.seq.to_be_bytes());
-        b[28..36].copy_from_slice(&self.ts.to_be_bytes());
-        b[36..44].copy_from_slice(&self.key.to_be_bytes());
-        b
-    }
-
-    fn decode(b: &[u8]) -> Option<ColdMeta> {
-        if b.len() != META_LEN {
-            return None;
-        }
-        let u64_at = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
-        let index = b.get(16..20).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes)?;
-        Some(ColdMeta {
-            loc: Loc { seg: u64_at(0)?, offset: u64_at(8)?, index },
-            seq: u64_at(20)?,
-            ts: u64_at(28)?,
-            key: u64_at(36)?,
-        })
-    }
+fn put_loc(b: &mut Vec<u8>, loc: &Loc) {
+    b.extend_from_slice(&loc.seg.to_be_bytes());
+    b.extend_from_slice(&loc.offset.to_be_bytes());
+    b.extend_from_slice(&loc.index.to_be_bytes());
 }
+
+fn u64_at(b: &[u8], i: usize) -> Option<u64> {
+    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes)
+}
+
+fn loc_at(b: &[u8], i: usize) -> Option<Loc> {
+    let index = b.get(i + 16..i + 20).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes)?;
+    Some(Loc { seg: u64_at(b, i)?, offset: u64_at(b, i + 8)?, index })
+}
+
+/// Inbox chunk values: per consecutive seq, position and location.
+const INBOX_ENTRY: usize = 8 + LOC_LEN;
+/// Dedup values: per message with the key, position, location and seq.
+const DEDUP_ENTRY: usize = 8 + LOC_LEN + 8;
 
 /// Settings of the cold index's LSM-tree (memory it may use).
 #[derive(Debug, Clone, Copy)]
@@ -82,10 +97,10 @@ pub struct Spill {
     pub from: u64,
     /// One past the last position.
     pub to: u64,
-    /// 1:1 messages: position and index entry.
-    pub metas: Vec<(u64, ColdMeta)>,
-    /// Inbox entries: user, seq, position.
-    pub inbox: Vec<(String, u64, u64)>,
+    /// The 1:1 messages among them, in position order.
+    pub msgs: Vec<SpilledMsg>,
+    /// Inbox entries: user, seq, position, location (in position order).
+    pub inbox: Vec<(String, u64, u64, Loc)>,
     /// Newest server timestamp of the range (for the dedup window).
     pub max_ts: u64,
     /// Dedup keys are written for positions from here on (older ones left the window).
@@ -95,9 +110,12 @@ pub struct Spill {
 /// The on-disk index.
 pub struct ColdIndex {
     ks: Keyspace,
-    meta: PartitionHandle,
+    /// (user, first seq) -> entries of consecutive seqs spilled together.
     inbox: PartitionHandle,
+    /// Dedup key -> the spilled messages with that key (more than one only on a collision).
     dedup: PartitionHandle,
+    /// End position of a spill -> the dedup keys it wrote (to drop them with the window).
+    dedup_keys: PartitionHandle,
 }
 
 fn cold_err(e: impl std::fmt::Display) -> StoreError {
@@ -112,8 +130,9 @@ fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn positions(v: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    v.chunks_exact(8).filter_map(|c| c.try_into().ok()).map(u64::from_be_bytes)
+fn dedup_entries(v: &[u8]) -> impl Iterator<Item = DedupHit> + '_ {
+    v.chunks_exact(DEDUP_ENTRY)
+        .filter_map(|c| Some(DedupHit { pos: u64_at(c, 0)?, loc: loc_at(c, 8)?, seq: u64_at(c, 8 + LOC_LEN)? }))
 }
 
 impl ColdIndex {
@@ -128,49 +147,61 @@ impl ColdIndex {
             .compaction_workers(1)
             .open()
             .map_err(cold_err)?;
-        // Metas and inbox entries are read by range (positions and seqs are dense): no bloom
-        // filters. Dedup keys are looked up by point for every new message: bloom filters.
-        let ranged = || {
-            PartitionCreateOptions::default()
-                .bloom_filter_bits(None)
-                .max_memtable_size(8 * 1024 * 1024)
-                .manual_journal_persist(true)
-        };
-        let meta = ks.open_partition("meta", ranged()).map_err(cold_err)?;
-        let inbox = ks.open_partition("inbox", ranged()).map_err(cold_err)?;
-        let dedup = ks
-            .open_partition(
-                "dedup",
-                PartitionCreateOptions::default().max_memtable_size(8 * 1024 * 1024).manual_journal_persist(true),
-            )
-            .map_err(cold_err)?;
-        Ok(ColdIndex { ks, meta, inbox, dedup })
+        // Inbox chunks are read by range: no Bloom filters. Dedup keys are looked up by point
+        // for every new message: Bloom filters, a small memtable (the probe of unflushed keys
+        // stays short), and size-tiered compaction (the keys arrive in no order).
+        let opts =
+            |memtable: u32| PartitionCreateOptions::default().max_memtable_size(memtable).manual_journal_persist(true);
+        let tiered = || fjall::compaction::Strategy::SizeTiered(fjall::compaction::SizeTiered::default());
+        let inbox = ks.open_partition("inbox", opts(8 << 20).bloom_filter_bits(None)).map_err(cold_err)?;
+        let dedup = ks.open_partition("dedup", opts(2 << 20).compaction_strategy(tiered())).map_err(cold_err)?;
+        let dedup_keys = ks.open_partition("dedup_keys", opts(2 << 20).bloom_filter_bits(None)).map_err(cold_err)?;
+        Ok(ColdIndex { ks, inbox, dedup, dedup_keys })
     }
 
-    /// Writes a spill's entries (not yet synced: see [`ColdIndex::persist`]).
+    /// Writes a spill's entries (not yet synced: see [`ColdIndex::persist`]). Writing the same
+    /// spill again writes the same entries.
     pub fn write(&self, spill: &Spill) -> Result<(), StoreError> {
         let mut batch = self.ks.batch();
-        for (pos, meta) in &spill.metas {
-            batch.insert(&self.meta, pos.to_be_bytes(), meta.encode());
-        }
-        for (user, seq, pos) in &spill.inbox {
-            batch.insert(&self.inbox, inbox_key(user, *seq), pos.to_be_bytes());
-        }
-        // Dedup keys: a key's value lists its positions (more than one only on a collision).
-        let mut keys: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
-        for (pos, meta) in spill.metas.iter().filter(|(p, _)| *p >= spill.dedup_from) {
-            let v = match keys.entry(meta.key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                    self.dedup.get(meta.key.to_be_bytes()).map_err(cold_err)?.map(|v| v.to_vec()).unwrap_or_default(),
-                ),
-            };
-            if !positions(v).any(|p| p == *pos) {
+        // One entry per user and run of consecutive seqs.
+        let mut runs: std::collections::HashMap<&str, Vec<(u64, Vec<u8>)>> = std::collections::HashMap::new();
+        for (user, seq, pos, loc) in &spill.inbox {
+            let user_runs = runs.entry(user.as_str()).or_default();
+            let next = user_runs.last().map(|(first, v)| first + (v.len() / INBOX_ENTRY) as u64);
+            if next != Some(*seq) {
+                user_runs.push((*seq, Vec::new()));
+            }
+            if let Some((_, v)) = user_runs.last_mut() {
                 v.extend_from_slice(&pos.to_be_bytes());
+                put_loc(v, loc);
             }
         }
+        for (user, user_runs) in runs {
+            for (first, v) in user_runs {
+                batch.insert(&self.inbox, inbox_key(user, first), v);
+            }
+        }
+        // Dedup keys: a key's value lists its messages.
+        let mut keys: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+        for m in spill.msgs.iter().filter(|m| m.pos >= spill.dedup_from) {
+            let v = match keys.entry(m.key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    self.dedup.get(m.key.to_be_bytes()).map_err(cold_err)?.map(|v| v.to_vec()).unwrap_or_default(),
+                ),
+            };
+            if !dedup_entries(v).any(|h| h.pos == m.pos) {
+                v.extend_from_slice(&m.pos.to_be_bytes());
+                put_loc(v, &m.loc);
+                v.extend_from_slice(&m.seq.to_be_bytes());
+            }
+        }
+        let listed: Vec<u8> = keys.keys().flat_map(|k| k.to_be_bytes()).collect();
         for (key, v) in keys {
             batch.insert(&self.dedup, key.to_be_bytes(), v);
+        }
+        if !listed.is_empty() {
+            batch.insert(&self.dedup_keys, spill.to.to_be_bytes(), listed);
         }
         batch.commit().map_err(cold_err)
     }
@@ -180,73 +211,85 @@ impl ColdIndex {
         self.ks.persist(PersistMode::SyncAll).map_err(cold_err)
     }
 
-    /// The index entry of the 1:1 message at `pos`.
-    pub fn meta(&self, pos: u64) -> Result<Option<ColdMeta>, StoreError> {
-        match self.meta.get(pos.to_be_bytes()).map_err(cold_err)? {
-            None => Ok(None),
-            Some(v) => ColdMeta::decode(&v)
-                .map(Some)
-                .ok_or_else(|| cold_err(format!("entry of position {pos} is {} bytes", v.len()))),
-        }
-    }
-
-    /// Entries (seq, position) of `user`'s inbox for seqs `from..=to`, at most `limit`; a seq
-    /// the index has no entry for was lost to a repair ([`LOST`]).
-    pub fn inbox(&self, user: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+    /// Entries of `user`'s inbox for seqs `from..=to`, at most `limit`; a seq the index has no
+    /// entry for was lost to a repair ([`LOST`]).
+    pub fn inbox(&self, user: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ColdEntry>, StoreError> {
         let mut out = Vec::new();
         if from > to || limit == 0 {
             return Ok(out);
         }
         let mut next = from;
-        for kv in self.inbox.range(inbox_key(user, from)..=inbox_key(user, to)) {
+        // The run holding `from` starts at or before it; later runs start after it.
+        let before = self.inbox.range(inbox_key(user, 0)..=inbox_key(user, from)).next_back();
+        let after = self.inbox.range(inbox_key(user, from.saturating_add(1))..=inbox_key(user, to));
+        for kv in before.into_iter().chain(after) {
             let (k, v) = kv.map_err(cold_err)?;
-            let seq =
-                k.len().checked_sub(8).and_then(|i| k.get(i..)).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
-            let pos = v.as_ref().try_into().ok().map(u64::from_be_bytes);
-            let (Some(seq), Some(pos)) = (seq, pos) else {
+            let Some(first) = k.len().checked_sub(8).and_then(|i| u64_at(&k, i)) else {
                 return Err(cold_err(format!("inbox entry of {user} is malformed")));
             };
-            while next < seq && out.len() < limit {
-                out.push((next, LOST));
-                next += 1;
+            for (i, e) in v.chunks_exact(INBOX_ENTRY).enumerate() {
+                let seq = first + i as u64;
+                if seq < next {
+                    continue;
+                }
+                if seq > to || out.len() >= limit {
+                    return Ok(out);
+                }
+                while next < seq && out.len() < limit {
+                    out.push(ColdEntry { seq: next, pos: LOST, loc: None });
+                    next += 1;
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (Some(pos), Some(loc)) = (u64_at(e, 0), loc_at(e, 8)) else {
+                    return Err(cold_err(format!("inbox entry of {user} is malformed")));
+                };
+                let loc = (pos != LOST).then_some(loc);
+                out.push(ColdEntry { seq, pos, loc });
+                next = seq + 1;
             }
-            if out.len() >= limit {
-                return Ok(out);
-            }
-            out.push((seq, pos));
-            next = seq + 1;
         }
         while next <= to && out.len() < limit {
-            out.push((next, LOST));
+            out.push(ColdEntry { seq: next, pos: LOST, loc: None });
             next += 1;
         }
         Ok(out)
     }
 
-    /// Positions whose dedup key is `key`.
-    pub fn dedup(&self, key: u64) -> Result<Vec<u64>, StoreError> {
-        Ok(self.dedup.get(key.to_be_bytes()).map_err(cold_err)?.map(|v| positions(&v).collect()).unwrap_or_default())
+    /// Spilled messages whose dedup key is `key`.
+    pub fn dedup(&self, key: u64) -> Result<Vec<DedupHit>, StoreError> {
+        Ok(self
+            .dedup
+            .get(key.to_be_bytes())
+            .map_err(cold_err)?
+            .map(|v| dedup_entries(&v).collect())
+            .unwrap_or_default())
     }
 
-    /// Drops the dedup keys of the 1:1 messages at positions `from..to` (they left the window).
+    /// Drops the dedup keys of the messages at positions `from..to`, the end of a spill (they
+    /// left the window).
     pub fn drop_dedup(&self, from: u64, to: u64) -> Result<(), StoreError> {
-        if from >= to {
+        let Some(listed) = self.dedup_keys.get(to.to_be_bytes()).map_err(cold_err)? else {
             return Ok(());
-        }
+        };
         let mut batch = self.ks.batch();
-        for kv in self.meta.range(from.to_be_bytes()..to.to_be_bytes()) {
-            let (_, v) = kv.map_err(cold_err)?;
-            let Some(m) = ColdMeta::decode(&v) else { continue };
-            let key = m.key.to_be_bytes();
+        for key in listed.chunks_exact(8).filter_map(|c| c.try_into().ok()).map(u64::from_be_bytes) {
+            let key = key.to_be_bytes();
             let Some(old) = self.dedup.get(key).map_err(cold_err)? else { continue };
-            let kept: Vec<u8> =
-                positions(&old).filter(|p| !(from..to).contains(p)).flat_map(u64::to_be_bytes).collect();
+            let kept: Vec<u8> = old
+                .chunks_exact(DEDUP_ENTRY)
+                .filter(|c| u64_at(c, 0).is_none_or(|p| !(from..to).contains(&p)))
+                .flatten()
+                .copied()
+                .collect();
             if kept.is_empty() {
                 batch.remove(&self.dedup, key);
             } else if kept.len() != old.len() {
                 batch.insert(&self.dedup, key, kept);
             }
         }
+        batch.remove(&self.dedup_keys, to.to_be_bytes());
         batch.commit().map_err(cold_err)
     }
 }

@@ -2,16 +2,19 @@
 //! `tether-server store copy --from log://DIR` can move an embedded node's data into a shared
 //! database through the same copy as a SQLite node's.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sqlx::Connection;
 use tether_proto::AddressKind;
 
-use super::state::{Inbox, LOST};
+use super::state::{Inbox, Loc, LOST};
 use super::{LogSettings, LogStore};
 use crate::store::sqlite::{SqliteStore, StoreHooks};
 use crate::store::{kind_str, to_i64, StoreError};
+
+/// A 1:1 message's location (when the cold index gave it) and (user, seq) inbox entries.
+type Entries = (Option<Loc>, Vec<(String, u64)>);
 
 /// Rows written by an export.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,37 +41,33 @@ pub async fn export_sqlite(dir: &Path, sqlite_url: &str) -> Result<ExportReport,
         let rooms: Vec<_> = st.rooms.iter().map(|(id, r)| (id.clone(), r.clone())).collect();
         (inboxes, rooms)
     };
-    let mut to_seqs: HashMap<u64, u64> = HashMap::new();
-    let mut user_msgs = Vec::new();
+    // Per message: where it is logged when the cold index said so, and its (user, seq)
+    // entries (the sender's and the recipient's, one for a message to oneself).
+    let mut entries: BTreeMap<u64, Entries> = BTreeMap::new();
     for (user, inbox) in inboxes {
-        let mut entries = inner.cold.inbox(&user, 1, inbox.cold, usize::MAX)?;
-        entries.extend(inbox.hot.iter().enumerate().map(|(i, p)| (inbox.cold + 1 + i as u64, *p)));
-        for (seq, pos) in entries {
-            if pos == LOST {
-                continue;
+        let cold = inner.cold.inbox(&user, 1, inbox.cold, usize::MAX)?.into_iter().map(|e| (e.seq, e.pos, e.loc));
+        let hot = inbox.hot.iter().enumerate().map(|(i, p)| (inbox.cold + 1 + i as u64, *p, None));
+        for (seq, pos, loc) in cold.chain(hot) {
+            if pos != LOST {
+                let e = entries.entry(pos).or_default();
+                e.0 = e.0.or(loc);
+                e.1.push((user.clone(), seq));
             }
-            let meta = {
-                let st = inner.state.read();
-                inner.meta(&st, pos)?
-            };
-            if meta.is_some_and(|m| m.seq != seq) {
-                to_seqs.insert(pos, seq);
-            }
-            user_msgs.push(pos);
         }
     }
-    user_msgs.sort_unstable();
-    user_msgs.dedup();
-    for pos in user_msgs {
-        let (msg, seq) = {
-            let st = inner.state.read();
-            let seq = inner.meta(&st, pos)?.map_or(0, |m| m.seq);
-            (inner.message(&st, pos)?, seq)
+    for (pos, (loc, seqs)) in entries {
+        let msg = match loc {
+            Some(loc) => inner.read_cold(loc)?,
+            None => {
+                let st = inner.state.read();
+                inner.message(&st, pos)?
+            }
         };
         if msg.to.kind != AddressKind::User {
             continue;
         }
-        let to_seq = to_seqs.get(&pos).copied().unwrap_or(seq);
+        let seq_of = |user: &str| seqs.iter().find(|(u, _)| u == user).map_or(0, |(_, s)| *s);
+        let (seq, to_seq) = (seq_of(&msg.sender), seq_of(&msg.to.id));
         sqlx::query(
             "INSERT INTO messages (id, sender, sender_device, client_msg_id, to_kind, to_id, sender_seq, to_seq, ts, content_type, payload) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

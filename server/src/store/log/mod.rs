@@ -120,7 +120,7 @@ struct Writer {
 /// One message of a batch as planned: new (with its seqs) or a duplicate of a stored one.
 enum Plan {
     New { seq: u64, to_seq: Option<u64> },
-    Duplicate(u64),
+    Duplicate { msg: Arc<StoredMessage>, seq: u64 },
     DuplicateInBatch(usize),
     Refused(Refusal),
 }
@@ -228,14 +228,32 @@ impl LogStore {
                     Some(i) => i.settings.checkpoint_every.max(Duration::from_millis(50)),
                     None => return,
                 };
-                let mut tick = tokio::time::interval(every);
+                // The index is kept near its hot size every second (a node can index a hundred
+                // thousand messages a second); the rest of maintenance runs every `every`.
+                let mut tick = tokio::time::interval(every.min(UPKEEP_EVERY));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
                 let mut idle_ticks = 0u32;
+                let mut last = tokio::time::Instant::now();
                 loop {
                     tick.tick().await;
                     let Some(i) = inner.upgrade() else { return };
-                    idle_ticks += 1;
-                    let _ = tokio::task::spawn_blocking(move || i.maintain(&mut idle_ticks)).await;
+                    let full = last.elapsed() >= every;
+                    if full {
+                        last = tokio::time::Instant::now();
+                        idle_ticks += 1;
+                    }
+                    let mut ticks = idle_ticks;
+                    idle_ticks = tokio::task::spawn_blocking(move || {
+                        if full {
+                            i.maintain(&mut ticks);
+                        } else {
+                            i.index_upkeep();
+                        }
+                        ticks
+                    })
+                    .await
+                    .unwrap_or(0);
                 }
             })
         });
@@ -332,7 +350,9 @@ impl Inner {
 
     /// Appends `rec` durably (one write, one fdatasync), then applies it to the state. On any
     /// failure nothing of it stays in the log and the state is untouched.
-    fn commit(&self, w: &mut Writer, op: &'static str, rec: Record) -> Result<(), StoreError> {
+    /// Returns the index entries of the messages the record added (taken under the same lock
+    /// that applied it, before maintenance can move them to the cold index).
+    fn commit(&self, w: &mut Writer, op: &'static str, rec: Record) -> Result<Vec<state::Meta>, StoreError> {
         if let Some(len) = w.dirty {
             if let Err(e) = w.app.roll_back(len) {
                 self.writer_failed(op);
@@ -360,12 +380,14 @@ impl Inner {
         };
         self.writer_succeeded();
         let hot = self.settings.hot_bytes;
-        {
+        let added = {
             let mut st = self.state.write();
+            let first = st.next_pos;
             st.apply(rec, seg, offset, hot).map_err(log_err)?;
             st.end = state::Pos { seg, offset: w.app.written };
             self.hooks.metrics.store_indexed_messages.set(st.in_memory() as i64);
-        }
+            (first..st.next_pos).filter_map(|p| st.msgs.get(&p).cloned()).collect()
+        };
         if w.app.written >= self.settings.segment_bytes {
             if let Err(e) = w.app.roll_over() {
                 // The current segment simply grows; the next write tries again.
@@ -373,7 +395,7 @@ impl Inner {
                 self.hooks.metrics.store_error("segment");
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     fn write_durably(&self, w: &mut Writer, rec: &Record) -> Result<(u64, u64), StoreError> {
@@ -402,20 +424,9 @@ impl Inner {
         Ok((seg, offset))
     }
 
-    /// The meta of the message at `pos`: in memory, or from the cold index.
-    fn meta(&self, st: &State, pos: u64) -> Result<Option<state::Meta>, StoreError> {
-        if let Some(m) = st.meta(pos) {
-            return Ok(Some(m.clone()));
-        }
-        if pos >= st.cold_floor {
-            return Ok(None);
-        }
-        Ok(self.cold.meta(pos)?.map(|c| state::Meta { loc: c.loc, seq: c.seq, ts: c.ts, key: c.key, hot: None }))
-    }
-
-    /// The message at `pos`, from memory or from its segment.
+    /// The message at `pos` (indexed in memory), from memory or from its segment.
     fn message(&self, st: &State, pos: u64) -> Result<Arc<StoredMessage>, StoreError> {
-        let meta = self.meta(st, pos)?.ok_or_else(|| log_err(format!("message {pos} not indexed")))?;
+        let meta = st.meta(pos).ok_or_else(|| log_err(format!("message {pos} not indexed")))?;
         if let Some(m) = &meta.hot {
             return Ok(m.clone());
         }
@@ -452,15 +463,20 @@ impl Inner {
 
     /// Entries (seq, position) to fetch, with the hot ones resolved; cold ones read after the
     /// state lock is released.
-    fn resolve(&self, picked: Vec<(u64, u64)>, to: &Address) -> Result<Vec<InboxEntry>, StoreError> {
+    fn resolve(&self, picked: Vec<Pick>, to: &Address) -> Result<Vec<InboxEntry>, StoreError> {
         let mut out = Vec::with_capacity(picked.len());
         let mut cold = Vec::new();
         let mut spilled = Vec::new();
         {
             let st = self.state.read();
-            for (seq, pos) in picked {
+            for Pick { seq, pos, loc } in picked {
                 if pos == LOST {
                     out.push(Ok(InboxEntry { seq, msg: Arc::new(lost(to)) }));
+                    continue;
+                }
+                if let Some(loc) = loc {
+                    cold.push((out.len(), loc));
+                    out.push(Err(seq));
                     continue;
                 }
                 match st.meta(pos) {
@@ -471,9 +487,10 @@ impl Inner {
                             out.push(Err(seq));
                         }
                     },
-                    // A 1:1 message in the cold index (its entries there never change).
-                    None if pos < st.cold_floor => {
-                        spilled.push((out.len(), pos));
+                    // A 1:1 message moved to the cold index meanwhile (its entries there never
+                    // change).
+                    None if pos < st.cold_floor && to.kind == AddressKind::User => {
+                        spilled.push((out.len(), seq));
                         out.push(Err(seq));
                     }
                     // An entry pruned meanwhile is left out.
@@ -481,9 +498,12 @@ impl Inner {
                 }
             }
         }
-        for (i, pos) in spilled {
-            let meta = self.cold.meta(pos)?.ok_or_else(|| log_err(format!("message {pos} not in the cold index")))?;
-            cold.push((i, meta.loc));
+        for (i, seq) in spilled {
+            let found = self.cold.inbox(&to.id, seq, seq, 1)?;
+            let loc = found.first().and_then(|e| e.loc).ok_or_else(|| {
+                log_err(format!("inbox {} seq {seq} is neither in memory nor in the cold index", to.id))
+            })?;
+            cold.push((i, loc));
         }
         for (i, loc) in cold {
             let msg = self.read_cold(loc)?;
@@ -505,8 +525,8 @@ impl Inner {
                 plans.push(Plan::DuplicateInBatch(j));
                 continue;
             }
-            if let Some(pos) = self.find_duplicate(&st, m)? {
-                plans.push(Plan::Duplicate(pos));
+            if let Some((msg, seq)) = self.find_duplicate(&st, m)? {
+                plans.push(Plan::Duplicate { msg, seq });
                 continue;
             }
             let plan = match m.to.kind {
@@ -540,25 +560,34 @@ impl Inner {
         Ok(plans)
     }
 
-    /// The stored message with the same (sender, client id), within the dedup window.
-    fn find_duplicate(&self, st: &State, m: &NewMessage) -> Result<Option<u64>, StoreError> {
+    /// The stored message with the same (sender, client id) within the dedup window, and its
+    /// seq in the sender's inbox (or the room's log).
+    fn find_duplicate(&self, st: &State, m: &NewMessage) -> Result<Option<(Arc<StoredMessage>, u64)>, StoreError> {
+        let in_memory = |pos: u64| -> Result<Option<(Arc<StoredMessage>, u64)>, StoreError> {
+            let seq = st.meta(pos).map_or(0, |meta| meta.seq);
+            Ok(Some((self.message(st, pos)?, seq)))
+        };
         if !st.dedup_exact.is_empty() {
             if let Some(&pos) = st.dedup_exact.get(&(m.sender.clone(), m.client_msg_id.clone())) {
-                return Ok(Some(pos));
+                return in_memory(pos);
             }
         }
         let key = dedup_key(&m.sender, &m.client_msg_id);
         let same = |stored: &StoredMessage| stored.sender == m.sender && stored.client_msg_id == m.client_msg_id;
         if let Some(&pos) = st.dedup.get(&key) {
-            if same(&*self.message(st, pos)?) {
-                return Ok(Some(pos));
+            let found = in_memory(pos)?;
+            if found.as_ref().is_some_and(|(msg, _)| same(msg)) {
+                return Ok(found);
             }
         }
         // Spilled messages still inside the window have their keys in the cold index.
         if st.dedup_floor < st.cold_floor {
-            for pos in self.cold.dedup(key)? {
-                if (st.dedup_floor..st.cold_floor).contains(&pos) && same(&*self.message(st, pos)?) {
-                    return Ok(Some(pos));
+            for hit in self.cold.dedup(key)? {
+                if (st.dedup_floor..st.cold_floor).contains(&hit.pos) {
+                    let msg = self.read_cold(hit.loc)?;
+                    if same(&msg) {
+                        return Ok(Some((msg, hit.seq)));
+                    }
                 }
             }
         }
@@ -598,21 +627,23 @@ impl Inner {
                 _ => None,
             })
             .collect();
-        let first_pos = self.state.read().next_pos;
-        if !msgs.is_empty() || !cursors.is_empty() {
-            self.commit(&mut w, "append", Record::Batch { msgs, cursors })?;
-        }
+        let added = if !msgs.is_empty() || !cursors.is_empty() {
+            self.commit(&mut w, "append", Record::Batch { msgs, cursors })?
+        } else {
+            Vec::new()
+        };
         drop(w);
         // Answers from the state the record built.
-        let st = self.state.read();
+        let mut added = added.into_iter();
         let mut out: Vec<Result<Appended, Refusal>> = Vec::with_capacity(plans.len());
-        let mut next = first_pos;
         for p in &plans {
             let r = match p {
                 Plan::New { seq, to_seq } => {
-                    let pos = next;
-                    next += 1;
-                    let msg = self.message(&st, pos)?;
+                    let meta = added.next().ok_or_else(|| log_err("a committed message is not indexed"))?;
+                    let msg = match meta.hot {
+                        Some(m) => m,
+                        None => self.read_cold(meta.loc)?,
+                    };
                     let mut recipients = Vec::new();
                     if msg.to.kind == AddressKind::User {
                         recipients.reserve(2);
@@ -623,10 +654,8 @@ impl Inner {
                     }
                     Ok(Appended { msg, sender_seq: *seq, recipients, duplicate: false })
                 }
-                Plan::Duplicate(pos) => {
-                    let msg = self.message(&st, *pos)?;
-                    let seq = self.meta(&st, *pos)?.map_or(0, |m| m.seq);
-                    Ok(Appended { msg, sender_seq: seq, recipients: Vec::new(), duplicate: true })
+                Plan::Duplicate { msg, seq } => {
+                    Ok(Appended { msg: msg.clone(), sender_seq: *seq, recipients: Vec::new(), duplicate: true })
                 }
                 Plan::DuplicateInBatch(j) => match &out[*j] {
                     Ok(a) => Ok(Appended { recipients: Vec::new(), duplicate: true, ..a.clone() }),
@@ -641,11 +670,20 @@ impl Inner {
 
     fn write_one(&self, op: &'static str, rec: Record) -> Result<(), StoreError> {
         let mut w = self.lock_writer()?;
-        self.commit(&mut w, op, rec)
+        self.commit(&mut w, op, rec).map(drop)
     }
 
-    /// Periodic work: dedup window, expired tickets, checkpoint when due.
+    /// Periodic work: dedup window and spill ([`Inner::index_upkeep`]), expired tickets,
+    /// checkpoint when due.
     fn maintain(&self, idle_ticks: &mut u32) {
+        let now = crate::ids::now_ms();
+        self.index_upkeep();
+        self.tickets_and_checkpoint(now, idle_ticks);
+    }
+
+    /// Moves the dedup window on (dropping spilled keys that left it) and spills the index
+    /// beyond the hot range.
+    fn index_upkeep(&self) {
         let now = crate::ids::now_ms();
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         if let Ok(_m) = self.maint.lock() {
@@ -661,6 +699,10 @@ impl Inner {
                 tracing::warn!(error = %e, "could not move index entries to the cold index");
             }
         }
+    }
+
+    /// Drops expired tickets and writes a checkpoint when one is due.
+    fn tickets_and_checkpoint(&self, now: u64, idle_ticks: &mut u32) {
         let expired = self.state.read().tickets.values().any(|(_, exp)| *exp <= now);
         if expired {
             if let Err(e) = self.write_one("expire_tickets", Record::TicketsExpired { before_ms: now }) {
@@ -716,10 +758,10 @@ impl Inner {
                 if l.msg.to.kind != AddressKind::User {
                     continue;
                 }
-                spill.metas.push((pos, cold::ColdMeta { loc, seq, ts, key }));
-                spill.inbox.push((l.msg.sender.clone(), l.seq, pos));
+                spill.msgs.push(cold::SpilledMsg { pos, loc, seq, key });
+                spill.inbox.push((l.msg.sender.clone(), l.seq, pos, loc));
                 if let Some(to_seq) = l.to_seq {
-                    spill.inbox.push((l.msg.to.id.clone(), to_seq, pos));
+                    spill.inbox.push((l.msg.to.id.clone(), to_seq, pos, loc));
                 }
             }
             self.cold.write(&spill)?;
@@ -760,7 +802,7 @@ impl Store for LogStore {
         until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        let (cold_seqs, mut picked): (_, Vec<(u64, u64)>) = {
+        let (cold_seqs, mut picked): (_, Vec<Pick>) = {
             let st = self.inner.state.read();
             let Some(inbox) = st.inboxes.get(user) else { return Ok(Vec::new()) };
             let until = until.unwrap_or(u64::MAX).min(inbox.head());
@@ -768,14 +810,15 @@ impl Store for LogStore {
             // Seqs up to `inbox.cold` are in the cold index (and stay there): read after the lock.
             let cold_seqs = (from <= inbox.cold).then(|| (from, until.min(inbox.cold)));
             let hot = (from.max(inbox.cold + 1)..=until)
-                .filter_map(|seq| inbox.hot_pos(seq).map(|p| (seq, p)))
+                .filter_map(|seq| inbox.hot_pos(seq).map(|pos| Pick { seq, pos, loc: None }))
                 .take(limit as usize)
                 .collect();
             (cold_seqs, hot)
         };
         if let Some((from, to)) = cold_seqs {
             let user = user.to_string();
-            let mut cold = self.blocking(move |i| i.cold.inbox(&user, from, to, limit as usize)).await?;
+            let cold = self.blocking(move |i| i.cold.inbox(&user, from, to, limit as usize)).await?;
+            let mut cold: Vec<Pick> = cold.into_iter().map(|e| Pick { seq: e.seq, pos: e.pos, loc: e.loc }).collect();
             cold.extend(picked);
             cold.truncate(limit as usize);
             picked = cold;
@@ -929,8 +972,8 @@ impl Store for LogStore {
             let Some(r) = st.rooms.get(room) else { return Ok((Vec::new(), 1)) };
             let first = r.first();
             let until = until.unwrap_or(u64::MAX).min(r.head);
-            let picked: Vec<(u64, u64)> = (after.saturating_add(1).max(first)..=until)
-                .filter_map(|seq| r.log.get((seq - first) as usize).map(|p| (seq, *p)))
+            let picked: Vec<Pick> = (after.saturating_add(1).max(first)..=until)
+                .filter_map(|seq| r.log.get((seq - first) as usize).map(|p| Pick { seq, pos: *p, loc: None }))
                 .take(limit as usize)
                 .collect();
             // The oldest kept seq, as the SQL stores report it: the first message still there.
@@ -984,12 +1027,12 @@ impl Store for LogStore {
 }
 
 impl LogStore {
-    async fn resolve_async(&self, picked: Vec<(u64, u64)>, to: Address) -> Result<Vec<InboxEntry>, StoreError> {
+    async fn resolve_async(&self, picked: Vec<Pick>, to: Address) -> Result<Vec<InboxEntry>, StoreError> {
         let all_hot = {
             let st = self.inner.state.read();
-            picked.iter().all(|(_, p)| match st.meta(*p) {
+            picked.iter().all(|p| match st.meta(p.pos) {
                 Some(m) => m.hot.is_some(),
-                None => *p == LOST || *p >= st.cold_floor,
+                None => p.loc.is_none() && (p.pos == LOST || p.pos >= st.cold_floor),
             })
         };
         if all_hot {
@@ -999,6 +1042,17 @@ impl LogStore {
         }
     }
 }
+
+/// An entry to fetch: seq, message position, and where it is logged when that is known
+/// already (read from the cold index).
+struct Pick {
+    seq: u64,
+    pos: u64,
+    loc: Option<state::Loc>,
+}
+
+/// How often the index is kept near its hot size (at most).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Positions moved to the cold index per step (one write lock each).
 pub const SPILL_STEP: u64 = 65_536;

@@ -571,7 +571,7 @@ impl State {
                 spill.from, spill.to, self.cold_floor, self.next_pos
             )));
         }
-        for (user, seq, pos) in &spill.inbox {
+        for (user, seq, pos, _) in &spill.inbox {
             let Some(inbox) = self.inboxes.get_mut(user) else {
                 return Err(Inconsistent(format!("spilled inbox {user} is not indexed")));
             };
@@ -585,7 +585,7 @@ impl State {
             inbox.hot.pop_front();
             inbox.cold += 1;
         }
-        let mut one_to_one = spill.metas.iter().map(|(p, _)| *p).peekable();
+        let mut one_to_one = spill.msgs.iter().map(|m| m.pos).peekable();
         for (pos, mut meta) in self.msgs.take_below(spill.to) {
             while one_to_one.next_if(|p| *p < pos).is_some() {}
             if one_to_one.next_if_eq(&pos).is_some() {
@@ -603,6 +603,10 @@ impl State {
             }
             self.hot.pop_front();
             self.hot_bytes -= b;
+        }
+        // Colliding keys' exact entries: the cold index lists every message under its key.
+        if !self.dedup_exact.is_empty() {
+            self.dedup_exact.retain(|_, p| *p >= spill.to);
         }
         self.cold_floor = spill.to;
         if spill.to > self.dedup_floor {
