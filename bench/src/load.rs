@@ -61,8 +61,55 @@ impl Report {
     }
 }
 
-fn nanos_since(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
+/// A latency histogram in microseconds (1 us to 600 s, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+}
+
+/// What one recipient saw: send->deliver latency (us), deliveries, time of the last one.
+pub struct Tally {
+    /// Send->deliver latency, microseconds.
+    pub latency: Histogram<u64>,
+    /// Deliveries.
+    pub n: u64,
+    /// When the last one arrived.
+    pub end: Instant,
+}
+
+impl Tally {
+    /// Nothing seen yet.
+    pub fn new() -> Tally {
+        Tally { latency: histogram(), n: 0, end: Instant::now() }
+    }
+
+    /// Records a delivered payload (send time in ns since `epoch` in its first 8 bytes).
+    pub fn record(&mut self, payload: &[u8], epoch: Instant) {
+        let now = epoch.elapsed().as_nanos() as u64;
+        let Some(ts) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { return };
+        self.latency.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
+        self.n += 1;
+        self.end = Instant::now();
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
+/// Waits for the recipients' tallies and merges them into one report of the run that started
+/// at `started`.
+pub async fn merge(started: Instant, recipients: Vec<tokio::task::JoinHandle<Tally>>) -> Report {
+    let mut latency = histogram();
+    let (mut delivered, mut last) = (0, started);
+    for t in recipients {
+        let tally = t.await.expect("recipient");
+        latency.add(&tally.latency).expect("merge");
+        delivered += tally.n;
+        last = last.max(tally.end);
+    }
+    Report { delivered, elapsed: last - started, latency }
 }
 
 /// Runs one load against `target`; user names get `prefix` so runs don't share inboxes.
@@ -93,23 +140,14 @@ pub async fn run_between(senders: Target, recipients: Target, shape: Shape, pref
         send_tasks.push(tokio::spawn(async move { sender(ep, t, s_user, r_user, shape, b, epoch).await }));
     }
     barrier.wait().await;
-    let started = Instant::now();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
-    let mut delivered = 0;
-    let mut last = started;
-    for t in recv_tasks {
-        let (h, n, end) = t.await.expect("recipient");
-        latency.add(&h).expect("merge");
-        delivered += n;
-        last = last.max(end);
-    }
+    let report = merge(Instant::now(), recv_tasks).await;
     for t in send_tasks {
         t.await.expect("sender");
     }
     for ep in endpoints {
         ep.close(0u32.into(), b"done");
     }
-    Report { delivered, elapsed: last - started, latency }
+    report
 }
 
 async fn sender(
@@ -123,13 +161,7 @@ async fn sender(
 ) {
     let (_conn, send, reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
     barrier.wait().await;
-    let pace = Pace {
-        messages: shape.messages,
-        window: shape.window,
-        rate: shape.rate.map(|r| r / shape.pairs as f64),
-        payload: shape.payload,
-    };
-    send_stream(send, reader, Address::user(to), pace, epoch).await;
+    send_stream(send, reader, Address::user(to), Pace::per_sender(&shape), epoch).await;
 }
 
 async fn recipient(
@@ -139,27 +171,19 @@ async fn recipient(
     shape: Shape,
     barrier: Arc<Barrier>,
     epoch: Instant,
-) -> (Histogram<u64>, u64, Instant) {
+) -> Tally {
     let (_conn, mut send, mut reader, _) = login(&ep, t.addr, (t.credential)(&user), &format!("{user}-dev")).await;
-    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let mut tally = Tally::new();
     barrier.wait().await;
-    let mut n = 0;
     let mut acked = 0;
     let mut acked_at = Instant::now();
-    let mut end = Instant::now();
     let mut buf = BytesMut::new();
-    while n < shape.messages {
+    while tally.n < shape.messages {
         match reader.next().await {
             Some(Frame::Deliver(d)) => {
-                let now = nanos_since(epoch);
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&d.payload[..8]);
-                let sent = u64::from_be_bytes(ts);
-                h.saturating_record(now.saturating_sub(sent) / 1000);
-                n += 1;
-                end = Instant::now();
+                tally.record(&d.payload, epoch);
                 // Cumulative ack like the SDK: every 64 messages or 50 ms, and at the end.
-                if d.seq - acked >= 64 || acked_at.elapsed() >= Duration::from_millis(50) || n == shape.messages {
+                if d.seq - acked >= 64 || acked_at.elapsed() >= Duration::from_millis(50) || tally.n == shape.messages {
                     acked = d.seq;
                     acked_at = Instant::now();
                     tether_proto::encode(&Frame::Ack(Ack { inbox: d.seq, rooms: None }), &mut buf).expect("encode");
@@ -167,8 +191,8 @@ async fn recipient(
                 }
             }
             Some(_) => {}
-            None => panic!("recipient {user} stream ended after {n}"),
+            None => panic!("recipient {user} stream ended after {}", tally.n),
         }
     }
-    (h, n, end)
+    tally
 }

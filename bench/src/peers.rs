@@ -23,11 +23,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, Barrier, OwnedSemaphorePermit, Semaphore};
 
-use crate::load::{Report, Shape};
+use crate::load::{Report, Shape, Tally};
 use crate::wire::Pace;
 
 /// The JetStream stream of a run (one server per run).
@@ -184,32 +183,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram")
-}
-
-/// What one recipient saw: send->deliver latency (us), deliveries, time of the last one.
-struct Tally {
-    latency: Histogram<u64>,
-    n: u64,
-    end: Instant,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally { latency: histogram(), n: 0, end: Instant::now() }
-    }
-
-    /// Records a delivered payload (send time in ns since `epoch` in its first 8 bytes).
-    fn record(&mut self, payload: &[u8], epoch: Instant) {
-        let now = epoch.elapsed().as_nanos() as u64;
-        let Some(ts) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { return };
-        self.latency.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
-        self.n += 1;
-        self.end = Instant::now();
-    }
-}
-
 /// Spawns the recipients and senders, starts the clock once all of them are connected (and the
 /// recipients subscribed), and merges what the recipients saw.
 async fn drive<R, RF, S, SF>(shape: Shape, server_pid: u32, recipient: R, sender: S) -> PeerRun
@@ -224,54 +197,14 @@ where
     let recv_tasks: Vec<_> = (0..shape.pairs).map(|i| tokio::spawn(recipient(i, barrier.clone(), epoch))).collect();
     let send_tasks: Vec<_> = (0..shape.pairs).map(|i| tokio::spawn(sender(i, barrier.clone(), epoch))).collect();
     barrier.wait().await;
-    let started = Instant::now();
     let me = std::process::id();
     let cpu0 = (crate::idle::cpu_secs(server_pid), crate::idle::cpu_secs(me));
-    let mut latency = histogram();
-    let (mut delivered, mut last) = (0, started);
-    for t in recv_tasks {
-        let tally = t.await.expect("recipient");
-        latency.add(&tally.latency).expect("merge");
-        delivered += tally.n;
-        last = last.max(tally.end);
-    }
+    let report = crate::load::merge(Instant::now(), recv_tasks).await;
     for t in send_tasks {
         t.await.expect("sender");
     }
     let cpu = (crate::idle::cpu_secs(server_pid) - cpu0.0, crate::idle::cpu_secs(me) - cpu0.1);
-    (Report { delivered, elapsed: last - started, latency }, cpu)
-}
-
-/// One sender's pacing, as for Tether's senders (the total rate split over the senders).
-fn pace(shape: Shape) -> Pace {
-    Pace {
-        messages: shape.messages,
-        window: shape.window.max(1),
-        rate: shape.rate.map(|r| r / shape.pairs as f64),
-        payload: shape.payload,
-    }
-}
-
-/// Waits for message `i`'s turn and returns its send time in ns since `epoch`: in fixed-rate
-/// mode the intended time (no coordinated omission), else now, as `wire::send_stream` does.
-async fn due(pace: &Pace, start: Instant, i: u64, epoch: Instant) -> u64 {
-    match pace.rate {
-        Some(r) => {
-            let due = start + Duration::from_secs_f64(i as f64 / r);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
-            }
-            (due - epoch).as_nanos() as u64
-        }
-        None => epoch.elapsed().as_nanos() as u64,
-    }
-}
-
-/// A payload of `pace.payload` bytes (at least 8) starting with `stamp`.
-fn payload(pace: &Pace, stamp: u64) -> Vec<u8> {
-    let mut p = vec![0u8; pace.payload.max(8)];
-    p[..8].copy_from_slice(&stamp.to_be_bytes());
-    p
+    (report, cpu)
 }
 
 fn mqtt_client(port: u16, id: String, shape: Shape) -> (AsyncClient, EventLoop) {
@@ -343,7 +276,7 @@ async fn mqtt_recipient(
 }
 
 async fn mqtt_sender(port: u16, topic: String, id: String, shape: Shape, barrier: Arc<Barrier>, epoch: Instant) {
-    let pace = pace(shape);
+    let pace = Pace::per_sender(&shape);
     let (client, mut el) = mqtt_client(port, id, shape);
     mqtt_until(&mut el, "connect", |ev| matches!(ev, Event::Incoming(Packet::ConnAck(_)))).await;
     // A permit per publish in flight, handed back by each PUBACK the event loop reads.
@@ -366,10 +299,13 @@ async fn mqtt_sender(port: u16, topic: String, id: String, shape: Shape, barrier
     barrier.wait().await;
     let start = Instant::now();
     for i in 0..pace.messages {
-        let stamp = due(&pace, start, i, epoch).await;
+        let (stamp, wait) = pace.turn(start, i, epoch);
+        if let Some(due) = wait {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let Ok(permit) = permits.acquire().await else { break };
         permit.forget();
-        if client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload(&pace, stamp)).await.is_err() {
+        if client.publish(topic.as_str(), QoS::AtLeastOnce, false, pace.payload(stamp)).await.is_err() {
             break;
         }
     }
@@ -434,7 +370,7 @@ async fn nats_recipient(port: u16, subject: String, shape: Shape, barrier: Arc<B
 }
 
 async fn nats_sender(port: u16, subject: String, shape: Shape, barrier: Arc<Barrier>, epoch: Instant) {
-    let pace = pace(shape);
+    let pace = Pace::per_sender(&shape);
     let js = jetstream::new(nats_connect(port, shape).await);
     let subject = async_nats::Subject::from(subject);
     // Ack futures in publish order with the permit each holds; the ack task awaits them in
@@ -452,9 +388,12 @@ async fn nats_sender(port: u16, subject: String, shape: Shape, barrier: Arc<Barr
     barrier.wait().await;
     let start = Instant::now();
     for i in 0..pace.messages {
-        let stamp = due(&pace, start, i, epoch).await;
+        let (stamp, wait) = pace.turn(start, i, epoch);
+        if let Some(due) = wait {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let permit = permits.clone().acquire_owned().await.expect("permits");
-        match js.publish(subject.clone(), Bytes::from(payload(&pace, stamp))).await {
+        match js.publish(subject.clone(), Bytes::from(pace.payload(stamp))).await {
             Ok(ack) => {
                 let _ = tx.send((ack, permit));
             }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::{Credential, Decoded, Decoder, Frame, Login};
@@ -117,6 +117,38 @@ pub struct Pace {
     pub payload: usize,
 }
 
+impl Pace {
+    /// One sender's pacing under `shape` (its total rate split over the senders).
+    pub fn per_sender(shape: &crate::load::Shape) -> Pace {
+        Pace {
+            messages: shape.messages,
+            window: shape.window.max(1),
+            rate: shape.rate.map(|r| r / shape.pairs as f64),
+            payload: shape.payload,
+        }
+    }
+
+    /// Message `i`'s send time in ns since `epoch`, and when it is due if that is still ahead
+    /// (fixed-rate mode: the stamp is the *intended* time, so a stalled sender does not hide
+    /// latency; as fast as possible: now).
+    pub fn turn(&self, start: Instant, i: u64, epoch: Instant) -> (u64, Option<Instant>) {
+        match self.rate {
+            Some(r) => {
+                let due = start + Duration::from_secs_f64(i as f64 / r);
+                ((due - epoch).as_nanos() as u64, (due > Instant::now()).then_some(due))
+            }
+            None => (epoch.elapsed().as_nanos() as u64, None),
+        }
+    }
+
+    /// A payload of `payload` bytes (at least 8) starting with `stamp`.
+    pub fn payload(&self, stamp: u64) -> Vec<u8> {
+        let mut p = vec![0u8; self.payload.max(8)];
+        p[..8].copy_from_slice(&stamp.to_be_bytes());
+        p
+    }
+}
+
 /// Sends `pace.messages` messages to `to` on a logged-in stream and returns once every one is
 /// acknowledged. Each payload starts with its send time in ns since `epoch`; in fixed-rate
 /// mode the *intended* time, so a stalled sender does not hide latency (no coordinated
@@ -126,9 +158,8 @@ pub async fn send_stream(
     mut reader: Reader,
     to: tether_proto::Address,
     pace: Pace,
-    epoch: std::time::Instant,
+    epoch: Instant,
 ) {
-    use std::time::Instant;
     let permits = Arc::new(tokio::sync::Semaphore::new(pace.window));
     let p2 = permits.clone();
     let total = pace.messages;
@@ -149,32 +180,24 @@ pub async fn send_stream(
     let start = Instant::now();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     for i in 0..pace.messages {
-        let stamp = match pace.rate {
-            Some(r) => {
-                let due = start + Duration::from_secs_f64(i as f64 / r);
-                if due > Instant::now() {
-                    if !buf.is_empty() {
-                        send.write_all(&buf.split()).await.expect("write");
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                (due - epoch).as_nanos() as u64
+        let (stamp, wait) = pace.turn(start, i, epoch);
+        if let Some(due) = wait {
+            if !buf.is_empty() {
+                send.write_all(&buf.split()).await.expect("write");
             }
-            None => epoch.elapsed().as_nanos() as u64,
-        };
+            tokio::time::sleep_until(due.into()).await;
+        }
         if permits.clone().try_acquire_owned().map(|p| p.forget()).is_err() {
             if !buf.is_empty() {
                 send.write_all(&buf.split()).await.expect("write");
             }
             permits.acquire().await.expect("sem").forget();
         }
-        let mut payload = vec![0u8; pace.payload.max(8)];
-        payload[..8].copy_from_slice(&stamp.to_be_bytes());
         let f = Frame::Send(tether_proto::Send {
             client_msg_id: i.to_string(),
             to: to.clone(),
             content_type: "b".into(),
-            payload,
+            payload: pace.payload(stamp),
         });
         tether_proto::encode(&f, &mut buf).expect("encode");
         if buf.len() >= 32 * 1024 {

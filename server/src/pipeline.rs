@@ -83,11 +83,26 @@ impl Pipeline {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
                     match rt {
                         Ok(rt) => {
-                            let spawned = std::thread::Builder::new()
-                                .name(format!("{WRITER_THREAD}{i}"))
-                                .spawn(move || rt.block_on(task));
-                            if let Err(e) = spawned {
-                                tracing::error!(error = %e, "could not start the writer thread");
+                            // The task is handed over once the thread runs, so a thread that
+                            // cannot be started leaves it here to run among the sessions.
+                            let (hand, take) = std::sync::mpsc::sync_channel(1);
+                            let spawned = std::thread::Builder::new().name(format!("{WRITER_THREAD}{i}")).spawn(
+                                move || {
+                                    if let Ok(task) = take.recv() {
+                                        rt.block_on(task);
+                                    }
+                                },
+                            );
+                            match spawned {
+                                Ok(_) => {
+                                    if let Err(std::sync::mpsc::SendError(task)) = hand.send(task) {
+                                        tokio::spawn(task);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "could not start the writer thread: the writer runs among the sessions");
+                                    tokio::spawn(task);
+                                }
                             }
                         }
                         Err(e) => {

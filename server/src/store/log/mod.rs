@@ -435,6 +435,15 @@ impl Inner {
 
     /// The messages of the record at `seg`/`offset`.
     fn read_batch(&self, seg: u64, offset: u64) -> Result<Vec<Logged>, StoreError> {
+        let body = self.read_body(seg, offset)?;
+        match rmp_serde::from_slice::<Record>(&body) {
+            Ok(Record::Batch { msgs, .. }) => Ok(msgs),
+            _ => Err(log_err(format!("segment {seg} offset {offset}: no messages there"))),
+        }
+    }
+
+    /// The body of the record at `seg`/`offset` (checksum checked).
+    fn read_body(&self, seg: u64, offset: u64) -> Result<Vec<u8>, StoreError> {
         let file = {
             let mut files = self.files.lock().map_err(|_| StoreError::Closed)?;
             match files.get(&seg) {
@@ -446,11 +455,7 @@ impl Inner {
                 }
             }
         };
-        let body = segment::read_record(&file, offset)?;
-        match rmp_serde::from_slice::<Record>(&body) {
-            Ok(Record::Batch { msgs, .. }) => Ok(msgs),
-            _ => Err(log_err(format!("segment {seg} offset {offset}: no messages there"))),
-        }
+        Ok(segment::read_record(&file, offset)?)
     }
 
     fn read_cold(&self, loc: state::Loc) -> Result<Arc<StoredMessage>, StoreError> {
@@ -668,6 +673,22 @@ impl Inner {
         Ok(out)
     }
 
+    /// Commits `rec` if `check`, run on the state under the writer lock (so nothing changes
+    /// between the check and the write), says so; returns whether it was written.
+    fn commit_if(
+        &self,
+        op: &'static str,
+        check: impl FnOnce(&State) -> Result<bool, StoreError>,
+        rec: Record,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.lock_writer()?;
+        if !check(&self.state.read())? {
+            return Ok(false);
+        }
+        self.commit(&mut w, op, rec)?;
+        Ok(true)
+    }
+
     fn write_one(&self, op: &'static str, rec: Record) -> Result<(), StoreError> {
         let mut w = self.lock_writer()?;
         self.commit(&mut w, op, rec).map(drop)
@@ -743,25 +764,32 @@ impl Inner {
                 (from, to, st.dedup_floor, metas)
             };
             let mut spill = cold::Spill { from, to, dedup_from, ..Default::default() };
-            let mut record: Option<((u64, u64), Vec<Logged>)> = None;
-            for (pos, loc, seq, ts, key) in metas {
-                spill.max_ts = spill.max_ts.max(ts);
-                if record.as_ref().is_none_or(|(at, _)| *at != (loc.seg, loc.offset)) {
-                    record = Some(((loc.seg, loc.offset), self.read_batch(loc.seg, loc.offset)?));
-                }
-                let Some(l) = record.as_ref().and_then(|(_, msgs)| msgs.get(loc.index as usize)) else {
-                    return Err(log_err(format!(
-                        "segment {} offset {}: no message {} there",
-                        loc.seg, loc.offset, loc.index
-                    )));
+            // Records are read back once each, decoding only who each message is from and to.
+            let mut i = 0;
+            while let Some(&(_, first, ..)) = metas.get(i) {
+                let at = (first.seg, first.offset);
+                let bytes = self.read_body(at.0, at.1)?;
+                let ids = match rmp_serde::from_slice::<state::RecordIds>(&bytes) {
+                    Ok(state::RecordIds::Batch { msgs, .. }) => msgs,
+                    Err(e) => return Err(log_err(format!("segment {} offset {}: {e}", at.0, at.1))),
                 };
-                if l.msg.to.kind != AddressKind::User {
-                    continue;
-                }
-                spill.msgs.push(cold::SpilledMsg { pos, loc, seq, key });
-                spill.inbox.push((l.msg.sender.clone(), l.seq, pos, loc));
-                if let Some(to_seq) = l.to_seq {
-                    spill.inbox.push((l.msg.to.id.clone(), to_seq, pos, loc));
+                while let Some(&(pos, loc, seq, ts, key)) = metas.get(i).filter(|m| (m.1.seg, m.1.offset) == at) {
+                    i += 1;
+                    spill.max_ts = spill.max_ts.max(ts);
+                    let Some(l) = ids.get(loc.index as usize) else {
+                        return Err(log_err(format!(
+                            "segment {} offset {}: no message {} there",
+                            at.0, at.1, loc.index
+                        )));
+                    };
+                    if l.msg.to.kind != AddressKind::User {
+                        continue;
+                    }
+                    spill.msgs.push(cold::SpilledMsg { pos, loc, seq, key });
+                    spill.inbox.push((l.msg.sender.to_owned(), l.seq, pos, loc));
+                    if let Some(to_seq) = l.to_seq {
+                        spill.inbox.push((l.msg.to.id.to_owned(), to_seq, pos, loc));
+                    }
                 }
             }
             self.cold.write(&spill)?;
@@ -895,29 +923,13 @@ impl Store for LogStore {
     }
 
     async fn create_room(&self, room: &str, _now_ms: u64) -> Result<bool, StoreError> {
-        let room = room.to_string();
-        self.blocking(move |i| {
-            let mut w = i.lock_writer()?;
-            if i.state.read().rooms.contains_key(&room) {
-                return Ok(false);
-            }
-            i.commit(&mut w, "create_room", Record::RoomCreated { room })?;
-            Ok(true)
-        })
-        .await
+        let (room, rec) = (room.to_string(), Record::RoomCreated { room: room.to_string() });
+        self.blocking(move |i| i.commit_if("create_room", |st| Ok(!st.rooms.contains_key(&room)), rec)).await
     }
 
     async fn delete_room(&self, room: &str) -> Result<bool, StoreError> {
-        let room = room.to_string();
-        self.blocking(move |i| {
-            let mut w = i.lock_writer()?;
-            if !i.state.read().rooms.contains_key(&room) {
-                return Ok(false);
-            }
-            i.commit(&mut w, "delete_room", Record::RoomDeleted { room })?;
-            Ok(true)
-        })
-        .await
+        let (room, rec) = (room.to_string(), Record::RoomDeleted { room: room.to_string() });
+        self.blocking(move |i| i.commit_if("delete_room", |st| Ok(st.rooms.contains_key(&room)), rec)).await
     }
 
     async fn room_head(&self, room: &str) -> Result<Option<u64>, StoreError> {
@@ -926,28 +938,25 @@ impl Store for LogStore {
 
     async fn add_member(&self, room: &str, user: &str, _now_ms: u64) -> Result<bool, StoreError> {
         let (room, user) = (room.to_string(), user.to_string());
+        let rec = Record::MemberAdded { room: room.clone(), user: user.clone() };
         self.blocking(move |i| {
-            let mut w = i.lock_writer()?;
-            match i.state.read().rooms.get(&room) {
-                None => return Err(log_err(format!("no room {room}"))),
-                Some(r) if r.members.contains(&user) => return Ok(false),
-                Some(_) => {}
-            }
-            i.commit(&mut w, "add_member", Record::MemberAdded { room, user })?;
-            Ok(true)
+            i.commit_if(
+                "add_member",
+                |st| match st.rooms.get(&room) {
+                    None => Err(log_err(format!("no room {room}"))),
+                    Some(r) => Ok(!r.members.contains(&user)),
+                },
+                rec,
+            )
         })
         .await
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
         let (room, user) = (room.to_string(), user.to_string());
+        let rec = Record::MemberRemoved { room: room.clone(), user: user.clone() };
         self.blocking(move |i| {
-            let mut w = i.lock_writer()?;
-            if !i.state.read().rooms.get(&room).is_some_and(|r| r.members.contains(&user)) {
-                return Ok(false);
-            }
-            i.commit(&mut w, "remove_member", Record::MemberRemoved { room, user })?;
-            Ok(true)
+            i.commit_if("remove_member", |st| Ok(st.rooms.get(&room).is_some_and(|r| r.members.contains(&user))), rec)
         })
         .await
     }

@@ -85,6 +85,63 @@ pub struct Logged {
     pub to_seq: Option<u64>,
 }
 
+/// What a spill needs of a logged `Batch` record: who each message is from and to and its
+/// seqs. Decoding into it skips the rest (bodies, ids, payload) without allocating.
+#[derive(Debug, Deserialize)]
+pub enum RecordIds<'a> {
+    /// [`Record::Batch`], the first variant (other records hold no messages).
+    Batch {
+        /// The messages' ids.
+        #[serde(borrow)]
+        msgs: Vec<LoggedIds<'a>>,
+        /// Skipped.
+        cursors: serde::de::IgnoredAny,
+    },
+}
+
+/// The ids of a [`Logged`] message.
+#[derive(Debug, Deserialize)]
+pub struct LoggedIds<'a> {
+    /// The message's addressing.
+    #[serde(borrow)]
+    pub msg: MsgIds<'a>,
+    /// [`Logged::seq`].
+    pub seq: u64,
+    /// [`Logged::to_seq`].
+    pub to_seq: Option<u64>,
+}
+
+/// Sender and recipient of a [`StoredMessage`], fields in its order.
+#[derive(Debug, Deserialize)]
+pub struct MsgIds<'a> {
+    #[serde(rename = "msg_id")]
+    _msg_id: serde::de::IgnoredAny,
+    /// Sending user.
+    pub sender: &'a str,
+    #[serde(rename = "sender_device")]
+    _sender_device: serde::de::IgnoredAny,
+    #[serde(rename = "client_msg_id")]
+    _client_msg_id: serde::de::IgnoredAny,
+    /// Recipient kind.
+    #[serde(borrow)]
+    pub to: AddressIds<'a>,
+    #[serde(rename = "ts")]
+    _ts: serde::de::IgnoredAny,
+    #[serde(rename = "content_type")]
+    _content_type: serde::de::IgnoredAny,
+    #[serde(rename = "payload")]
+    _payload: serde::de::IgnoredAny,
+}
+
+/// An [`tether_proto::Address`], borrowed.
+#[derive(Debug, Deserialize)]
+pub struct AddressIds<'a> {
+    /// User or room.
+    pub kind: AddressKind,
+    /// Its id.
+    pub id: &'a str,
+}
+
 /// A cursor update.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CursorRec {
@@ -631,6 +688,33 @@ fn put_seq(inbox: &mut Inbox, seq: u64, pos: u64, user: &str) -> Result<(), Inco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_record_decodes_to_its_ids() {
+        let m = |sender: &str, to: tether_proto::Address| StoredMessage {
+            msg_id: 7,
+            sender: sender.into(),
+            sender_device: "phone".into(),
+            client_msg_id: "c1".into(),
+            to,
+            ts: 99,
+            content_type: "text/plain".into(),
+            payload: vec![1, 2, 3],
+        };
+        let rec = Record::Batch {
+            msgs: vec![
+                Logged { msg: m("alice", tether_proto::Address::user("bob")), seq: 4, to_seq: Some(9) },
+                Logged { msg: m("carol", tether_proto::Address::room("r")), seq: 12, to_seq: None },
+            ],
+            cursors: vec![CursorRec { user: "bob".into(), device: "p".into(), room: None, seq: 3 }],
+        };
+        let bytes = rmp_serde::to_vec(&rec).expect("encode");
+        let RecordIds::Batch { msgs, .. } = rmp_serde::from_slice::<RecordIds>(&bytes).expect("decode ids");
+        let got: Vec<_> = msgs.iter().map(|l| (l.msg.sender, l.msg.to.kind, l.msg.to.id, l.seq, l.to_seq)).collect();
+        assert_eq!(got, [("alice", AddressKind::User, "bob", 4, Some(9)), ("carol", AddressKind::Room, "r", 12, None)]);
+        // Other records are not batches.
+        assert!(rmp_serde::from_slice::<RecordIds>(&rmp_serde::to_vec(&Record::Mark).expect("encode")).is_err());
+    }
 
     #[test]
     fn an_inbox_from_a_checkpoint_before_the_cold_index_reads_as_all_hot() {
