@@ -150,11 +150,13 @@ impl ColdIndex {
         // Inbox chunks are read by range: no Bloom filters. Dedup keys are looked up by point
         // for every new message: Bloom filters, a small memtable (the probe of unflushed keys
         // stays short), and leveled compaction (tables of a level do not overlap, so a probe
-        // checks one table per level; size-tiered runs overlap and a probe checks every one).
+        // checks one table per level; size-tiered runs overlap and a probe checks every one),
+        // uncompressed (hashes and positions do not compress; lz4 only cost CPU in compaction).
         let opts =
             |memtable: u32| PartitionCreateOptions::default().max_memtable_size(memtable).manual_journal_persist(true);
         let inbox = ks.open_partition("inbox", opts(8 << 20).bloom_filter_bits(None)).map_err(cold_err)?;
-        let dedup = ks.open_partition("dedup", opts(2 << 20)).map_err(cold_err)?;
+        let dedup =
+            ks.open_partition("dedup", opts(2 << 20).compression(fjall::CompressionType::None)).map_err(cold_err)?;
         let dedup_keys = ks.open_partition("dedup_keys", opts(2 << 20).bloom_filter_bits(None)).map_err(cold_err)?;
         Ok(ColdIndex { ks, inbox, dedup, dedup_keys })
     }
