@@ -351,6 +351,18 @@ async fn run_suite(backend: Backend) {
 /// epoch), so the log store's maintenance (every second) keeps them all in it.
 const EPOCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// Log store settings with small segments and a small body cache (rollover and reads from
+/// disk in every case), `index_hot` messages indexed in memory, and [`EPOCH_WINDOW`].
+fn small_log(index_hot: usize) -> LogSettings {
+    LogSettings {
+        segment_bytes: 4096,
+        hot_bytes: 2048,
+        index_hot,
+        dedup_window: EPOCH_WINDOW,
+        ..LogSettings::default()
+    }
+}
+
 /// A single-node backend kept in files: each case gets a fresh path under one temp dir, and
 /// `open` opens (and reopens) a store there.
 fn embedded(name: &'static str, open: fn(PathBuf) -> BoxFut<Arc<dyn Store>>) -> Backend {
@@ -373,12 +385,7 @@ async fn log_conforms() {
         Box::pin(async move {
             // Small segments and a small hot range: rollover and reads from disk are part of
             // every case.
-            let settings = LogSettings {
-                segment_bytes: 4096,
-                hot_bytes: 2048,
-                dedup_window: EPOCH_WINDOW,
-                ..LogSettings::default()
-            };
+            let settings = small_log(LogSettings::default().index_hot);
             Arc::new(LogStore::open(&path, settings, StoreHooks::default()).expect("open log")) as Arc<dyn Store>
         })
     }))
@@ -484,13 +491,7 @@ impl Store for Spilling {
 async fn log_with_a_cold_index_conforms() {
     run_suite(embedded("log-cold", |path| {
         Box::pin(async move {
-            let settings = LogSettings {
-                segment_bytes: 4096,
-                hot_bytes: 2048,
-                index_hot: 0,
-                dedup_window: EPOCH_WINDOW,
-                ..LogSettings::default()
-            };
+            let settings = small_log(0);
             let log = LogStore::open(&path, settings, StoreHooks::default()).expect("open log");
             Arc::new(Spilling(log)) as Arc<dyn Store>
         })
