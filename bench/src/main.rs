@@ -237,9 +237,12 @@ fn sibling_bin(name: &str) -> PathBuf {
 }
 
 fn start_node(bin: &Path, dir: &Path, extra: &str) -> Proc {
+    // Warnings only, unless the extra arguments set the log filter themselves.
+    let log = if extra.split_whitespace().any(|a| a == "--log") { None } else { Some(["--log", "warn"]) };
     let mut child = Command::new(bin)
         .args(["--data-dir", &dir.display().to_string(), "--quic-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--jwt-secret", SECRET, "--admin-token", "bench", "--log", "warn"])
+        .args(["--jwt-secret", SECRET, "--admin-token", "bench"])
+        .args(log.into_iter().flatten())
         .args(["--send-rate", "100000000", "--send-burst", "100000000"])
         // The load comes from one address: lift the per-address admission limits.
         .args(["--handshakes-per-ip", "1000000", "--handshake-burst", "1000000", "--max-pending-logins", "100000"])

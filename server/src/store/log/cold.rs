@@ -99,7 +99,8 @@ pub struct Spill {
     pub to: u64,
     /// The 1:1 messages among them, in position order.
     pub msgs: Vec<SpilledMsg>,
-    /// Inbox entries: user, seq, position, location (in position order).
+    /// Inbox entries: user, seq, position, location; grouped by user, each user's in seq
+    /// order.
     pub inbox: Vec<(String, u64, u64, Loc)>,
     /// Newest server timestamp of the range (for the dedup window).
     pub max_ts: u64,

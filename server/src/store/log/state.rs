@@ -628,19 +628,23 @@ impl State {
                 spill.from, spill.to, self.cold_floor, self.next_pos
             )));
         }
-        for (user, seq, pos, _) in &spill.inbox {
+        // Entries come grouped by user (see `Spill::inbox`): one lookup per user.
+        for group in spill.inbox.chunk_by(|a, b| a.0 == b.0) {
+            let user = &group[0].0;
             let Some(inbox) = self.inboxes.get_mut(user) else {
                 return Err(Inconsistent(format!("spilled inbox {user} is not indexed")));
             };
-            while inbox.cold + 1 < *seq && inbox.hot.front() == Some(&LOST) {
+            for (_, seq, pos, _) in group {
+                while inbox.cold + 1 < *seq && inbox.hot.front() == Some(&LOST) {
+                    inbox.hot.pop_front();
+                    inbox.cold += 1;
+                }
+                if inbox.cold + 1 != *seq || inbox.hot.front() != Some(pos) {
+                    return Err(Inconsistent(format!("spilled inbox {user} seq {seq} is not at position {pos}")));
+                }
                 inbox.hot.pop_front();
                 inbox.cold += 1;
             }
-            if inbox.cold + 1 != *seq || inbox.hot.front() != Some(pos) {
-                return Err(Inconsistent(format!("spilled inbox {user} seq {seq} is not at position {pos}")));
-            }
-            inbox.hot.pop_front();
-            inbox.cold += 1;
         }
         let mut one_to_one = spill.msgs.iter().map(|m| m.pos).peekable();
         for (pos, mut meta) in self.msgs.take_below(spill.to) {
