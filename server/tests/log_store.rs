@@ -359,6 +359,14 @@ async fn the_index_beyond_the_hot_range_moves_to_disk_and_memory_stays_bounded()
     assert!(r[0].as_ref().is_ok_and(|a| a.duplicate && a.msg.msg_id == 5));
     let r = s.append(vec![ring(3002)], vec![]).await.expect("new");
     assert!(r[0].as_ref().is_ok_and(|a| !a.duplicate && a.sender_seq == 602));
+    // Without the cold index the spilled seqs cannot be served: refuse, never read them as lost.
+    drop(s);
+    std::fs::rename(dir.path().join("index"), dir.path().join("index.moved")).expect("move index");
+    let refused = LogStore::open(dir.path(), settings(), StoreHooks::default()).err().expect("refused");
+    assert!(refused.to_string().contains("index is missing"), "{refused}");
+    std::fs::rename(dir.path().join("index.moved"), dir.path().join("index")).expect("restore index");
+    let s = LogStore::open(dir.path(), settings(), StoreHooks::default()).expect("reopen with the index back");
+    check_ring(&s, 3002).await;
 }
 
 #[tokio::test]

@@ -138,7 +138,17 @@ impl LogStore {
             return Err(log_err(format!("{} is in use by another tether-server process", dir.display())));
         };
         let (mut state, from) = checkpoint::load(dir)?;
-        let cold = cold::ColdIndex::open(&dir.join("index"), settings.cold)?;
+        let index = dir.join("index");
+        if state.cold_floor > 0 && !index.exists() {
+            // Opening would make an empty one, and the spilled seqs would read as lost.
+            return Err(log_err(format!(
+                "{} is missing but the newest checkpoint relies on it (the index of {} spilled messages): \
+                 refusing to start; restore it with the rest of the log directory (docs/operations.md \"The log store\")",
+                index.display(),
+                state.cold_floor
+            )));
+        }
+        let cold = cold::ColdIndex::open(&index, settings.cold)?;
         let mut ids = segment::list(dir)?;
         ids.retain(|id| *id >= from.seg);
         let hot = settings.hot_bytes;
