@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use hdrhistogram::Histogram;
 use tether_proto::{Ack, Address, Frame, JoinRoom};
 use tokio::sync::{Barrier, Semaphore};
 
-use crate::load::{Report, Target};
+use crate::load::{merge, Report, Tally, Target};
 use crate::wire::{endpoint, login, send_stream, Pace, Reader};
 
 /// Fan-out shape.
@@ -66,8 +65,8 @@ pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report,
             j.wait().await;
             while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reader.next()).await {}
             b.wait().await;
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
-            let (mut n, mut acked, mut end) = (0u64, 0u64, Instant::now());
+            let mut tally = Tally::new();
+            let mut acked = 0u64;
             let mut acked_at = Instant::now();
             let mut buf = BytesMut::new();
             // Members read frames raw: a `deliver` body starts with its type and ends with the
@@ -75,18 +74,15 @@ pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report,
             // frame fully would cost the generator more CPU than it measures.
             const DELIVER: &[u8] = b"\xa4type\xa7deliver";
             let payload = shape.payload.max(8);
-            while n < shape.messages {
-                let Some(body) = reader.next_raw().await else { panic!("member {user} stream ended after {n}") };
+            while tally.n < shape.messages {
+                let Some(body) = reader.next_raw().await else {
+                    panic!("member {user} stream ended after {}", tally.n)
+                };
                 if body.len() < 1 + DELIVER.len() + payload || &body[1..1 + DELIVER.len()] != DELIVER {
                     continue;
                 }
-                let now = epoch.elapsed().as_nanos() as u64;
-                let at = body.len() - payload;
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&body[at..at + 8]);
-                h.saturating_record(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
-                n += 1;
-                end = Instant::now();
+                tally.record(&body[body.len() - payload..], epoch);
+                let n = tally.n;
                 // The room's seqs start at 1 and every member gets every message: seq == n.
                 if n - acked >= 256 || acked_at.elapsed() >= Duration::from_millis(100) || n == shape.messages {
                     acked = n;
@@ -96,7 +92,7 @@ pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report,
                     send.write_all(&buf.split()).await.expect("ack");
                 }
             }
-            (h, n, end)
+            tally
         }));
     }
     let ep = endpoints[0].clone();
@@ -116,18 +112,11 @@ pub async fn run(target: Target, shape: RoomShape, pids: (u32, u32)) -> (Report,
     barrier.wait().await;
     let started = Instant::now();
     let cpu0 = (crate::idle::cpu_secs(pids.0), crate::idle::cpu_secs(pids.1));
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
-    let (mut delivered, mut last) = (0, started);
-    for m in members {
-        let (h, n, end) = m.await.expect("member");
-        latency.add(&h).expect("merge");
-        delivered += n;
-        last = last.max(end);
-    }
+    let report = merge(started, members).await;
     let cpu = (crate::idle::cpu_secs(pids.0) - cpu0.0, crate::idle::cpu_secs(pids.1) - cpu0.1);
     sender.await.expect("sender");
     for ep in endpoints {
         ep.close(0u32.into(), b"done");
     }
-    (Report { delivered, elapsed: last - started, latency }, cpu)
+    (report, cpu)
 }

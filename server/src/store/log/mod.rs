@@ -258,7 +258,7 @@ impl LogStore {
                         if full {
                             i.maintain(&mut ticks);
                         } else {
-                            i.index_upkeep();
+                            i.index_upkeep(crate::ids::now_ms());
                         }
                         ticks
                     })
@@ -578,21 +578,20 @@ impl Inner {
     /// The stored message with the same (sender, client id) within the dedup window, and its
     /// seq in the sender's inbox (or the room's log).
     fn find_duplicate(&self, st: &State, m: &NewMessage) -> Result<Option<(Arc<StoredMessage>, u64)>, StoreError> {
-        let in_memory = |pos: u64| -> Result<Option<(Arc<StoredMessage>, u64)>, StoreError> {
-            let seq = st.meta(pos).map_or(0, |meta| meta.seq);
-            Ok(Some((self.message(st, pos)?, seq)))
+        let in_memory = |pos: u64| -> Result<(Arc<StoredMessage>, u64), StoreError> {
+            Ok((self.message(st, pos)?, st.meta(pos).map_or(0, |meta| meta.seq)))
         };
         if !st.dedup_exact.is_empty() {
             if let Some(&pos) = st.dedup_exact.get(&(m.sender.clone(), m.client_msg_id.clone())) {
-                return in_memory(pos);
+                return in_memory(pos).map(Some);
             }
         }
         let key = dedup_key(&m.sender, &m.client_msg_id);
         let same = |stored: &StoredMessage| stored.sender == m.sender && stored.client_msg_id == m.client_msg_id;
         if let Some(&pos) = st.dedup.get(&key) {
             let found = in_memory(pos)?;
-            if found.as_ref().is_some_and(|(msg, _)| same(msg)) {
-                return Ok(found);
+            if same(&found.0) {
+                return Ok(Some(found));
             }
         }
         // Spilled messages still inside the window have their keys in the cold index.
@@ -708,14 +707,13 @@ impl Inner {
     /// checkpoint when due.
     fn maintain(&self, idle_ticks: &mut u32) {
         let now = crate::ids::now_ms();
-        self.index_upkeep();
+        self.index_upkeep(now);
         self.tickets_and_checkpoint(now, idle_ticks);
     }
 
-    /// Moves the dedup window on (dropping spilled keys that left it) and spills the index
-    /// beyond the hot range.
-    fn index_upkeep(&self) {
-        let now = crate::ids::now_ms();
+    /// Moves the dedup window on to `now` (dropping spilled keys that left it) and spills the
+    /// index beyond the hot range.
+    fn index_upkeep(&self, now: u64) {
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         if let Ok(_m) = self.maint.lock() {
             let left = self.state.write().expire_dedup(now.saturating_sub(window));
