@@ -290,6 +290,13 @@ pub struct Config {
     #[arg(long, env = "TETHER_LOG_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub log_segment_bytes: u64,
 
+    /// Log store: prepare the next segment (zero bytes written in full, fsynced) once the
+    /// current one is half full, so a commit's fsync flushes data only, not the file's size
+    /// too. Off on copy-on-write filesystems (btrfs, ZFS), where writing over zeros gains
+    /// nothing.
+    #[arg(long, env = "TETHER_LOG_PREALLOCATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_preallocate: bool,
+
     /// Log store: bytes of the newest message bodies kept in memory; older ones are read from
     /// their segment when a device asks for them.
     #[arg(long, env = "TETHER_LOG_HOT_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -404,6 +411,7 @@ impl Config {
     pub fn log_settings(&self) -> crate::store::log::LogSettings {
         crate::store::log::LogSettings {
             segment_bytes: self.log_segment_bytes.max(4096),
+            preallocate: self.log_preallocate,
             hot_bytes: self.log_hot_bytes,
             dedup_window: self.dedup_window,
             checkpoint_every: self.log_checkpoint_every,

@@ -118,19 +118,94 @@ async fn a_write_cut_at_any_offset_of_the_newest_segment_loses_nothing_acknowled
 }
 
 #[tokio::test]
-async fn zeros_after_the_last_record_are_a_torn_tail() {
+async fn zeros_after_the_last_record_are_space_written_over_and_refused_in_a_closed_segment() {
     let dir = tempfile::tempdir().expect("dir");
-    let s = open(dir.path()).expect("open");
-    let batches = fill(&s, dir.path(), 3).await;
+    // No segment prepared in the background: the zeros below are the only ones.
+    let settings = || LogSettings { preallocate: false, ..small() };
+    let s = LogStore::open(dir.path(), settings(), StoreHooks::default()).expect("open");
+    let batches = fill(&s, dir.path(), 8).await;
     drop(s);
-    let (_, seg, len) = batches[2].clone();
+    let (_, seg, len) = batches[7].clone();
+    let open = |d: &Path| LogStore::open(d, settings(), StoreHooks::default());
     let f = std::fs::OpenOptions::new().write(true).open(segment::path(dir.path(), seg)).expect("open");
-    // The file grew but its data never reached the disk (a crash after the size update).
+    // Zeros after the last record: prepared space, or a file that grew while its data never
+    // reached the disk (a crash after the size update). Either way the next record goes there.
     f.set_len(len + 4096).expect("extend");
     drop(f);
     let s = open(dir.path()).expect("reopen");
-    assert_eq!(inbox_ids(&s, "bob").await.len(), 15);
-    assert_eq!(std::fs::metadata(segment::path(dir.path(), seg)).expect("meta").len(), len, "truncated");
+    assert_eq!(inbox_ids(&s, "bob").await.len(), 40);
+    let r = s.append(vec![msg(100, "alice", Address::user("bob"))], vec![]).await.expect("append");
+    assert_eq!(r[0].as_ref().expect("stored").sender_seq, 41);
+    assert_eq!(std::fs::metadata(segment::path(dir.path(), seg)).expect("meta").len(), len + 4096, "written over");
+    drop(s);
+    let s = open(dir.path()).expect("reopen");
+    assert_eq!(inbox_ids(&s, "bob").await.len(), 41);
+    drop(s);
+    // In a segment before the newest, zeros after the last record may be durable records
+    // that were lost: refused like any damage.
+    let older = *segment::list(dir.path()).expect("list").first().expect("a segment");
+    assert!(older < seg, "several segments");
+    let f = std::fs::OpenOptions::new().append(true).open(segment::path(dir.path(), older)).expect("open");
+    f.set_len(f.metadata().expect("meta").len() + 512).expect("extend");
+    drop(f);
+    let e = open(dir.path()).err().expect("refused");
+    assert!(e.to_string().contains("is damaged at offset") && e.to_string().contains("store repair"), "{e}");
+}
+
+#[tokio::test]
+async fn segments_are_prepared_ahead_and_written_over() {
+    let dir = tempfile::tempdir().expect("dir");
+    // 2,048-byte segments: the next one is prepared once the current one holds 1,024 bytes.
+    let s = open(dir.path()).expect("open");
+    let mut prepared_rolls = 0;
+    let mut plain_rolls = 0;
+    for b in 0..40u64 {
+        s.maintain().await;
+        let before = segment::list(dir.path()).expect("list");
+        let newest = *before.last().expect("a segment");
+        let ready = segment::prep_path(dir.path(), newest + 1).exists();
+        let ids: Vec<u64> = (b * 5 + 1..=b * 5 + 5).collect();
+        s.append(ids.iter().map(|i| msg(*i, "alice", Address::user("bob"))).collect(), vec![]).await.expect("append");
+        let after = segment::list(dir.path()).expect("list");
+        if after.len() > before.len() {
+            // The writer moved on: into the prepared segment when there was one (renamed into
+            // place, still its full size), else into a new one.
+            let next = *after.last().expect("a segment");
+            assert!(!segment::prep_path(dir.path(), next).exists(), "batch {b}: the prepared file was renamed");
+            let len = std::fs::metadata(segment::path(dir.path(), next)).expect("meta").len();
+            if ready {
+                prepared_rolls += 1;
+                assert_eq!(len, 2048, "batch {b}: a prepared segment has its full size");
+            } else {
+                plain_rolls += 1;
+                assert_eq!(len, segment::HEADER, "batch {b}: a new segment has its header only");
+            }
+        }
+    }
+    assert!(prepared_rolls >= 5, "most roll-overs went into prepared segments ({prepared_rolls}, {plain_rolls} plain)");
+    // Closed segments end at their last record; only the newest has space left.
+    let ids = segment::list(dir.path()).expect("list");
+    for id in &ids[..ids.len() - 1] {
+        assert_eq!(segment::scan(dir.path(), *id).expect("scan").tail, segment::Tail::Clean, "segment {id}");
+    }
+    let newest = *ids.last().expect("a segment");
+    let len = std::fs::metadata(segment::path(dir.path(), newest)).expect("meta").len();
+    assert!(matches!(segment::scan(dir.path(), newest).expect("scan").tail, segment::Tail::Zeros { .. }));
+    assert_eq!(inbox_ids(&s, "bob").await, (1..=200).collect::<Vec<_>>());
+    drop(s);
+    // Reopened, the log goes on over the zeros of the newest segment.
+    let s = open(dir.path()).expect("reopen");
+    assert_eq!(inbox_ids(&s, "bob").await.len(), 200);
+    let r = s.append(vec![msg(1_000, "alice", Address::user("bob"))], vec![]).await.expect("append");
+    assert_eq!(r[0].as_ref().expect("stored").sender_seq, 201);
+    assert_eq!(segment::list(dir.path()).expect("list").last(), Some(&newest));
+    assert_eq!(std::fs::metadata(segment::path(dir.path(), newest)).expect("meta").len(), len, "written over");
+    drop(s);
+    // A prepared segment left by a stopped process is not part of the log and goes away.
+    segment::prepare(dir.path(), newest + 1, 2048).expect("prepare");
+    let s = open(dir.path()).expect("reopen");
+    assert!(!segment::prep_path(dir.path(), newest + 1).exists());
+    assert_eq!(inbox_ids(&s, "bob").await.len(), 201);
 }
 
 #[tokio::test]

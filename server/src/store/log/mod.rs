@@ -61,6 +61,9 @@ pub struct LogSettings {
     pub index_hot: usize,
     /// Memory of the cold index's LSM-tree.
     pub cold: cold::ColdSettings,
+    /// Prepare the next segment (written in full as zero bytes) once the current one is half
+    /// full, so commits write over allocated space ([`segment`]).
+    pub preallocate: bool,
 }
 
 impl Default for LogSettings {
@@ -73,6 +76,7 @@ impl Default for LogSettings {
             checkpoint_bytes: 256 * 1024 * 1024,
             index_hot: 1_000_000,
             cold: cold::ColdSettings::default(),
+            preallocate: true,
         }
     }
 }
@@ -115,6 +119,8 @@ struct Writer {
     closed: bool,
     /// Bytes appended since the last checkpoint.
     since_checkpoint: u64,
+    /// The next segment is prepared (its id), see [`segment::prepare`].
+    prepared: Option<u64>,
 }
 
 /// One message of a batch as planned: new (with its seqs) or a duplicate of a stored one.
@@ -149,6 +155,7 @@ impl LogStore {
             )));
         }
         let cold = cold::ColdIndex::open(&index, settings.cold)?;
+        segment::remove_prepared(dir)?;
         let mut ids = segment::list(dir)?;
         ids.retain(|id| *id >= from.seg);
         let hot = settings.hot_bytes;
@@ -187,8 +194,14 @@ impl LogStore {
                 // A checkpoint written before the next commit names where this state ends.
                 state.end = state::Pos { seg: id, offset: end };
             }
+            let mut zeros = false;
             match scan.tail {
                 Tail::Clean => {}
+                Tail::Zeros { at } if Some(id) == last => {
+                    // Prepared space not written yet: the next record goes over it.
+                    end = at;
+                    zeros = true;
+                }
                 Tail::Torn { at, bytes } if Some(id) == last => {
                     tracing::warn!(segment = %segment::path(dir, id).display(), at, bytes, "torn write at the end of the log (a crash during a write): truncated");
                     end = at.max(segment::HEADER);
@@ -199,7 +212,7 @@ impl LogStore {
                         continue;
                     }
                 }
-                Tail::Torn { at, .. } | Tail::Corrupt { at, .. } => {
+                Tail::Torn { at, .. } | Tail::Zeros { at } | Tail::Corrupt { at, .. } => {
                     return Err(log_err(format!(
                         "segment {} is damaged at offset {at} (data that was durable): refusing to start. \
                          Stop the node and run `tether-server store repair --log {}` (it keeps a copy of the \
@@ -210,7 +223,7 @@ impl LogStore {
                 }
             }
             if Some(id) == last {
-                app = Some(Appender::open(dir, id, end)?);
+                app = Some(Appender::open(dir, id, end, zeros)?);
             }
         }
         let app = match app {
@@ -222,7 +235,14 @@ impl LogStore {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             settings,
-            writer: Mutex::new(Writer { app, buf: Vec::new(), dirty: None, closed: false, since_checkpoint: 0 }),
+            writer: Mutex::new(Writer {
+                app,
+                buf: Vec::new(),
+                dirty: None,
+                closed: false,
+                since_checkpoint: 0,
+                prepared: None,
+            }),
             state: RwLock::new(state),
             cold,
             maint: Mutex::new(()),
@@ -399,7 +419,8 @@ impl Inner {
             (first..st.next_pos).filter_map(|p| st.msgs.get(&p).cloned()).collect()
         };
         if w.app.written >= self.settings.segment_bytes {
-            if let Err(e) = w.app.roll_over() {
+            let prepared = w.prepared.take() == Some(w.app.id + 1);
+            if let Err(e) = w.app.roll_over(prepared) {
                 // The current segment simply grows; the next write tries again.
                 tracing::warn!(error = %e, "could not start a new log segment");
                 self.hooks.metrics.store_error("segment");
@@ -711,9 +732,44 @@ impl Inner {
         self.tickets_and_checkpoint(now, idle_ticks);
     }
 
+    /// Prepares the next segment once the current one is half full (see [`segment::prepare`]):
+    /// written outside the writer's lock, offered to the writer only if it still follows the
+    /// current segment. Without one (preallocation off, a full disk, not ready in time) the
+    /// writer creates the next segment itself.
+    fn prepare_segment(&self) {
+        if !self.settings.preallocate {
+            return;
+        }
+        let next = match self.writer.lock() {
+            Ok(w) if !w.closed && w.prepared.is_none() && w.app.written >= self.settings.segment_bytes / 2 => {
+                w.app.id + 1
+            }
+            _ => return,
+        };
+        let started = std::time::Instant::now();
+        if let Err(e) = segment::prepare(&self.dir, next, self.settings.segment_bytes) {
+            self.hooks.metrics.store_error("prepare");
+            tracing::warn!(error = %e, segment = next, "could not prepare the next log segment; it is created when needed");
+            return;
+        }
+        self.hooks.metrics.store_op("prepare", started.elapsed().as_secs_f64());
+        let taken = match self.writer.lock() {
+            Ok(mut w) if w.app.id + 1 == next && w.prepared.is_none() => {
+                w.prepared = Some(next);
+                true
+            }
+            _ => false,
+        };
+        if !taken {
+            // The writer moved on without it.
+            let _ = std::fs::remove_file(segment::prep_path(&self.dir, next));
+        }
+    }
+
     /// Moves the dedup window on to `now` (dropping spilled keys that left it) and spills the
     /// index beyond the hot range.
     fn index_upkeep(&self, now: u64) {
+        self.prepare_segment();
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         if let Ok(_m) = self.maint.lock() {
             let left = self.state.write().expire_dedup(now.saturating_sub(window));

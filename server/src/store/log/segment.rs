@@ -5,6 +5,13 @@
 //! then records, each `len: u32 LE | crc: u32 LE | body[len]`, where `crc` is the CRC-32 of the
 //! four length bytes followed by the body. Only the newest segment is ever appended to; a new
 //! one is created (file and directory fsynced) once the current one is full.
+//!
+//! A busy log writes into space prepared ahead: the next segment is written in full as the
+//! header and zero bytes under a temporary name (`<id>.seg.prep`), fsynced, and renamed into
+//! place when the current one is full. An `fdatasync` of bytes written over that space flushes
+//! the data alone; one of bytes appended past a file's end must also write the inode (its new
+//! size), a second I/O per commit. So the newest segment may end in zero bytes (space not
+//! written yet); a closed segment is cut to its last record before the next one starts.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -104,6 +111,12 @@ pub enum Tail {
         /// How many bytes.
         bytes: u64,
     },
+    /// Zero bytes from `at` to the end of the file and nothing else: space prepared for records
+    /// not written yet. Only acceptable at the end of the newest segment.
+    Zeros {
+        /// Where the zero bytes start (where the next record goes).
+        at: u64,
+    },
     /// A damaged record with intact records after it: data that was durable is damaged.
     Corrupt {
         /// Where the damage starts.
@@ -170,6 +183,9 @@ pub fn scan(dir: &Path, id: u64) -> Result<Scan, SegmentError> {
                 records.push(Found { offset: at as u64, body: data[body.clone()].to_vec() });
                 at = body.end;
             }
+            None if data[at..].iter().all(|b| *b == 0) => {
+                return Ok(Scan { id, records, tail: Tail::Zeros { at: at as u64 } });
+            }
             None => {
                 let next = (at + 1..data.len()).find(|&i| record_at(&data, i).is_some());
                 let tail = match next {
@@ -181,6 +197,51 @@ pub fn scan(dir: &Path, id: u64) -> Result<Scan, SegmentError> {
         }
     }
     Ok(Scan { id, records, tail: Tail::Clean })
+}
+
+/// Where segment `id` is prepared before it is renamed into place.
+pub fn prep_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg.prep"))
+}
+
+/// Zero bytes written per step while a segment is prepared (each step is fsynced, so the
+/// device never has a whole segment to flush at once in front of the log's own syncs).
+const PREPARE_STEP: usize = 4 * 1024 * 1024;
+
+/// Prepares segment `id` under its temporary name: the header, then zero bytes up to `size`,
+/// written and fsynced. Nothing of it is left behind when it fails (a full disk).
+pub fn prepare(dir: &Path, id: u64, size: u64) -> io::Result<()> {
+    let p = prep_path(dir, id);
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&p)?;
+        let mut head = Vec::with_capacity(HEADER as usize);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&id.to_le_bytes());
+        f.write_all(&head)?;
+        let zeros = vec![0u8; PREPARE_STEP];
+        let mut left = size.saturating_sub(HEADER);
+        while left > 0 {
+            let n = left.min(PREPARE_STEP as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            f.sync_data()?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&p);
+    })
+}
+
+/// Removes prepared segments left by a stopped process (they were never part of the log).
+pub fn remove_prepared(dir: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_str().is_some_and(|n| n.ends_with(".seg.prep")) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates segment `id` with its header, fsyncs it and the directory.
@@ -212,10 +273,11 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Opens segment `id` to append at `len` (truncating anything after it, as a torn tail).
-    pub fn open(dir: &Path, id: u64, len: u64) -> io::Result<Self> {
+    /// Opens segment `id` to append at `len`: anything after it is cut off (a torn tail),
+    /// unless it is prepared space (`zeros`), which is kept and written over.
+    pub fn open(dir: &Path, id: u64, len: u64, zeros: bool) -> io::Result<Self> {
         let mut file = OpenOptions::new().read(true).write(true).open(path(dir, id))?;
-        if file.metadata()?.len() != len {
+        if !zeros && file.metadata()?.len() != len {
             file.set_len(len)?;
             file.sync_all()?;
         }
@@ -255,9 +317,23 @@ impl Appender {
         Ok(())
     }
 
-    /// Moves on to a new segment `self.id + 1` (the current one is durable and complete).
-    pub fn roll_over(&mut self) -> io::Result<()> {
-        let next = Appender::create(&self.dir, self.id + 1)?;
+    /// Moves on to a new segment `self.id + 1` (the current one is durable and complete):
+    /// the prepared one when `prepared` (see [`prepare`]), else a new file. The current one
+    /// is first cut to its last record, so only the newest segment ever ends in zero bytes.
+    pub fn roll_over(&mut self, prepared: bool) -> io::Result<()> {
+        if self.file.metadata()?.len() > self.written {
+            self.file.set_len(self.written)?;
+            self.file.sync_all()?;
+        }
+        let id = self.id + 1;
+        let next = if prepared {
+            std::fs::rename(prep_path(&self.dir, id), path(&self.dir, id))?;
+            sync_dir(&self.dir)?;
+            let file = OpenOptions::new().read(true).write(true).open(path(&self.dir, id))?;
+            Appender { dir: self.dir.clone(), file, id, durable: HEADER, written: HEADER }
+        } else {
+            Appender::create(&self.dir, id)?
+        };
         *self = next;
         Ok(())
     }
@@ -311,6 +387,8 @@ pub fn repair(dir: &Path, id: u64) -> Result<Option<Repaired>, SegmentError> {
                 out.extend_from_slice(&data[at..body.end]);
                 at = body.end;
             }
+            // Prepared space at the end is not damage: the rewrite simply ends before it.
+            None if data[at..].iter().all(|b| *b == 0) => break,
             None => {
                 let next = (at + 1..data.len()).find(|&i| record_at(&data, i).is_some()).unwrap_or(data.len());
                 cut.push((at as u64, (next - at) as u64));
@@ -392,21 +470,68 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_filled_or_cut_tail_is_torn() {
+    fn a_zero_tail_is_space_to_write_over_and_a_cut_or_dirty_tail_is_torn() {
         let dir = tempfile::tempdir().expect("dir");
         segment_with(dir.path(), 1, &[b"first", b"second"]);
         let p = path(dir.path(), 1);
         let len = std::fs::metadata(&p).expect("meta").len();
-        // Zeros after the last record (size extended, data never written).
+        // Zeros after the last record: prepared space (or a size extended whose data never
+        // reached the disk): the next record goes at its start.
         let mut f = OpenOptions::new().append(true).open(&p).expect("open");
         f.write_all(&[0u8; 100]).expect("zeros");
         let s = scan(dir.path(), 1).expect("scan");
         assert_eq!(s.records.len(), 2);
-        assert_eq!(s.tail, Tail::Torn { at: len, bytes: 100 });
-        // Reopening for append truncates the torn bytes.
-        let a = Appender::open(dir.path(), 1, len).expect("open");
-        assert_eq!(a.durable, len);
-        assert_eq!(std::fs::metadata(&p).expect("meta").len(), len);
+        assert_eq!(s.tail, Tail::Zeros { at: len });
+        // Reopened over prepared space, the zeros stay (written over, not cut).
+        let mut a = Appender::open(dir.path(), 1, len, true).expect("open");
+        assert_eq!((a.durable, a.written), (len, len));
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), len + 100);
+        let mut rec = Vec::new();
+        frame(&mut rec, b"third");
+        assert_eq!(a.write(&rec).expect("write"), len);
+        a.sync().expect("sync");
+        let s = scan(dir.path(), 1).expect("scan");
+        assert_eq!(s.records.len(), 3);
+        assert_eq!(s.tail, Tail::Zeros { at: len + rec.len() as u64 });
+        // Zeros, then half a record: torn; reopening cuts it off (and the zeros with it).
+        f.write_all(&rec[..7]).expect("half");
+        let s = scan(dir.path(), 1).expect("scan");
+        let end = len + rec.len() as u64;
+        assert_eq!(s.tail, Tail::Torn { at: end, bytes: 100 - rec.len() as u64 + 7 });
+        let a = Appender::open(dir.path(), 1, end, false).expect("open");
+        assert_eq!(a.durable, end);
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), end);
+    }
+
+    #[test]
+    fn a_prepared_segment_is_renamed_into_place_and_the_closed_one_cut_to_its_records() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut a = Appender::create(dir.path(), 1).expect("create");
+        let mut rec = Vec::new();
+        frame(&mut rec, b"one");
+        a.write(&rec).expect("write");
+        a.sync().expect("sync");
+        prepare(dir.path(), 2, 10_000).expect("prepare");
+        // Not part of the log until it is renamed.
+        assert_eq!(list(dir.path()).expect("list"), vec![1]);
+        assert_eq!(std::fs::metadata(prep_path(dir.path(), 2)).expect("meta").len(), 10_000);
+        a.roll_over(true).expect("roll over");
+        assert_eq!(list(dir.path()).expect("list"), vec![1, 2]);
+        assert!(!prep_path(dir.path(), 2).exists());
+        assert_eq!(a.written, HEADER);
+        a.write(&rec).expect("write");
+        a.sync().expect("sync");
+        let s = scan(dir.path(), 2).expect("scan");
+        assert_eq!((s.records.len(), s.tail), (1, Tail::Zeros { at: HEADER + rec.len() as u64 }));
+        // Closing segment 2 (prepared, half empty) cuts its zeros: only the newest may have any.
+        a.roll_over(false).expect("roll over");
+        assert_eq!(std::fs::metadata(path(dir.path(), 2)).expect("meta").len(), HEADER + rec.len() as u64);
+        assert_eq!(scan(dir.path(), 2).expect("scan").tail, Tail::Clean);
+        // A prepared segment a stopped process left behind is removed.
+        prepare(dir.path(), 4, 5_000).expect("prepare");
+        remove_prepared(dir.path()).expect("remove");
+        assert!(!prep_path(dir.path(), 4).exists());
+        assert_eq!(list(dir.path()).expect("list"), vec![1, 2, 3]);
     }
 
     #[test]
