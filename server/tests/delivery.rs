@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use tether_proto::Frame;
 use tether_sdk::{ConnectionState, Credential, Event, KickReason, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,4 +433,40 @@ async fn calls_after_close_fail_with_a_typed_error_not_a_hang() {
         Err(tether_sdk::ClientError::Closed)
     ));
     assert_eq!(alice.state(), ConnectionState::LoggedOut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_falls_back_to_the_store_and_misses_nothing() {
+    const N: usize = 3000;
+    // Eight live deliveries queued per session at most; past that the session reads the store.
+    let server = Server::start(&["--session-queue", "8"]);
+    // Bob's device reads nothing for now: its QUIC receive window (1.25 MB) fills, the node's
+    // writes to it wait, and his session's queue overflows again and again.
+    let (mut bob, _) = Raw::login(&server, "bob", "bob-raw", None, None).await;
+    let (alice, _ae) = server.client("alice", "phone", "alice-phone").await;
+    alice.wait_online().await.expect("online");
+    let pad = "x".repeat(1024);
+    let sends = (0..N)
+        .map(|i| {
+            let send = alice.send_text("bob", &format!("{i} {pad}"));
+            tokio::spawn(send)
+        })
+        .collect();
+    expect_acks(sends, 120).await;
+    // Now he reads: every message once, in order, though most never sat in his queue.
+    let mut next = 1u64;
+    while next <= N as u64 {
+        match bob.read().await {
+            Some(Frame::Deliver(d)) => {
+                assert_eq!(d.seq, next, "in order, once");
+                let text = String::from_utf8_lossy(&d.payload);
+                assert_eq!(text.split(' ').next(), Some((next - 1).to_string().as_str()));
+                next += 1;
+            }
+            Some(_) => {}
+            None => panic!("bob's stream ended before seq {next}"),
+        }
+    }
+    assert!(server.metric("tether_sync_gaps_total").await > 0.0, "bob's session read what it dropped from the store");
+    alice.close().await;
 }

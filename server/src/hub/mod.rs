@@ -18,7 +18,7 @@ use serde::Serialize;
 use tether_proto::{Frame, KickReason, Presence, RoomEventKind};
 
 pub use local::LocalHub;
-pub use queue::{session_channel, LagSignal, RoomDelivery, SessionCmd, SessionRx, SessionTx};
+pub use queue::{session_channel, RoomDelivery, SessionCmd, SessionRx, SessionTx};
 pub use sessions::{Sessions, LAST_SEEN_CAP};
 
 use crate::store::StoredMessage;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tether_proto::{Frame, KickReason, SendAck, SendError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::store::StoredMessage;
 
@@ -34,6 +34,10 @@ pub enum SessionCmd {
     Superseded,
     /// The node is draining: send `go_away` and close.
     GoAway,
+    /// Live deliveries were dropped (the queue was full), or the node lost track of what it
+    /// delivered: read the inbox and every room from where this device is. Queued once until
+    /// the session takes it.
+    Lagged,
 }
 
 /// A room message as every member's session writes it.
@@ -49,15 +53,14 @@ pub struct RoomDelivery {
 
 /// The sending half of a session's command queue.
 ///
-/// Live deliveries are bounded: past `limit` queued ones the session is marked lagged and woken,
-/// and reads what it missed from the store instead, so a slow device never costs unbounded
-/// memory and never loses a message.
+/// Live deliveries are bounded: past `limit` queued ones the session is sent
+/// [`SessionCmd::Lagged`] (once, until it takes it) and reads what it missed from the store
+/// instead, so a slow device never costs unbounded memory and never loses a message.
 #[derive(Debug, Clone)]
 pub struct SessionTx {
     tx: mpsc::UnboundedSender<SessionCmd>,
     queued: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
-    wake: Arc<Notify>,
     limit: usize,
 }
 
@@ -67,7 +70,6 @@ pub struct SessionRx {
     rx: mpsc::UnboundedReceiver<SessionCmd>,
     queued: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
-    wake: Arc<Notify>,
 }
 
 /// A session's command queue with `limit` live deliveries.
@@ -75,11 +77,7 @@ pub fn session_channel(limit: usize) -> (SessionTx, SessionRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let lagged = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(Notify::new());
-    (
-        SessionTx { tx, queued: queued.clone(), lagged: lagged.clone(), wake: wake.clone(), limit },
-        SessionRx { rx, queued, lagged, wake },
-    )
+    (SessionTx { tx, queued: queued.clone(), lagged: lagged.clone(), limit }, SessionRx { rx, queued, lagged })
 }
 
 impl SessionTx {
@@ -100,8 +98,10 @@ impl SessionTx {
 
     /// Makes the session read its inbox and rooms from the store, as if it had lagged.
     pub fn resync(&self) {
-        self.lagged.store(true, Ordering::Release);
-        self.wake.notify_one();
+        // One marker in the queue until the session takes it (it clears the flag first).
+        if !self.lagged.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(SessionCmd::Lagged);
+        }
     }
 
     fn queue_live(&self, cmd: SessionCmd) {
@@ -132,32 +132,14 @@ impl SessionRx {
     }
 
     fn account(&self, cmd: &Option<SessionCmd>) {
-        if let Some(SessionCmd::Live { .. } | SessionCmd::RoomLive(_)) = cmd {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The signal that tells this session it lagged.
-    pub fn lag_signal(&self) -> LagSignal {
-        LagSignal { lagged: self.lagged.clone(), wake: self.wake.clone() }
-    }
-}
-
-/// Set when live deliveries to a session were dropped because its queue was full.
-#[derive(Debug, Clone)]
-pub struct LagSignal {
-    lagged: Arc<AtomicBool>,
-    wake: Arc<Notify>,
-}
-
-impl LagSignal {
-    /// Resolves (and clears the flag) once the session lagged.
-    pub async fn wait(&self) {
-        loop {
-            if self.lagged.swap(false, Ordering::AcqRel) {
-                return;
+        match cmd {
+            Some(SessionCmd::Live { .. } | SessionCmd::RoomLive(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
             }
-            self.wake.notified().await;
+            // Taken: a drop from now on queues a new marker (the catch-up it starts reads
+            // from the store what was dropped before this point).
+            Some(SessionCmd::Lagged) => self.lagged.store(false, Ordering::Release),
+            _ => {}
         }
     }
 }

@@ -236,6 +236,23 @@ impl Session {
                 writer.linger().await;
                 Flow::End(CloseCode::GoingAway)
             }
+            SessionCmd::Lagged => {
+                // Live deliveries were dropped: read the inbox and every room from where this
+                // device is.
+                ctx.metrics.sync_gaps.inc();
+                let after = self.order.next() - 1;
+                if let Err(c) = self.fill(ctx, writer, after, None).await {
+                    return Flow::End(c);
+                }
+                let rooms: Vec<(String, u64)> =
+                    self.rooms.iter().map(|(r, c)| (r.clone(), c.order.next() - 1)).collect();
+                for (room, after) in rooms {
+                    if let Err(c) = self.fill_room(ctx, writer, &room, after, None).await {
+                        return Flow::End(c);
+                    }
+                }
+                Flow::Continue
+            }
             SessionCmd::Superseded => {
                 info!("superseded by a new connection of the same device");
                 Flow::End(CloseCode::Superseded)

@@ -265,7 +265,6 @@ impl Session {
         if !writer.flush().await {
             return (CloseCode::Normal, None);
         }
-        let lag = self.rx.lag_signal();
         // One timer for the whole session, moved on when a frame arrives: re-creating it on
         // every wake-up would cost a timer-wheel insert and removal per delivery.
         let idle = tokio::time::sleep(ctx.cfg.idle_timeout);
@@ -298,25 +297,6 @@ impl Session {
                     }
                     None => Flow::End(CloseCode::ServerShutdown),
                 },
-                _ = lag.wait() => {
-                    // Live deliveries were dropped: read the inbox and every room from where
-                    // this device is.
-                    ctx.metrics.sync_gaps.inc();
-                    let after = self.order.next() - 1;
-                    let mut flow = match self.fill(ctx, &mut writer, after, None).await {
-                        Ok(()) => Flow::Continue,
-                        Err(c) => Flow::End(c),
-                    };
-                    let rooms: Vec<(String, u64)> = self.rooms.iter().map(|(r, c)| (r.clone(), c.order.next() - 1)).collect();
-                    for (room, after) in rooms {
-                        if matches!(flow, Flow::Continue) {
-                            if let Err(c) = self.fill_room(ctx, &mut writer, &room, after, None).await {
-                                flow = Flow::End(c);
-                            }
-                        }
-                    }
-                    flow
-                }
                 r = reader.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + ctx.cfg.idle_timeout);
                     match r {
