@@ -79,6 +79,33 @@ async fn the_idle_timeout_ends_a_silent_session_without_waiting_in_real_time() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn frames_keep_a_session_alive_and_the_idle_timeout_counts_from_the_last_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ctx, _clock) = context(dir.path()).await;
+    let (mut alice, _) = Pipe::login(&ctx, "alice", "phone", "a1").await;
+    tokio::time::pause();
+    // A ping every 20 s for 100 s: three idle periods of 30 s pass, none of them silent.
+    for nonce in 0..5 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        alice.send(&Frame::Ping(tether_proto::Ping { nonce })).await;
+        match alice.next().await {
+            Some(Frame::Pong(p)) => assert_eq!(p.nonce, nonce, "alive after {} s", (nonce + 1) * 20),
+            other => panic!("expected pong {nonce}, got {other:?}"),
+        }
+    }
+    // Then silence: the session ends 30 s after the last frame, not 30 s after it was set up.
+    let last = tokio::time::Instant::now();
+    while alice.next().await.is_some() {}
+    let silent = last.elapsed();
+    tokio::time::resume();
+    assert_eq!(alice.session.await.expect("session task"), CloseCode::IdleTimeout);
+    assert!(
+        silent >= Duration::from_secs(30) && silent < Duration::from_secs(31),
+        "ended {silent:?} after the last frame"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_second_login_of_a_device_type_replaces_the_first_and_a_resume_supersedes_quietly() {
     let dir = tempfile::tempdir().expect("dir");
     let (ctx, _clock) = context(dir.path()).await;

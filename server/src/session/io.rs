@@ -118,6 +118,9 @@ impl<R: ByteSource> FrameReader<R> {
     }
 }
 
+/// What a write buffer starts with (glibc serves up to 1,032 bytes from its per-thread cache).
+const FIRST_RESERVE: usize = 512;
+
 /// Buffers frames and writes them in one go.
 pub struct FrameWriter<W> {
     send: W,
@@ -133,7 +136,9 @@ impl<W: ByteSink> FrameWriter<W> {
     /// Appends a frame.
     pub fn push(&mut self, frame: &Frame) {
         if self.buf.capacity() == 0 {
-            self.buf.reserve(4096);
+            // Room for a frame or two: an allocation this small comes from the allocator's
+            // per-thread cache; a burst grows the buffer as it goes.
+            self.buf.reserve(FIRST_RESERVE);
         }
         if let Err(e) = tether_proto::encode(frame, &mut self.buf) {
             warn!(error = %e, "failed to encode a frame");
@@ -143,7 +148,7 @@ impl<W: ByteSink> FrameWriter<W> {
     /// Appends an already encoded frame.
     pub fn push_encoded(&mut self, frame: &[u8]) {
         if self.buf.capacity() == 0 {
-            self.buf.reserve(4096);
+            self.buf.reserve(FIRST_RESERVE.max(frame.len()));
         }
         self.buf.extend_from_slice(frame);
     }

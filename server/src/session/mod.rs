@@ -265,10 +265,12 @@ impl Session {
         if !writer.flush().await {
             return (CloseCode::Normal, None);
         }
-        // One timer for the whole session, moved on when a frame arrives: re-creating it on
-        // every wake-up would cost a timer-wheel insert and removal per delivery.
+        // One timer for the whole session. A frame only notes when it came; when the timer
+        // fires early (frames came since it was set) it is moved to the new deadline. Moving
+        // it per frame would cost a timer-wheel removal and insert per message.
         let idle = tokio::time::sleep(ctx.cfg.idle_timeout);
         tokio::pin!(idle);
+        let mut last_frame = Instant::now();
         loop {
             let flow = tokio::select! {
                 biased;
@@ -298,7 +300,7 @@ impl Session {
                     None => Flow::End(CloseCode::ServerShutdown),
                 },
                 r = reader.next() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + ctx.cfg.idle_timeout);
+                    last_frame = Instant::now();
                     match r {
                         Ok(d) => Box::pin(self.on_frame(d, ctx, &mut writer)).await,
                         Err(ReadError::Closed) => Flow::End(CloseCode::Normal),
@@ -312,11 +314,18 @@ impl Session {
                     }
                 }
                 _ = &mut idle => {
-                    // The peer has most likely vanished: no lingering for its acknowledgement,
-                    // so it is announced offline when the idle timer fires, not later.
-                    info!("idle timeout");
-                    writer.push(&error_frame(ErrorCode::Unavailable, "idle timeout", true));
-                    Flow::EndThenLinger(CloseCode::IdleTimeout)
+                    let deadline = last_frame + ctx.cfg.idle_timeout;
+                    if deadline > Instant::now() {
+                        idle.as_mut().reset(deadline);
+                        Flow::Continue
+                    } else {
+                        // The peer has most likely vanished: no lingering for its
+                        // acknowledgement, so it is announced offline when the idle timer
+                        // fires, not later.
+                        info!("idle timeout");
+                        writer.push(&error_frame(ErrorCode::Unavailable, "idle timeout", true));
+                        Flow::EndThenLinger(CloseCode::IdleTimeout)
+                    }
                 }
             };
             match flow {
