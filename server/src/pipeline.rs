@@ -1,9 +1,6 @@
 //! The write pipeline: every send and cursor update of the node goes through a writer task that
 //! groups what arrived while the previous batch was committing into the next transaction
-//! (group commit), then fans the results out in commit order. A writer on a thread of its own
-//! (the log store) hands each committed batch to a fan-out task on the sessions' runtime, so
-//! the acks and deliveries wake the sessions from where they run and the writer starts on the
-//! next batch at once.
+//! (group commit), then fans the results out in commit order.
 //!
 //! One writer on SQLite (one writer connection). On a shared database a node runs several,
 //! each owning the senders that hash to it: a sender's messages stay in one writer, so they
@@ -79,18 +76,42 @@ impl Pipeline {
         let writers = (0..writers.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(queue);
+                let task = run(rx, store.clone(), hub.clone(), metrics.clone(), batch.max(1));
                 if own_thread {
-                    // The writer loop on a thread of its own (see `Store::wants_own_thread`);
-                    // it hands each committed batch to a fan-out task among the sessions, so
-                    // the sessions are woken from the runtime they run on (a wake from a
-                    // foreign thread waits in the runtime's shared queue) and the writer gets
-                    // on with the next batch. Both end when the pipeline's senders are gone.
-                    let (done_tx, done_rx) = mpsc::channel(FANOUT_QUEUE);
-                    tokio::spawn(fan_out_batches(done_rx, hub.clone(), metrics.clone()));
-                    let task = run(rx, store.clone(), Sink::Task(done_tx), metrics.clone(), batch.max(1));
-                    spawn_writer_thread(i, task);
+                    // The writer loop on a thread of its own (see `Store::wants_own_thread`); it
+                    // ends when the pipeline's senders are gone.
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    match rt {
+                        Ok(rt) => {
+                            // The task is handed over once the thread runs, so a thread that
+                            // cannot be started leaves it here to run among the sessions.
+                            let (hand, take) = std::sync::mpsc::sync_channel(1);
+                            let spawned = std::thread::Builder::new().name(format!("{WRITER_THREAD}{i}")).spawn(
+                                move || {
+                                    if let Ok(task) = take.recv() {
+                                        rt.block_on(task);
+                                    }
+                                },
+                            );
+                            match spawned {
+                                Ok(_) => {
+                                    if let Err(std::sync::mpsc::SendError(task)) = hand.send(task) {
+                                        tokio::spawn(task);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "could not start the writer thread: the writer runs among the sessions");
+                                    tokio::spawn(task);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no runtime for a writer thread: the writer runs among the sessions");
+                            tokio::spawn(task);
+                        }
+                    }
                 } else {
-                    tokio::spawn(run(rx, store.clone(), Sink::Inline(hub.clone()), metrics.clone(), batch.max(1)));
+                    tokio::spawn(task);
                 }
                 tx
             })
@@ -118,67 +139,13 @@ impl Pipeline {
     }
 }
 
-/// Committed batches waiting for their fan-out, per writer: the writer runs ahead of the
-/// fan-out by at most this many batches.
-const FANOUT_QUEUE: usize = 64;
-
-/// Starts writer thread `i` running `task`. A thread that cannot be started leaves the task
-/// to run among the sessions.
-fn spawn_writer_thread(i: usize, task: impl std::future::Future<Output = ()> + Send + 'static) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::warn!(error = %e, "no runtime for a writer thread: the writer runs among the sessions");
-            tokio::spawn(task);
-            return;
-        }
-    };
-    // The task is handed over once the thread runs.
-    let (hand, take) = std::sync::mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new().name(format!("{WRITER_THREAD}{i}")).spawn(move || {
-        if let Ok(task) = take.recv() {
-            rt.block_on(task);
-        }
-    });
-    match spawned {
-        Ok(_) => {
-            if let Err(std::sync::mpsc::SendError(task)) = hand.send(task) {
-                tokio::spawn(task);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not start the writer thread: the writer runs among the sessions");
-            tokio::spawn(task);
-        }
-    }
-}
-
-/// One message of a durable batch: the store's answer, who asked, the room membership that
-/// came with it and its client message id.
-struct Stored {
-    result: Result<Appended, Refusal>,
-    origin: Origin,
-    members: Option<Arc<HashSet<String>>>,
-    client_msg_id: String,
-}
-
-/// What a writer did with one batch, in commit order.
-enum Committed {
-    /// The batch is durable: one entry per message.
-    Stored(Vec<Stored>),
-    /// The store failed the batch: nobody may be told it is stored.
-    Failed(StoreError, Vec<Origin>, Vec<String>),
-}
-
-/// Where a writer's committed batches go.
-enum Sink {
-    /// Fanned out by the writer itself (a writer that runs among the sessions).
-    Inline(Arc<dyn Hub>),
-    /// Handed to the fan-out task (a writer on its own thread).
-    Task(mpsc::Sender<Committed>),
-}
-
-async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, sink: Sink, metrics: Arc<Metrics>, batch: usize) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<dyn Store>,
+    hub: Arc<dyn Hub>,
+    metrics: Arc<Metrics>,
+    batch: usize,
+) {
     let mut jobs = Vec::with_capacity(batch);
     loop {
         jobs.clear();
@@ -203,64 +170,27 @@ async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, sink: Sink, met
         let res = store.append(msgs, cursors).await;
         metrics.store_op("append", started.elapsed().as_secs_f64());
         metrics.store_batch.observe(n as f64);
-        let committed = match res {
-            Ok(appended) => Committed::Stored(
-                appended
-                    .into_iter()
-                    .zip(origins)
-                    .zip(client_ids)
-                    .map(|((result, (origin, members)), client_msg_id)| Stored {
-                        result,
-                        origin,
-                        members,
-                        client_msg_id,
-                    })
-                    .collect(),
-            ),
-            Err(e) => Committed::Failed(e, origins.into_iter().map(|(o, _)| o).collect(), client_ids),
-        };
-        match &sink {
-            Sink::Inline(hub) => deliver_committed(&**hub, &metrics, committed),
-            Sink::Task(tx) => {
-                if tx.send(committed).await.is_err() {
-                    // The fan-out task is gone (the runtime is shutting down).
-                    return;
+        match res {
+            Ok(appended) => {
+                // Message by message, its deliveries before its answer: a session then never
+                // sees a later entry of its inbox before the ack of its own earlier one. (A
+                // cluster hub batches what goes to other nodes on its own.)
+                let mut deliveries = Vec::new();
+                for ((a, (origin, members)), client_msg_id) in appended.into_iter().zip(origins).zip(client_ids) {
+                    let answer = fan_out(&*hub, &metrics, a, origin, members, client_msg_id, &mut deliveries);
+                    if !deliveries.is_empty() {
+                        hub.deliver(std::mem::take(&mut deliveries));
+                    }
+                    answer.send();
                 }
             }
-        }
-    }
-}
-
-/// The fan-out task of a writer on its own thread: answers and deliveries of each committed
-/// batch, in commit order.
-async fn fan_out_batches(mut rx: mpsc::Receiver<Committed>, hub: Arc<dyn Hub>, metrics: Arc<Metrics>) {
-    while let Some(committed) = rx.recv().await {
-        deliver_committed(&*hub, &metrics, committed);
-    }
-}
-
-/// Answers the senders of one batch and hands its messages to the hub.
-fn deliver_committed(hub: &dyn Hub, metrics: &Metrics, committed: Committed) {
-    match committed {
-        Committed::Stored(results) => {
-            // Message by message, its deliveries before its answer: a session then never
-            // sees a later entry of its inbox before the ack of its own earlier one. (A
-            // cluster hub batches what goes to other nodes on its own.)
-            let mut deliveries = Vec::new();
-            for m in results {
-                let answer = fan_out(hub, metrics, m.result, m.origin, m.members, m.client_msg_id, &mut deliveries);
-                if !deliveries.is_empty() {
-                    hub.deliver(std::mem::take(&mut deliveries));
-                }
-                answer.send();
+            Err(e) => {
+                fail(&metrics, e, origins.into_iter().map(|(o, _)| o).collect(), client_ids);
+                // The batch may have committed although the store could not say so (a failed
+                // fsync): nobody was told, and its recipients got nothing live. The senders
+                // retry and get the original ack; the recipients read their inboxes again.
+                hub.resync_all();
             }
-        }
-        Committed::Failed(e, origins, client_ids) => {
-            fail(metrics, e, origins, client_ids);
-            // The batch may have committed although the store could not say so (a failed
-            // fsync): nobody was told, and its recipients got nothing live. The senders
-            // retry and get the original ack; the recipients read their inboxes again.
-            hub.resync_all();
         }
     }
 }
