@@ -278,7 +278,7 @@ impl LogStore {
                         if full {
                             i.maintain(&mut ticks);
                         } else {
-                            i.index_upkeep(crate::ids::now_ms());
+                            i.upkeep(crate::ids::now_ms());
                         }
                         ticks
                     })
@@ -313,7 +313,8 @@ impl LogStore {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs maintenance now: dedup window, expired tickets, spill, checkpoint when due.
+    /// Runs maintenance now: next segment prepared when due, dedup window, expired tickets,
+    /// spill, checkpoint when due.
     pub async fn maintain(&self) {
         let i = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || i.maintain(&mut 0)).await;
@@ -724,12 +725,19 @@ impl Inner {
         self.commit(&mut w, op, rec).map(drop)
     }
 
-    /// Periodic work: dedup window and spill ([`Inner::index_upkeep`]), expired tickets,
-    /// checkpoint when due.
+    /// Periodic work: the next segment, dedup window and spill ([`Inner::upkeep`]), expired
+    /// tickets, checkpoint when due.
     fn maintain(&self, idle_ticks: &mut u32) {
         let now = crate::ids::now_ms();
-        self.index_upkeep(now);
+        self.upkeep(now);
         self.tickets_and_checkpoint(now, idle_ticks);
+    }
+
+    /// What runs on every tick: the next segment prepared when due, the index kept near its
+    /// hot size.
+    fn upkeep(&self, now: u64) {
+        self.prepare_segment();
+        self.index_upkeep(now);
     }
 
     /// Prepares the next segment once the current one is half full (see [`segment::prepare`]):
@@ -769,7 +777,6 @@ impl Inner {
     /// Moves the dedup window on to `now` (dropping spilled keys that left it) and spills the
     /// index beyond the hot range.
     fn index_upkeep(&self, now: u64) {
-        self.prepare_segment();
         let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         if let Ok(_m) = self.maint.lock() {
             let left = self.state.write().expire_dedup(now.saturating_sub(window));

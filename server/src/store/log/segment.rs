@@ -183,7 +183,7 @@ pub fn scan(dir: &Path, id: u64) -> Result<Scan, SegmentError> {
                 records.push(Found { offset: at as u64, body: data[body.clone()].to_vec() });
                 at = body.end;
             }
-            None if data[at..].iter().all(|b| *b == 0) => {
+            None if zeros_from(&data, at) => {
                 return Ok(Scan { id, records, tail: Tail::Zeros { at: at as u64 } });
             }
             None => {
@@ -197,6 +197,20 @@ pub fn scan(dir: &Path, id: u64) -> Result<Scan, SegmentError> {
         }
     }
     Ok(Scan { id, records, tail: Tail::Clean })
+}
+
+/// The header of segment `id`: the magic, then the id.
+fn header(id: u64) -> [u8; HEADER as usize] {
+    let mut head = [0u8; HEADER as usize];
+    head[..8].copy_from_slice(MAGIC);
+    head[8..].copy_from_slice(&id.to_le_bytes());
+    head
+}
+
+/// Whether `data` holds only zero bytes from `at` on: space prepared for records not written
+/// yet (see [`prepare`]).
+fn zeros_from(data: &[u8], at: usize) -> bool {
+    data[at..].iter().all(|b| *b == 0)
 }
 
 /// Where segment `id` is prepared before it is renamed into place.
@@ -214,10 +228,7 @@ pub fn prepare(dir: &Path, id: u64, size: u64) -> io::Result<()> {
     let p = prep_path(dir, id);
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&p)?;
-        let mut head = Vec::with_capacity(HEADER as usize);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&id.to_le_bytes());
-        f.write_all(&head)?;
+        f.write_all(&header(id))?;
         let zeros = vec![0u8; PREPARE_STEP];
         let mut left = size.saturating_sub(HEADER);
         while left > 0 {
@@ -248,10 +259,7 @@ pub fn remove_prepared(dir: &Path) -> io::Result<()> {
 pub fn create(dir: &Path, id: u64) -> io::Result<File> {
     let p = path(dir, id);
     let mut f = OpenOptions::new().create_new(true).read(true).write(true).open(&p)?;
-    let mut head = Vec::with_capacity(HEADER as usize);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&id.to_le_bytes());
-    let res = f.write_all(&head).and_then(|()| f.sync_all()).and_then(|()| sync_dir(dir));
+    let res = f.write_all(&header(id)).and_then(|()| f.sync_all()).and_then(|()| sync_dir(dir));
     if let Err(e) = res {
         // Not started after all (a full disk): the next attempt creates it afresh.
         let _ = std::fs::remove_file(&p);
@@ -287,8 +295,12 @@ impl Appender {
 
     /// Creates segment `id` and opens it for appending.
     pub fn create(dir: &Path, id: u64) -> io::Result<Self> {
-        let file = create(dir, id)?;
-        Ok(Appender { dir: dir.to_path_buf(), file, id, durable: HEADER, written: HEADER })
+        Ok(Appender::after_header(dir, create(dir, id)?, id))
+    }
+
+    /// Segment `id`, open as `file`, to append right after its header.
+    fn after_header(dir: &Path, file: File, id: u64) -> Self {
+        Appender { dir: dir.to_path_buf(), file, id, durable: HEADER, written: HEADER }
     }
 
     /// Writes framed bytes (not yet durable); returns the offset they start at.
@@ -330,7 +342,7 @@ impl Appender {
             std::fs::rename(prep_path(&self.dir, id), path(&self.dir, id))?;
             sync_dir(&self.dir)?;
             let file = OpenOptions::new().read(true).write(true).open(path(&self.dir, id))?;
-            Appender { dir: self.dir.clone(), file, id, durable: HEADER, written: HEADER }
+            Appender::after_header(&self.dir, file, id)
         } else {
             Appender::create(&self.dir, id)?
         };
@@ -388,7 +400,7 @@ pub fn repair(dir: &Path, id: u64) -> Result<Option<Repaired>, SegmentError> {
                 at = body.end;
             }
             // Prepared space at the end is not damage: the rewrite simply ends before it.
-            None if data[at..].iter().all(|b| *b == 0) => break,
+            None if zeros_from(&data, at) => break,
             None => {
                 let next = (at + 1..data.len()).find(|&i| record_at(&data, i).is_some()).unwrap_or(data.len());
                 cut.push((at as u64, (next - at) as u64));
