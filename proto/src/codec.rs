@@ -13,10 +13,20 @@ pub const LEN_PREFIX: usize = 4;
 
 /// Appends one frame (length prefix and body) to `buf`.
 pub fn encode(frame: &Frame, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    encode_value(frame, buf)
+}
+
+/// Appends one `deliver` frame from borrowed fields: the same bytes as [`encode`] of the
+/// equal [`Frame::Deliver`].
+pub fn encode_deliver(deliver: &DeliverRef<'_>, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    encode_value(deliver, buf)
+}
+
+fn encode_value<T: serde::Serialize + ?Sized>(value: &T, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let start = buf.len();
     buf.put_u32(0);
     let mut writer = buf.writer();
-    let res = rmp_serde::encode::write_named(&mut writer, frame);
+    let res = rmp_serde::encode::write_named(&mut writer, value);
     let buf = writer.into_inner();
     if let Err(e) = res {
         buf.truncate(start);
@@ -161,6 +171,37 @@ mod tests {
     fn every_vector_roundtrips() {
         for v in crate::vectors::all() {
             roundtrip(v.frame);
+        }
+    }
+
+    #[test]
+    fn a_borrowed_deliver_encodes_to_the_same_bytes_as_the_frame() {
+        let mut delivers: Vec<Deliver> = crate::vectors::all()
+            .into_iter()
+            .filter_map(|v| match v.frame {
+                Frame::Deliver(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert!(!delivers.is_empty(), "the vectors have a deliver frame");
+        delivers.push(Deliver {
+            msg_id: u64::MAX,
+            seq: 0,
+            from: String::new(),
+            from_device: "é-device".into(),
+            client_msg_id: "c".repeat(300),
+            to: Address::room("lobby"),
+            ts: 1 << 40,
+            content_type: "application/octet-stream".into(),
+            payload: (0..=255u8).cycle().take(70_000).collect(),
+        });
+        for d in delivers {
+            let (mut framed, mut borrowed) = (BytesMut::new(), BytesMut::new());
+            encode(&Frame::Deliver(d.clone()), &mut framed).unwrap();
+            encode_deliver(&d.borrowed(), &mut borrowed).unwrap();
+            assert_eq!(borrowed, framed, "{d:?}");
+            let mut dec = Decoder::new(1 << 20);
+            assert_eq!(dec.decode(&mut borrowed).unwrap(), Some(Decoded::Frame(Frame::Deliver(d))));
         }
     }
 

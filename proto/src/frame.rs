@@ -491,6 +491,50 @@ pub struct Deliver {
     pub payload: Vec<u8>,
 }
 
+/// A `deliver` frame over borrowed fields, for a sender that holds the message elsewhere (the
+/// server's stored messages): encoded with [`crate::encode_deliver`], it is byte for byte the
+/// encoding of [`Frame::Deliver`] with the same values, without copying the fields first.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "type", rename = "deliver")]
+pub struct DeliverRef<'a> {
+    /// Server-wide message id.
+    pub msg_id: u64,
+    /// Sequence number in the receiving user's inbox (or the room's log).
+    pub seq: u64,
+    /// Sending user.
+    pub from: &'a str,
+    /// Device id that sent it.
+    pub from_device: &'a str,
+    /// The sender's id for the message.
+    pub client_msg_id: &'a str,
+    /// Where it was sent.
+    pub to: &'a Address,
+    /// Server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// Payload type.
+    pub content_type: &'a str,
+    /// Opaque payload.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+impl Deliver {
+    /// The same frame over borrowed fields.
+    pub fn borrowed(&self) -> DeliverRef<'_> {
+        DeliverRef {
+            msg_id: self.msg_id,
+            seq: self.seq,
+            from: &self.from,
+            from_device: &self.from_device,
+            client_msg_id: &self.client_msg_id,
+            to: &self.to,
+            ts: self.ts,
+            content_type: &self.content_type,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// Why the server ended a session with `kicked`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -25,7 +25,7 @@ mod frame;
 pub mod metadata;
 pub mod vectors;
 
-pub use codec::{encode, encode_body, Decoded, Decoder, LEN_PREFIX};
+pub use codec::{encode, encode_body, encode_deliver, Decoded, Decoder, LEN_PREFIX};
 pub use error::{DecodeError, EncodeError};
 pub use frame::*;
 

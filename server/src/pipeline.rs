@@ -258,8 +258,7 @@ fn fan_out(
             match members {
                 Some(members) => {
                     let mut frame = bytes::BytesMut::new();
-                    let deliver = tether_proto::Frame::Deliver(a.msg.deliver(a.sender_seq));
-                    if tether_proto::encode(&deliver, &mut frame).is_ok() {
+                    if tether_proto::encode_deliver(&a.msg.deliver_ref(a.sender_seq), &mut frame).is_ok() {
                         let d = Arc::new(RoomDelivery { msg: a.msg.clone(), seq: a.sender_seq, frame: frame.freeze() });
                         hub.deliver_room(d, members, origin_id);
                     }

@@ -539,7 +539,7 @@ impl Inner {
             Bus::Room { seq, msg, .. } => {
                 let users = lock(&self.index).users(&msg.to.id);
                 let mut frame = bytes::BytesMut::new();
-                if tether_proto::encode(&Frame::Deliver(msg.deliver(seq)), &mut frame).is_ok() {
+                if tether_proto::encode_deliver(&msg.deliver_ref(seq), &mut frame).is_ok() {
                     let d = Arc::new(RoomDelivery { msg, seq, frame: frame.freeze() });
                     self.local.deliver_room(users.iter(), &d, None);
                 }

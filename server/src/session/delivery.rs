@@ -11,10 +11,10 @@ use tracing::{info, warn};
 
 use super::io::{ByteSink, FrameWriter};
 use super::{Flow, RoomCursor, Session};
-use crate::hub::SessionCmd;
+use crate::hub::{RoomDelivery, SessionCmd};
 use crate::limits::{InboxOrder, Step};
 use crate::pipeline::Job;
-use crate::store::CursorUpdate;
+use crate::store::{CursorUpdate, StoredMessage};
 use crate::Ctx;
 
 impl Session {
@@ -42,7 +42,7 @@ impl Session {
                 let n = entries.len();
                 ctx.metrics.sync_messages.inc_by(n as u64);
                 for e in entries {
-                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    writer.push_deliver(&e.msg.deliver_ref(e.seq));
                     ctx.metrics.messages_out.inc();
                     self.order.sent(e.seq);
                     after = e.seq;
@@ -86,11 +86,86 @@ impl Session {
     /// The order tracker of `room`; a room first heard of through entry `seq` (joined on
     /// another device) starts right before it.
     fn room_order(&mut self, room: &str, seq: u64) -> &mut InboxOrder {
-        &mut self
-            .rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| RoomCursor { order: InboxOrder::after(seq.saturating_sub(1)), acked: 0 })
-            .order
+        // Looked up before it is inserted: the entry API would copy the room's name per call.
+        if !self.rooms.contains_key(room) {
+            let cursor = RoomCursor { order: InboxOrder::after(seq.saturating_sub(1)), acked: 0 };
+            self.rooms.insert(room.to_owned(), cursor);
+        }
+        match self.rooms.get_mut(room) {
+            Some(c) => &mut c.order,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// What a room's order says about `seq`, without starting one (a room the session has no
+    /// order for yet starts at `seq`: [`Step::Send`]).
+    fn room_step(&self, room: &str, seq: u64) -> Step {
+        self.rooms.get(room).map_or(Step::Send, |c| c.order.step(seq))
+    }
+
+    /// Handles `cmd` at once when it needs no store read and no wait: an answer, a frame, or
+    /// an ack or delivery in order, which is almost every command. Hands it back otherwise
+    /// (a gap to fill from the store, a kick, a catch-up) for [`Session::on_cmd`], so that the
+    /// common path does without the boxed future the rare one needs.
+    pub(super) fn on_cmd_now<W: ByteSink>(
+        &mut self,
+        cmd: SessionCmd,
+        ctx: &Ctx,
+        writer: &mut FrameWriter<W>,
+    ) -> Result<Flow, SessionCmd> {
+        let now = match &cmd {
+            SessionCmd::SendAck(ack, Some(room)) => !matches!(self.room_step(room, ack.seq), Step::FillGap { .. }),
+            SessionCmd::SendAck(ack, None) => !matches!(self.order.step(ack.seq), Step::FillGap { .. }),
+            SessionCmd::RoomLive(d) => !matches!(self.room_step(&d.msg.to.id, d.seq), Step::FillGap { .. }),
+            SessionCmd::Live { seq, .. } => !matches!(self.order.step(*seq), Step::FillGap { .. }),
+            SessionCmd::SendError(_) | SessionCmd::Frame(_) => true,
+            _ => false,
+        };
+        if !now {
+            return Err(cmd);
+        }
+        match cmd {
+            SessionCmd::SendAck(ack, room) => {
+                let seq = ack.seq;
+                writer.push(&Frame::SendAck(*ack));
+                match room {
+                    Some(room) => self.room_order(&room, seq).sent(seq),
+                    None => self.order.sent(seq),
+                }
+            }
+            SessionCmd::SendError(e) => writer.push(&Frame::SendError(*e)),
+            SessionCmd::RoomLive(d) => self.write_room_live(&d, ctx, writer),
+            SessionCmd::Live { msg, seq } => self.write_live(&msg, seq, ctx, writer),
+            SessionCmd::Frame(f) => {
+                if matches!(*f, Frame::RoomEvent(_)) {
+                    ctx.metrics.room_events.inc();
+                }
+                writer.push(&f);
+            }
+            other => return Err(other),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Writes a room delivery unless the device has it (its gap, if any, filled before).
+    fn write_room_live<W: ByteSink>(&mut self, d: &RoomDelivery, ctx: &Ctx, writer: &mut FrameWriter<W>) {
+        let order = self.room_order(&d.msg.to.id, d.seq);
+        if matches!(order.step(d.seq), Step::Skip) {
+            return;
+        }
+        order.sent(d.seq);
+        writer.push_encoded(&d.frame);
+        ctx.metrics.messages_out.inc();
+    }
+
+    /// Writes an inbox delivery unless the device has it (its gap, if any, filled before).
+    fn write_live<W: ByteSink>(&mut self, msg: &StoredMessage, seq: u64, ctx: &Ctx, writer: &mut FrameWriter<W>) {
+        if matches!(self.order.step(seq), Step::Skip) {
+            return;
+        }
+        self.order.sent(seq);
+        writer.push_deliver(&msg.deliver_ref(seq));
+        ctx.metrics.messages_out.inc();
     }
 
     /// Writes room log entries `(after, until]` from the store, in pages, preceded by
@@ -125,7 +200,7 @@ impl Session {
                 let n = entries.len();
                 ctx.metrics.sync_messages.inc_by(n as u64);
                 for e in entries {
-                    writer.push(&Frame::Deliver(e.msg.deliver(e.seq)));
+                    writer.push_deliver(&e.msg.deliver_ref(e.seq));
                     ctx.metrics.messages_out.inc();
                     self.room_order(room, e.seq).sent(e.seq);
                     after = e.seq;
@@ -173,50 +248,30 @@ impl Session {
                 self.order.sent(seq);
                 Flow::Continue
             }
-            SessionCmd::SendError(e) => {
-                writer.push(&Frame::SendError(*e));
-                Flow::Continue
-            }
             SessionCmd::RoomLive(d) => {
                 let room = &d.msg.to.id;
-                let seq = d.seq;
-                match self.room_order(room, seq).step(seq) {
-                    Step::Skip => return Flow::Continue,
-                    Step::Send => {}
-                    Step::FillGap { after, until } => {
-                        if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
-                            return Flow::End(c);
-                        }
+                if let Step::FillGap { after, until } = self.room_step(room, d.seq) {
+                    if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
+                        return Flow::End(c);
                     }
                 }
-                writer.push_encoded(&d.frame);
-                ctx.metrics.messages_out.inc();
-                self.room_order(room, seq).sent(seq);
-                Flow::Continue
-            }
-            SessionCmd::Frame(f) => {
-                if matches!(*f, Frame::RoomEvent(_)) {
-                    ctx.metrics.room_events.inc();
-                }
-                writer.push(&f);
+                self.write_room_live(&d, ctx, writer);
                 Flow::Continue
             }
             SessionCmd::Live { msg, seq } => {
-                match self.order.step(seq) {
-                    Step::Skip => return Flow::Continue,
-                    Step::Send => {}
-                    Step::FillGap { after, until } => {
-                        ctx.metrics.sync_gaps.inc();
-                        if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
-                            return Flow::End(c);
-                        }
+                if let Step::FillGap { after, until } = self.order.step(seq) {
+                    ctx.metrics.sync_gaps.inc();
+                    if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                        return Flow::End(c);
                     }
                 }
-                writer.push(&Frame::Deliver(msg.deliver(seq)));
-                ctx.metrics.messages_out.inc();
-                self.order.sent(seq);
+                self.write_live(&msg, seq, ctx, writer);
                 Flow::Continue
             }
+            cmd @ (SessionCmd::SendError(_) | SessionCmd::Frame(_)) => match self.on_cmd_now(cmd, ctx, writer) {
+                Ok(flow) => flow,
+                Err(_) => Flow::Continue,
+            },
             SessionCmd::Kick(reason) => {
                 info!(?reason, "kicked");
                 let message = match reason {

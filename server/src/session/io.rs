@@ -145,6 +145,16 @@ impl<W: ByteSink> FrameWriter<W> {
         }
     }
 
+    /// Appends a `deliver` frame from borrowed fields.
+    pub fn push_deliver(&mut self, deliver: &tether_proto::DeliverRef<'_>) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST_RESERVE);
+        }
+        if let Err(e) = tether_proto::encode_deliver(deliver, &mut self.buf) {
+            warn!(error = %e, "failed to encode a deliver frame");
+        }
+    }
+
     /// Appends an already encoded frame.
     pub fn push_encoded(&mut self, frame: &[u8]) {
         if self.buf.capacity() == 0 {

@@ -165,18 +165,19 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
-    /// The `deliver` frame for this message at `seq` of some inbox.
-    pub fn deliver(&self, seq: u64) -> tether_proto::Deliver {
-        tether_proto::Deliver {
+    /// The `deliver` frame for this message at `seq` of some inbox, over its fields (encode it
+    /// with [`tether_proto::encode_deliver`]: nothing is copied).
+    pub fn deliver_ref(&self, seq: u64) -> tether_proto::DeliverRef<'_> {
+        tether_proto::DeliverRef {
             msg_id: self.msg_id,
             seq,
-            from: self.sender.clone(),
-            from_device: self.sender_device.clone(),
-            client_msg_id: self.client_msg_id.clone(),
-            to: self.to.clone(),
+            from: &self.sender,
+            from_device: &self.sender_device,
+            client_msg_id: &self.client_msg_id,
+            to: &self.to,
             ts: self.ts,
-            content_type: self.content_type.clone(),
-            payload: self.payload.clone(),
+            content_type: &self.content_type,
+            payload: &self.payload,
         }
     }
 }
