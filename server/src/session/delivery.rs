@@ -215,12 +215,23 @@ impl Session {
         })
     }
 
-    pub(super) async fn on_cmd<W: ByteSink>(
+    /// Handles one command from the session's queue: at once when it can be
+    /// ([`Session::on_cmd_now`]), else through the boxed [`Session::on_cmd`].
+    pub(super) async fn handle_cmd<W: ByteSink>(
         &mut self,
         cmd: SessionCmd,
         ctx: &Ctx,
         writer: &mut FrameWriter<W>,
     ) -> Flow {
+        match self.on_cmd_now(cmd, ctx, writer) {
+            Ok(flow) => flow,
+            Err(cmd) => Box::pin(self.on_cmd(cmd, ctx, writer)).await,
+        }
+    }
+
+    /// Handles any command, those that must first read the store (a gap, a catch-up) or wait
+    /// (a kick's or drain's linger) included.
+    async fn on_cmd<W: ByteSink>(&mut self, cmd: SessionCmd, ctx: &Ctx, writer: &mut FrameWriter<W>) -> Flow {
         match cmd {
             SessionCmd::SendAck(ack, Some(room)) => {
                 // A room message: ack.seq is its place in the room's log.
@@ -268,10 +279,10 @@ impl Session {
                 self.write_live(&msg, seq, ctx, writer);
                 Flow::Continue
             }
-            cmd @ (SessionCmd::SendError(_) | SessionCmd::Frame(_)) => match self.on_cmd_now(cmd, ctx, writer) {
-                Ok(flow) => flow,
-                Err(_) => Flow::Continue,
-            },
+            // Written at once, never handed back by `on_cmd_now`.
+            cmd @ (SessionCmd::SendError(_) | SessionCmd::Frame(_)) => {
+                self.on_cmd_now(cmd, ctx, writer).unwrap_or(Flow::Continue)
+            }
             SessionCmd::Kick(reason) => {
                 info!(?reason, "kicked");
                 let message = match reason {

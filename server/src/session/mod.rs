@@ -276,10 +276,7 @@ impl Session {
                 biased;
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
-                        let mut flow = match self.on_cmd_now(cmd, ctx, &mut writer) {
-                            Ok(flow) => flow,
-                            Err(cmd) => Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await,
-                        };
+                        let mut flow = self.handle_cmd(cmd, ctx, &mut writer).await;
                         // Batch what else is queued into the same write; when the queue runs
                         // dry, yield once so that deliveries fanned out right now join this
                         // write instead of costing a packet each.
@@ -295,10 +292,7 @@ impl Session {
                                 }
                                 None => break,
                             };
-                            flow = match self.on_cmd_now(cmd, ctx, &mut writer) {
-                                Ok(flow) => flow,
-                                Err(cmd) => Box::pin(self.on_cmd(cmd, ctx, &mut writer)).await,
-                            };
+                            flow = self.handle_cmd(cmd, ctx, &mut writer).await;
                             n += 1;
                         }
                         flow
