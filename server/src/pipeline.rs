@@ -80,36 +80,7 @@ impl Pipeline {
                 if own_thread {
                     // The writer loop on a thread of its own (see `Store::wants_own_thread`); it
                     // ends when the pipeline's senders are gone.
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                    match rt {
-                        Ok(rt) => {
-                            // The task is handed over once the thread runs, so a thread that
-                            // cannot be started leaves it here to run among the sessions.
-                            let (hand, take) = std::sync::mpsc::sync_channel(1);
-                            let spawned = std::thread::Builder::new().name(format!("{WRITER_THREAD}{i}")).spawn(
-                                move || {
-                                    if let Ok(task) = take.recv() {
-                                        rt.block_on(task);
-                                    }
-                                },
-                            );
-                            match spawned {
-                                Ok(_) => {
-                                    if let Err(std::sync::mpsc::SendError(task)) = hand.send(task) {
-                                        tokio::spawn(task);
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "could not start the writer thread: the writer runs among the sessions");
-                                    tokio::spawn(task);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no runtime for a writer thread: the writer runs among the sessions");
-                            tokio::spawn(task);
-                        }
-                    }
+                    spawn_writer_thread(i, task);
                 } else {
                     tokio::spawn(task);
                 }
@@ -136,6 +107,37 @@ impl Pipeline {
             (h % self.writers.len() as u64) as usize
         };
         self.writers[i].send(job).await.map_err(|_| Closed)
+    }
+}
+
+/// Starts writer thread `i` running `task`. A thread that cannot be started leaves the task
+/// to run among the sessions.
+fn spawn_writer_thread(i: usize, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime for a writer thread: the writer runs among the sessions");
+            tokio::spawn(task);
+            return;
+        }
+    };
+    // The task is handed over once the thread runs.
+    let (hand, take) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name(format!("{WRITER_THREAD}{i}")).spawn(move || {
+        if let Ok(task) = take.recv() {
+            rt.block_on(task);
+        }
+    });
+    match spawned {
+        Ok(_) => {
+            if let Err(std::sync::mpsc::SendError(task)) = hand.send(task) {
+                tokio::spawn(task);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the writer thread: the writer runs among the sessions");
+            tokio::spawn(task);
+        }
     }
 }
 

@@ -83,59 +83,61 @@ impl Session {
         true
     }
 
-    /// The order tracker of `room`; a room first heard of through entry `seq` (joined on
-    /// another device) starts right before it.
-    fn room_order(&mut self, room: &str, seq: u64) -> &mut InboxOrder {
-        // Looked up before it is inserted: the entry API would copy the room's name per call.
-        if !self.rooms.contains_key(room) {
-            let cursor = RoomCursor { order: InboxOrder::after(seq.saturating_sub(1)), acked: 0 };
-            self.rooms.insert(room.to_owned(), cursor);
-        }
-        match self.rooms.get_mut(room) {
-            Some(c) => &mut c.order,
-            None => unreachable!("inserted above"),
-        }
-    }
-
-    /// What a room's order says about `seq`, without starting one (a room the session has no
-    /// order for yet starts at `seq`: [`Step::Send`]).
+    /// What a room's order says about entry `seq`. A room first heard of through entry `seq`
+    /// (joined on another device) starts right before it: [`Step::Send`].
     fn room_step(&self, room: &str, seq: u64) -> Step {
         self.rooms.get(room).map_or(Step::Send, |c| c.order.step(seq))
     }
 
+    /// Records that entry `seq` of `room` was written (or is known to the device); a room first
+    /// heard of here starts right after it. (Looked up before it is inserted: the entry API
+    /// would copy the room's name per entry.)
+    fn room_sent(&mut self, room: &str, seq: u64) {
+        match self.rooms.get_mut(room) {
+            Some(c) => c.order.sent(seq),
+            None => {
+                self.rooms.insert(room.to_owned(), RoomCursor { order: InboxOrder::after(seq), acked: 0 });
+            }
+        }
+    }
+
     /// Handles `cmd` at once when it needs no store read and no wait: an answer, a frame, or
-    /// an ack or delivery in order, which is almost every command. Hands it back otherwise
-    /// (a gap to fill from the store, a kick, a catch-up) for [`Session::on_cmd`], so that the
-    /// common path does without the boxed future the rare one needs.
+    /// an ack or delivery without a gap before it, which is almost every command. Hands it back
+    /// otherwise (a gap to fill from the store, a kick, a catch-up) for [`Session::on_cmd`], so
+    /// that the common path does without the boxed future the rare one needs.
     pub(super) fn on_cmd_now<W: ByteSink>(
         &mut self,
         cmd: SessionCmd,
         ctx: &Ctx,
         writer: &mut FrameWriter<W>,
     ) -> Result<Flow, SessionCmd> {
-        let now = match &cmd {
-            SessionCmd::SendAck(ack, Some(room)) => !matches!(self.room_step(room, ack.seq), Step::FillGap { .. }),
-            SessionCmd::SendAck(ack, None) => !matches!(self.order.step(ack.seq), Step::FillGap { .. }),
-            SessionCmd::RoomLive(d) => !matches!(self.room_step(&d.msg.to.id, d.seq), Step::FillGap { .. }),
-            SessionCmd::Live { seq, .. } => !matches!(self.order.step(*seq), Step::FillGap { .. }),
-            SessionCmd::SendError(_) | SessionCmd::Frame(_) => true,
-            _ => false,
-        };
-        if !now {
-            return Err(cmd);
-        }
         match cmd {
             SessionCmd::SendAck(ack, room) => {
                 let seq = ack.seq;
+                let step = match &room {
+                    Some(room) => self.room_step(room, seq),
+                    None => self.order.step(seq),
+                };
+                if let Step::FillGap { .. } = step {
+                    return Err(SessionCmd::SendAck(ack, room));
+                }
                 writer.push(&Frame::SendAck(*ack));
                 match room {
-                    Some(room) => self.room_order(&room, seq).sent(seq),
+                    Some(room) => self.room_sent(&room, seq),
                     None => self.order.sent(seq),
                 }
             }
             SessionCmd::SendError(e) => writer.push(&Frame::SendError(*e)),
-            SessionCmd::RoomLive(d) => self.write_room_live(&d, ctx, writer),
-            SessionCmd::Live { msg, seq } => self.write_live(&msg, seq, ctx, writer),
+            SessionCmd::RoomLive(d) => match self.room_step(&d.msg.to.id, d.seq) {
+                Step::Skip => {}
+                Step::Send => self.write_room_live(&d, ctx, writer),
+                Step::FillGap { .. } => return Err(SessionCmd::RoomLive(d)),
+            },
+            SessionCmd::Live { msg, seq } => match self.order.step(seq) {
+                Step::Skip => {}
+                Step::Send => self.write_live(&msg, seq, ctx, writer),
+                Step::FillGap { .. } => return Err(SessionCmd::Live { msg, seq }),
+            },
             SessionCmd::Frame(f) => {
                 if matches!(*f, Frame::RoomEvent(_)) {
                     ctx.metrics.room_events.inc();
@@ -147,25 +149,18 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Writes a room delivery unless the device has it (its gap, if any, filled before).
+    /// Writes a room delivery (its gap, if any, filled before).
     fn write_room_live<W: ByteSink>(&mut self, d: &RoomDelivery, ctx: &Ctx, writer: &mut FrameWriter<W>) {
-        let order = self.room_order(&d.msg.to.id, d.seq);
-        if matches!(order.step(d.seq), Step::Skip) {
-            return;
-        }
-        order.sent(d.seq);
         writer.push_encoded(&d.frame);
         ctx.metrics.messages_out.inc();
+        self.room_sent(&d.msg.to.id, d.seq);
     }
 
-    /// Writes an inbox delivery unless the device has it (its gap, if any, filled before).
+    /// Writes an inbox delivery (its gap, if any, filled before).
     fn write_live<W: ByteSink>(&mut self, msg: &StoredMessage, seq: u64, ctx: &Ctx, writer: &mut FrameWriter<W>) {
-        if matches!(self.order.step(seq), Step::Skip) {
-            return;
-        }
-        self.order.sent(seq);
         writer.push_deliver(&msg.deliver_ref(seq));
         ctx.metrics.messages_out.inc();
+        self.order.sent(seq);
     }
 
     /// Writes room log entries `(after, until]` from the store, in pages, preceded by
@@ -194,7 +189,7 @@ impl Session {
                 ctx.metrics.store_op("fetch_room", started.elapsed().as_secs_f64());
                 if first_page && first_seq > after.saturating_add(1) {
                     writer.push(&Frame::HistoryTruncated(HistoryTruncated { room: room.to_owned(), after, first_seq }));
-                    self.room_order(room, first_seq).sent(first_seq - 1);
+                    self.room_sent(room, first_seq - 1);
                 }
                 first_page = false;
                 let n = entries.len();
@@ -202,7 +197,7 @@ impl Session {
                 for e in entries {
                     writer.push_deliver(&e.msg.deliver_ref(e.seq));
                     ctx.metrics.messages_out.inc();
-                    self.room_order(room, e.seq).sent(e.seq);
+                    self.room_sent(room, e.seq);
                     after = e.seq;
                 }
                 if !writer.flush().await {
@@ -237,13 +232,12 @@ impl Session {
                 // A room message: ack.seq is its place in the room's log.
                 let seq = ack.seq;
                 writer.push(&Frame::SendAck(*ack));
-                let step = self.room_order(&room, seq).step(seq);
-                if let Step::FillGap { after, until } = step {
+                if let Step::FillGap { after, until } = self.room_step(&room, seq) {
                     if let Err(c) = self.fill_room(ctx, writer, &room, after, Some(until)).await {
                         return Flow::End(c);
                     }
                 }
-                self.room_order(&room, seq).sent(seq);
+                self.room_sent(&room, seq);
                 Flow::Continue
             }
             SessionCmd::SendAck(ack, None) => {
@@ -261,19 +255,27 @@ impl Session {
             }
             SessionCmd::RoomLive(d) => {
                 let room = &d.msg.to.id;
-                if let Step::FillGap { after, until } = self.room_step(room, d.seq) {
-                    if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
-                        return Flow::End(c);
+                match self.room_step(room, d.seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        if let Err(c) = self.fill_room(ctx, writer, room, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
                     }
                 }
                 self.write_room_live(&d, ctx, writer);
                 Flow::Continue
             }
             SessionCmd::Live { msg, seq } => {
-                if let Step::FillGap { after, until } = self.order.step(seq) {
-                    ctx.metrics.sync_gaps.inc();
-                    if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
-                        return Flow::End(c);
+                match self.order.step(seq) {
+                    Step::Skip => return Flow::Continue,
+                    Step::Send => {}
+                    Step::FillGap { after, until } => {
+                        ctx.metrics.sync_gaps.inc();
+                        if let Err(c) = self.fill(ctx, writer, after, Some(until)).await {
+                            return Flow::End(c);
+                        }
                     }
                 }
                 self.write_live(&msg, seq, ctx, writer);

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tether_proto::{DecodeError, Decoded, Decoder, Frame};
+use tether_proto::{DecodeError, Decoded, Decoder, EncodeError, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
@@ -135,23 +135,22 @@ impl<W: ByteSink> FrameWriter<W> {
 
     /// Appends a frame.
     pub fn push(&mut self, frame: &Frame) {
+        self.push_with(|buf| tether_proto::encode(frame, buf));
+    }
+
+    /// Appends a `deliver` frame from borrowed fields.
+    pub fn push_deliver(&mut self, deliver: &tether_proto::DeliverRef<'_>) {
+        self.push_with(|buf| tether_proto::encode_deliver(deliver, buf));
+    }
+
+    fn push_with(&mut self, encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>) {
         if self.buf.capacity() == 0 {
             // Room for a frame or two: an allocation this small comes from the allocator's
             // per-thread cache; a burst grows the buffer as it goes.
             self.buf.reserve(FIRST_RESERVE);
         }
-        if let Err(e) = tether_proto::encode(frame, &mut self.buf) {
+        if let Err(e) = encode(&mut self.buf) {
             warn!(error = %e, "failed to encode a frame");
-        }
-    }
-
-    /// Appends a `deliver` frame from borrowed fields.
-    pub fn push_deliver(&mut self, deliver: &tether_proto::DeliverRef<'_>) {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(FIRST_RESERVE);
-        }
-        if let Err(e) = tether_proto::encode_deliver(deliver, &mut self.buf) {
-            warn!(error = %e, "failed to encode a deliver frame");
         }
     }
 
